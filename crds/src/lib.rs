@@ -1,0 +1,24 @@
+//! The Channel Contracts API (`csp.contracts.dev/v1alpha1`): the `ChannelContract` and `ContractPolicy`
+//! custom resources, their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
+//! operator and the webhook share. Nothing in this crate does I/O.
+
+pub mod contract;
+pub mod duration;
+pub mod manifests;
+pub mod policy;
+mod schema;
+pub mod validate;
+
+pub use contract::*;
+pub use policy::*;
+
+/// The API group.
+pub const GROUP: &str = "csp.contracts.dev";
+/// The API version.
+pub const VERSION: &str = "v1alpha1";
+/// Annotation on a Service that declares its failover regions, e.g. `"gz,sz,hz"`.
+pub const FAILOVER_REGIONS_ANNOTATION: &str = "csp.contracts.dev/failover-regions";
+/// Annotation on a Service that names the ChannelContract that governs it.
+pub const CONTRACT_ANNOTATION: &str = "csp.contracts.dev/contract";
+/// The Node (or EndpointSlice) label that gives an endpoint's region.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";

@@ -1,0 +1,181 @@
+//! `ContractPolicy`: a governance baseline that the admission webhook enforces.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{conditions_schema, namespace_list_schema, region_list_schema};
+
+/// A governance baseline that the admission webhook enforces on Services and ChannelContracts. Apply the
+/// same policy in every cluster of a federation.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "csp.contracts.dev",
+    version = "v1alpha1",
+    kind = "ContractPolicy",
+    plural = "contractpolicies",
+    singular = "contractpolicy",
+    shortname = "cpol",
+    category = "csp",
+    status = "ContractPolicyStatus",
+    derive = "PartialEq",
+    doc = "A ContractPolicy states a governance baseline (for example: every Service declares failover regions gz, sz and hz) that the admission webhook enforces on Services and ChannelContracts, and that its audit reports on.",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.enforcementAction","description":"Deny, Warn or Audit"}"#,
+    printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.requiredRegions","description":"Regions every matched object must declare"}"#,
+    printcolumn = r#"{"name":"Violations","type":"integer","jsonPath":".status.violations","description":"Matched objects that fall short, at the last audit"}"#,
+    printcolumn = r#"{"name":"Compliance","type":"string","jsonPath":".status.compliance","description":"Share of matched objects that comply, at the last audit"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractPolicySpec {
+    /// What happens to a request that falls short: Deny rejects it, Warn admits it with a warning that
+    /// kubectl prints, Audit admits it and only the audit reports it.
+    #[serde(default)]
+    pub enforcement_action: EnforcementAction,
+
+    /// Which objects the policy applies to.
+    #[serde(default)]
+    pub r#match: PolicyMatch,
+
+    /// The failover regions that matched objects must declare.
+    #[serde(default)]
+    pub failover: FailoverRequirement,
+
+    /// true: a matched Service must be governed by a ChannelContract in its namespace (one whose
+    /// `spec.service` names it).
+    #[serde(default)]
+    pub require_contract: bool,
+}
+
+/// What happens to a request that falls short of a policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EnforcementAction {
+    // Reject the request.
+    #[default]
+    Deny,
+    // Admit it with an admission warning.
+    Warn,
+    // Admit it; the audit reports it.
+    Audit,
+}
+
+/// Which objects a policy applies to. All conditions must hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyMatch {
+    /// Kinds the policy applies to: Service, ChannelContract or both.
+    #[serde(default = "default_kinds")]
+    #[schemars(length(min = 1, max = 2))]
+    #[x_kube(validation = Rule::new("self.all(k, self.exists_one(l, l == k))").message("spec.match.kinds must not repeat a kind").reason(Reason::FieldValueDuplicate))]
+    pub kinds: Vec<MatchKind>,
+
+    /// Namespaces the policy applies to. Empty: all namespaces.
+    #[serde(default)]
+    #[schemars(schema_with = "namespace_list_schema")]
+    pub namespaces: Vec<String>,
+
+    /// Namespaces the policy never applies to. kube-system, kube-public, kube-node-lease and the
+    /// project's own namespace are always excluded.
+    #[serde(default)]
+    #[schemars(schema_with = "namespace_list_schema")]
+    pub excluded_namespaces: Vec<String>,
+
+    /// Only namespaces whose labels match. Omitted: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Only objects whose labels match. Omitted: every object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+}
+
+impl Default for PolicyMatch {
+    fn default() -> Self {
+        Self {
+            kinds: default_kinds(),
+            namespaces: Vec::new(),
+            excluded_namespaces: Vec::new(),
+            namespace_selector: None,
+            label_selector: None,
+        }
+    }
+}
+
+fn default_kinds() -> Vec<MatchKind> {
+    vec![MatchKind::Service, MatchKind::ChannelContract]
+}
+
+/// A kind that a policy can match.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MatchKind {
+    // core/v1 Service.
+    Service,
+    // csp.contracts.dev/v1alpha1 ChannelContract.
+    ChannelContract,
+}
+
+/// The failover regions that matched objects must declare.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRequirement {
+    /// Every one of these regions must be declared.
+    #[serde(default)]
+    #[schemars(schema_with = "region_list_schema")]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s == r))").message("spec.failover.requiredRegions must not repeat a region").reason(Reason::FieldValueDuplicate))]
+    pub required_regions: Vec<String>,
+
+    /// At least this many regions must be declared. Omitted: no minimum beyond `requiredRegions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub min_regions: Option<i32>,
+}
+
+/// What the last audit found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractPolicyStatus {
+    /// The `metadata.generation` that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Accepted and Audited, per Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// When the last audit finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_time: Option<Time>,
+
+    /// Existing objects the policy matched at the last audit.
+    #[serde(default)]
+    pub matched: i64,
+
+    /// Matched objects that fall short.
+    #[serde(default)]
+    pub violations: i64,
+
+    /// The share of matched objects that comply, e.g. `97.5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<String>,
+
+    /// Up to 20 of the objects that fall short, with what is wrong.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub violation_samples: Vec<ViolationSample>,
+}
+
+/// One object that falls short of a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ViolationSample {
+    /// Service or ChannelContract.
+    pub kind: String,
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}

@@ -1,0 +1,343 @@
+//! The intra-object invariants of the API, in Rust. The CRD states the same rules in CEL so that the API
+//! server refuses nonsense even when nothing of ours runs; this module lets `render` (no cluster), the
+//! operator and the webhook apply exactly the same judgement to objects they read.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::{ChannelContractSpec, ContractPolicySpec, duration};
+
+/// One broken rule: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path, e.g. `spec.retry.perTryTimeout`.
+    pub field: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every broken rule of a contract, joined for a condition message or a CLI error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+fn err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_owned(), message: message.into() }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_label_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && s.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A positive duration, or an error naming the field.
+fn positive_duration(field: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    match duration::parse(value) {
+        Ok(d) if d.is_zero() => {
+            errors.push(err(field, format!("{field} must be greater than 0")));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(err(field, e.to_string()));
+            None
+        }
+    }
+}
+
+fn duplicates<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    let mut dup: Vec<&str> = items.into_iter().filter(|i| !seen.insert(*i)).collect();
+    dup.sort_unstable();
+    dup.dedup();
+    dup
+}
+
+/// Checks a ChannelContract spec against every intra-object rule of the API.
+pub fn contract(spec: &ChannelContractSpec) -> Result<(), InvalidSpec> {
+    let mut errors = Vec::new();
+    if !is_dns_label(&spec.service) {
+        errors.push(err("spec.service", format!("{:?} is not a valid Service name (a DNS label)", spec.service)));
+    }
+    if !(1..=65535).contains(&spec.port) {
+        errors.push(err("spec.port", format!("{} is not a port (1 to 65535)", spec.port)));
+    }
+    let max_latency = positive_duration("spec.sla.maxLatency", &spec.sla.max_latency, &mut errors);
+
+    let retry = &spec.retry;
+    if !(0..=10).contains(&retry.max_retries) {
+        errors.push(err("spec.retry.maxRetries", "spec.retry.maxRetries must be between 0 and 10"));
+    }
+    if let Some(per_try) = &retry.per_try_timeout {
+        let per_try = positive_duration("spec.retry.perTryTimeout", per_try, &mut errors);
+        if let (Some(per_try), Some(max)) = (per_try, max_latency)
+            && per_try > max
+        {
+            errors.push(err(
+                "spec.retry.perTryTimeout",
+                "spec.retry.perTryTimeout must be less than or equal to spec.sla.maxLatency (one try cannot outlast the whole request)",
+            ));
+        }
+    }
+    let base = positive_duration("spec.retry.backoff.baseInterval", &retry.backoff.base_interval, &mut errors);
+    if let Some(max_interval) = &retry.backoff.max_interval {
+        let max = positive_duration("spec.retry.backoff.maxInterval", max_interval, &mut errors);
+        if let (Some(base), Some(max)) = (base, max)
+            && base > max
+        {
+            errors.push(err(
+                "spec.retry.backoff.baseInterval",
+                "spec.retry.backoff.baseInterval must be less than or equal to spec.retry.backoff.maxInterval",
+            ));
+        }
+    }
+    if retry.retry_on.is_empty() {
+        errors.push(err("spec.retry.retryOn", "spec.retry.retryOn must name at least one condition"));
+    }
+    if !duplicates(retry.retry_on.iter().map(|r| r.as_str())).is_empty() {
+        errors.push(err("spec.retry.retryOn", "spec.retry.retryOn must not repeat a condition"));
+    }
+    if let Some(budget) = retry.budget_percent
+        && !(0.0..=100.0).contains(&budget)
+    {
+        errors.push(err("spec.retry.budgetPercent", "spec.retry.budgetPercent must be between 0 and 100"));
+    }
+
+    let cb = &spec.circuit_breaker;
+    if let Some(threshold) = cb.threshold
+        && !(threshold > 0.0 && threshold <= 1.0)
+    {
+        errors.push(err(
+            "spec.circuitBreaker.threshold",
+            "spec.circuitBreaker.threshold must be greater than 0 and at most 1 (a success rate such as 0.85)",
+        ));
+    }
+    positive_duration("spec.circuitBreaker.interval", &cb.interval, &mut errors);
+    positive_duration("spec.circuitBreaker.baseEjectionTime", &cb.base_ejection_time, &mut errors);
+    for (field, value) in [
+        ("spec.circuitBreaker.minimumRequests", cb.minimum_requests),
+        ("spec.circuitBreaker.consecutiveErrors", cb.consecutive_errors),
+        ("spec.circuitBreaker.maxConnections", cb.max_connections),
+        ("spec.circuitBreaker.maxPendingRequests", cb.max_pending_requests),
+        ("spec.circuitBreaker.maxRequests", cb.max_requests),
+    ] {
+        if value < 1 {
+            errors.push(err(field, format!("{field} must be at least 1")));
+        }
+    }
+    if !(0..=100).contains(&cb.max_ejection_percent) {
+        errors.push(err(
+            "spec.circuitBreaker.maxEjectionPercent",
+            "spec.circuitBreaker.maxEjectionPercent must be between 0 and 100",
+        ));
+    }
+
+    if spec.channels.len() > 16 {
+        errors.push(err("spec.channels", "spec.channels may hold at most 16 channels"));
+    }
+    for (i, c) in spec.channels.iter().enumerate() {
+        if !is_dns_label(&c.name) {
+            errors.push(err(
+                &format!("spec.channels[{i}].name"),
+                format!("{:?} is not a valid channel name (a DNS label)", c.name),
+            ));
+        }
+        if let Some(service) = &c.service
+            && !is_dns_label(service)
+        {
+            errors.push(err(
+                &format!("spec.channels[{i}].service"),
+                format!("{service:?} is not a valid Service name (a DNS label)"),
+            ));
+        }
+        if let Some(port) = c.port
+            && !(1..=65535).contains(&port)
+        {
+            errors.push(err(&format!("spec.channels[{i}].port"), format!("{port} is not a port (1 to 65535)")));
+        }
+        if let Some(selector) = &c.selector
+            && !is_dns_label(selector)
+        {
+            errors.push(err(
+                &format!("spec.channels[{i}].selector"),
+                format!("{selector:?} is not a valid selector (a DNS label)"),
+            ));
+        }
+    }
+    let dup = duplicates(spec.channels.iter().map(|c| c.name.as_str()));
+    if !dup.is_empty() {
+        errors.push(err(
+            "spec.channels",
+            format!("spec.channels[].name must be unique: two channels have the same name ({})", dup.join(", ")),
+        ));
+    }
+    let dup = duplicates(spec.channels.iter().filter_map(|c| c.selector.as_deref()));
+    if !dup.is_empty() {
+        errors.push(err(
+            "spec.channels",
+            format!(
+                "spec.channels[].selector must be unique: two channels have the same selector ({})",
+                dup.join(", ")
+            ),
+        ));
+    }
+
+    if let Some(failover) = &spec.failover {
+        for (i, r) in failover.regions.iter().enumerate() {
+            if !is_label_value(r) {
+                errors.push(err(
+                    &format!("spec.failover.regions[{i}]"),
+                    format!("{r:?} is not a valid region (a label value)"),
+                ));
+            }
+        }
+        let dup = duplicates(failover.regions.iter().map(String::as_str));
+        if !dup.is_empty() {
+            errors.push(err(
+                "spec.failover.regions",
+                format!("spec.failover.regions must not repeat a region ({})", dup.join(", ")),
+            ));
+        }
+    }
+
+    if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
+}
+
+/// Checks a ContractPolicy spec against every intra-object rule of the API.
+pub fn policy(spec: &ContractPolicySpec) -> Result<(), InvalidSpec> {
+    let mut errors = Vec::new();
+    let kinds: Vec<String> = spec.r#match.kinds.iter().map(|k| format!("{k:?}")).collect();
+    if kinds.is_empty() {
+        errors.push(err("spec.match.kinds", "spec.match.kinds must name Service, ChannelContract or both"));
+    }
+    if !duplicates(kinds.iter().map(String::as_str)).is_empty() {
+        errors.push(err("spec.match.kinds", "spec.match.kinds must not repeat a kind"));
+    }
+    for (i, r) in spec.failover.required_regions.iter().enumerate() {
+        if !is_label_value(r) {
+            errors.push(err(
+                &format!("spec.failover.requiredRegions[{i}]"),
+                format!("{r:?} is not a valid region (a label value)"),
+            ));
+        }
+    }
+    let dup = duplicates(spec.failover.required_regions.iter().map(String::as_str));
+    if !dup.is_empty() {
+        errors.push(err(
+            "spec.failover.requiredRegions",
+            format!("spec.failover.requiredRegions must not repeat a region ({})", dup.join(", ")),
+        ));
+    }
+    if let Some(min) = spec.failover.min_regions
+        && min < 1
+    {
+        errors.push(err("spec.failover.minRegions", "spec.failover.minRegions must be at least 1"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Channel, Failover, Sla};
+
+    fn spec() -> ChannelContractSpec {
+        serde_json::from_value(serde_json::json!({
+            "service": "payment-verify", "port": 8080, "sla": {"maxLatency": "120ms"}
+        }))
+        .expect("minimal spec deserializes")
+    }
+
+    fn fields(spec: &ChannelContractSpec) -> Vec<String> {
+        match contract(spec) {
+            Ok(()) => vec![],
+            Err(InvalidSpec(errors)) => errors.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_contract_is_valid_and_defaulted() {
+        let s = spec();
+        assert_eq!(contract(&s), Ok(()));
+        assert_eq!(s.retry.max_retries, 2);
+        assert_eq!(s.circuit_breaker.max_connections, 1024);
+    }
+
+    #[test]
+    fn per_try_timeout_above_max_latency_is_refused() {
+        let mut s = spec();
+        s.retry.per_try_timeout = Some("200ms".into());
+        assert_eq!(fields(&s), ["spec.retry.perTryTimeout"]);
+        s.retry.per_try_timeout = Some("120ms".into());
+        assert_eq!(fields(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn base_interval_above_max_interval_is_refused() {
+        let mut s = spec();
+        s.retry.backoff.base_interval = "1s".into();
+        s.retry.backoff.max_interval = Some("500ms".into());
+        assert_eq!(fields(&s), ["spec.retry.backoff.baseInterval"]);
+    }
+
+    #[test]
+    fn threshold_outside_zero_one_is_refused() {
+        for (t, ok) in [(0.0, false), (-0.1, false), (1.01, false), (f64::NAN, false), (1.0, true), (0.85, true)] {
+            let mut s = spec();
+            s.circuit_breaker.threshold = Some(t);
+            assert_eq!(fields(&s).is_empty(), ok, "threshold {t}");
+        }
+    }
+
+    #[test]
+    fn duplicate_channel_names_selectors_and_regions_are_refused() {
+        let ch = |name: &str, selector: Option<&str>| Channel {
+            name: name.into(),
+            service: None,
+            port: None,
+            selector: selector.map(Into::into),
+        };
+        let mut s = spec();
+        s.channels = vec![ch("primary", None), ch("primary", None)];
+        assert_eq!(fields(&s), ["spec.channels"]);
+        s.channels = vec![ch("primary", Some("a")), ch("cache", Some("a"))];
+        assert_eq!(fields(&s), ["spec.channels"]);
+        s.channels = vec![ch("primary", None), ch("cache", Some("cache"))];
+        s.failover = Some(Failover { regions: vec!["gz".into(), "sz".into(), "gz".into()] });
+        assert_eq!(fields(&s), ["spec.failover.regions"]);
+    }
+
+    #[test]
+    fn malformed_durations_name_their_field() {
+        let mut s = spec();
+        s.sla = Sla { max_latency: "fast".into() };
+        assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
+        s.sla = Sla { max_latency: "0s".into() };
+        assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
+    }
+
+    #[test]
+    fn policy_rules() {
+        let mut p: ContractPolicySpec = serde_json::from_value(serde_json::json!({})).expect("empty policy");
+        assert_eq!(policy(&p), Ok(()));
+        p.failover.required_regions = vec!["gz".into(), "gz".into()];
+        assert!(policy(&p).is_err());
+    }
+}

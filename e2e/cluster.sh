@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# The local control plane: a real etcd, kube-apiserver and kube-controller-manager on free loopback
+# ports, with generated certificates, service-account keys and RBAC on.
+#
+#   e2e/cluster.sh up      start it (or say that it already runs), wait for /readyz,
+#                          write the admin kubeconfig to e2e/.run/kubeconfig
+#   e2e/cluster.sh down    stop everything it started
+#   e2e/cluster.sh status  say whether it runs
+#
+# State lives in e2e/.run/ (pids, logs, certificates, etcd data); the binaries in e2e/.bin/ come
+# from `make tools`.
+set -euo pipefail
+
+e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="$e2e/.bin"
+run="${CSP_RUN_DIR:-$e2e/.run}"
+pki="$run/pki"
+logs="$run/logs"
+pids="$run/pids"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { log "error: $*" >&2; exit 1; }
+
+alive() { [[ -f "$pids/$1" ]] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
+
+running() {
+  local any=0
+  for c in etcd kube-apiserver kube-controller-manager; do alive "$c" && any=1; done
+  [[ $any == 1 ]]
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+gen_certs() {
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -keyout ca.key -out ca.crt \
+      -subj "/CN=channel-contracts-local-ca" >/dev/null 2>&1
+    # name CN O [SANs]
+    issue() {
+      local name="$1" subj="$2" san="${3:-}"
+      openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" >/dev/null 2>&1
+      local ext="$name.ext"
+      if [[ -n "$san" ]]; then
+        printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" > "$ext"
+      else
+        printf 'extendedKeyUsage=clientAuth\n' > "$ext"
+      fi
+      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 \
+        -extfile "$ext" -out "$name.crt" >/dev/null 2>&1
+      rm -f "$name.csr" "$ext"
+    }
+    issue apiserver "/CN=kube-apiserver" \
+      "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    issue admin "/O=system:masters/CN=kubernetes-admin"
+    issue controller-manager "/CN=system:kube-controller-manager"
+    openssl genrsa -out sa.key 2048 >/dev/null 2>&1
+    openssl rsa -in sa.key -pubout -out sa.pub >/dev/null 2>&1
+  )
+}
+
+# kubeconfig FILE USER-CERT-NAME
+write_kubeconfig() {
+  local file="$1" who="$2" server="$3"
+  local b64="base64 -w0"
+  cat > "$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: $server
+    certificate-authority-data: $($b64 < "$pki/ca.crt")
+users:
+- name: $who
+  user:
+    client-certificate-data: $($b64 < "$pki/$who.crt")
+    client-key-data: $($b64 < "$pki/$who.key")
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: $who
+current-context: local
+EOF
+  mv "$file.tmp" "$file"
+}
+
+start() {
+  local name="$1"; shift
+  setsid "$@" > "$logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$pids/$name"
+}
+
+wait_for() {
+  local what="$1" timeout="$2" name="$3"; shift 3
+  local t0=$SECONDS next=$((SECONDS + 5))
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then
+      tail -n 30 "$logs/$name.log" >&2 || true
+      die "$name exited while waiting for $what (log: $logs/$name.log)"
+    fi
+    if (( SECONDS - t0 > timeout )); then
+      tail -n 30 "$logs/$name.log" >&2 || true
+      die "timed out after ${timeout}s waiting for $what (log: $logs/$name.log)"
+    fi
+    if (( SECONDS >= next )); then log "still waiting for $what ($((SECONDS - t0))s)"; next=$((SECONDS + 5)); fi
+    sleep 0.2
+  done
+  log "$what ($((SECONDS - t0))s)"
+}
+
+up() {
+  for b in etcd kube-apiserver kube-controller-manager kubectl; do
+    [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run 'make tools' first"
+  done
+  if running; then
+    log "the local control plane already runs (kubeconfig: $run/kubeconfig); 'make cluster-down' stops it"
+    return 0
+  fi
+  rm -rf "$run"
+  mkdir -p "$run" "$logs" "$pids"
+  log "generating certificates and service-account keys in $pki"
+  gen_certs
+
+  local etcd_port etcd_peer api_port kcm_port
+  etcd_port="$(free_port)"; etcd_peer="$(free_port)"; api_port="$(free_port)"; kcm_port="$(free_port)"
+  echo "$api_port" > "$run/apiserver-port"
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start etcd "$bin/etcd" --name local --data-dir "$run/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "local=http://127.0.0.1:$etcd_peer" --log-level warn \
+    --quota-backend-bytes 4294967296
+  wait_for "etcd healthy" 60 etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
+    --endpoint-reconciler-type none --allow-privileged=true --profiling=false \
+    --cert-dir "$run/apiserver-certs" --v=1
+  write_kubeconfig "$run/kubeconfig" admin "https://127.0.0.1:$api_port"
+  wait_for "kube-apiserver /readyz" 180 kube-apiserver \
+    curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://127.0.0.1:$api_port/readyz"
+
+  write_kubeconfig "$run/controller-manager.kubeconfig" controller-manager "https://127.0.0.1:$api_port"
+  log "starting kube-controller-manager (garbage collection, namespace deletion, service accounts)"
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$run/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$run/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$run/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$run/kcm-certs" \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+    --leader-elect=false --controllers '*' --v=1
+  wait_for "kube-controller-manager /healthz" 120 kube-controller-manager \
+    curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
+  # The default ServiceAccount appearing proves the controllers act on the cluster.
+  wait_for "controllers acting (default ServiceAccount created)" 120 kube-controller-manager \
+    "$bin/kubectl" --kubeconfig "$run/kubeconfig" get serviceaccount default -n default
+
+  log "the local control plane is up: export KUBECONFIG=$run/kubeconfig"
+}
+
+down() {
+  if [[ ! -d "$pids" ]]; then log "nothing runs"; return 0; fi
+  for c in kube-controller-manager kube-apiserver etcd; do
+    if alive "$c"; then
+      local pid; pid="$(cat "$pids/$c")"
+      log "stopping $c (pid $pid)"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    rm -f "$pids/$c"
+  done
+  log "the local control plane is down"
+}
+
+status() {
+  if running; then
+    log "running: https://127.0.0.1:$(cat "$run/apiserver-port") (kubeconfig: $run/kubeconfig)"
+  else
+    log "not running"; return 1
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,246 @@
+//! The API as a user meets it with kubectl: the CRDs install, kubectl documents and lists them, the
+//! examples are accepted, and the API server itself refuses nonsense contracts with a message that
+//! names the field (CEL rules and schema validation, with nothing of ours running).
+
+use std::time::Duration;
+
+use e2e::{TestNamespace, ensure_crds, kubectl, repo_root, unique, wait_until};
+
+const VALID_CONTRACT: &str = r#"
+apiVersion: csp.contracts.dev/v1alpha1
+kind: ChannelContract
+metadata: {name: NAME}
+spec:
+  service: payment-verify
+  port: 8080
+  sla: {maxLatency: 120ms}
+  retry:
+    maxRetries: 3
+    perTryTimeout: 40ms
+    backoff: {baseInterval: 25ms, maxInterval: 250ms}
+  circuitBreaker: {threshold: 0.85}
+  channels:
+  - {name: primary, service: payment-verify, port: 8080}
+  - {name: cache, service: verify-cache, port: 8080, selector: cache}
+  failover: {regions: [gz, sz, hz]}
+"#;
+
+fn contract(name: &str) -> String {
+    VALID_CONTRACT.replace("NAME", name)
+}
+
+#[test]
+fn crds_apply_and_reapply_cleanly() {
+    ensure_crds();
+    let dir = repo_root().join("crds/manifests");
+    let dir = dir.to_string_lossy();
+    // A user's plain client-side apply, twice: the second changes nothing.
+    let first = kubectl(&["apply", "-f", &dir], None).ok();
+    assert!(first.contains("channelcontracts.csp.contracts.dev"), "{first}");
+    let second = kubectl(&["apply", "-f", &dir], None).ok();
+    assert!(
+        second.contains("channelcontracts.csp.contracts.dev unchanged")
+            && second.contains("contractpolicies.csp.contracts.dev unchanged"),
+        "re-applying the CRDs should change nothing:\n{second}"
+    );
+    let established = kubectl(
+        &[
+            "get",
+            "crd",
+            "channelcontracts.csp.contracts.dev",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(established, "True");
+}
+
+#[test]
+fn a_deleted_namespace_really_goes_away() {
+    ensure_crds();
+    let ns = TestNamespace::new("gc", &[]);
+    kubectl(&["create", "configmap", "x", "-n", &ns.name, "--from-literal=a=b"], None).ok();
+    kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&contract("doomed"))).ok();
+    kubectl(&["delete", "namespace", &ns.name, "--wait=false"], None).ok();
+    // The namespace controller (kube-controller-manager) empties it and removes it.
+    wait_until("the namespace to be deleted", Duration::from_secs(90), || {
+        let r = kubectl(&["get", "namespace", &ns.name], None);
+        (!r.success && r.stderr.contains("NotFound")).then_some(())
+    });
+}
+
+#[test]
+fn kubectl_explain_documents_the_retry_fields() {
+    ensure_crds();
+    // Discovery of a new CRD can lag a moment behind Established.
+    let out = wait_until("kubectl explain to know ChannelContract", Duration::from_secs(30), || {
+        let r = kubectl(&["explain", "channelcontract.spec.retry"], None);
+        r.success.then_some(r.stdout)
+    });
+    for field in ["strategy", "maxRetries", "perTryTimeout", "backoff", "retryOn", "budgetPercent"] {
+        assert!(out.contains(field), "kubectl explain should document {field}:\n{out}");
+    }
+    assert!(out.contains("How many times a failed request is retried"), "{out}");
+    let out = kubectl(&["explain", "contractpolicy.spec.failover.requiredRegions"], None).ok();
+    assert!(out.contains("Every one of these regions must be declared"), "{out}");
+}
+
+#[test]
+fn kubectl_get_csp_lists_both_kinds_with_their_columns() {
+    ensure_crds();
+    let ns = TestNamespace::new("get-csp", &[]);
+    let name = unique("listed");
+    kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&contract(&name))).ok();
+    let policy = unique("listed-policy");
+    let policy_yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {policy}}}\nspec:\n  enforcementAction: Audit\n  match: {{namespaces: [{ns}]}}\n  failover: {{requiredRegions: [gz, sz, hz]}}\n",
+        ns = ns.name
+    );
+    kubectl(&["apply", "-f", "-"], Some(&policy_yaml)).ok();
+
+    let out = wait_until("kubectl get csp to list both kinds", Duration::from_secs(30), || {
+        let r = kubectl(&["get", "csp", "-n", &ns.name], None);
+        (r.success && r.stdout.contains(&name) && r.stdout.contains(&policy)).then_some(r.stdout)
+    });
+    let _ = kubectl(&["delete", "contractpolicy", &policy, "--ignore-not-found"], None);
+    for header in ["SERVICE", "CHANNELS", "REGIONS", "READY", "AGE", "ACTION", "VIOLATIONS", "COMPLIANCE"] {
+        assert!(out.contains(header), "kubectl get csp should show the column {header}:\n{out}");
+    }
+    let row = out.lines().find(|l| l.contains(&name)).unwrap_or_default();
+    assert!(row.contains("payment-verify") && row.contains("primary,cache"), "contract row: {row}");
+    assert!(row.contains(r#"["gz","sz","hz"]"#), "contract row should show its regions: {row}");
+    let row = out.lines().find(|l| l.contains(&policy)).unwrap_or_default();
+    assert!(row.contains("Audit"), "policy row: {row}");
+}
+
+#[test]
+fn every_example_is_accepted() {
+    ensure_crds();
+    let dir = repo_root().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    // Namespaces first, as a user would apply them.
+    files.sort_by_key(|p| (!p.to_string_lossy().contains("namespace"), p.clone()));
+    assert!(files.len() >= 2, "examples/ should hold a ChannelContract and a ContractPolicy");
+    let mut applied = Vec::new();
+    for file in &files {
+        let path = file.to_string_lossy().into_owned();
+        let out = kubectl(&["apply", "-f", &path], None).ok();
+        assert!(out.contains("created") || out.contains("configured") || out.contains("unchanged"), "{out}");
+        applied.push(path);
+    }
+    let contract = kubectl(&["get", "chc", "payment-verify", "-n", "payments", "-o", "json"], None).ok();
+    let contract: serde_json::Value = serde_json::from_str(&contract).expect("json");
+    assert_eq!(contract["spec"]["channels"].as_array().map(Vec::len), Some(3));
+    assert_eq!(contract["spec"]["failover"]["regions"], serde_json::json!(["gz", "sz", "hz"]));
+    for path in applied.iter().rev() {
+        let _ = kubectl(&["delete", "-f", path, "--wait=false", "--ignore-not-found"], None);
+    }
+}
+
+#[test]
+fn the_server_applies_defaults() {
+    ensure_crds();
+    let ns = TestNamespace::new("defaults", &[]);
+    let minimal = "apiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {name: minimal}\nspec: {service: web, port: 80, sla: {maxLatency: 1s}}\n";
+    kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(minimal)).ok();
+    let got = kubectl(&["get", "chc", "minimal", "-n", &ns.name, "-o", "json"], None).ok();
+    let got: serde_json::Value = serde_json::from_str(&got).expect("json");
+    let spec = &got["spec"];
+    assert_eq!(spec["protocol"], "HTTP");
+    assert_eq!(spec["retry"]["strategy"], "ExponentialBackoff");
+    assert_eq!(spec["retry"]["maxRetries"], 2);
+    assert_eq!(spec["retry"]["backoff"]["baseInterval"], "25ms");
+    assert_eq!(spec["circuitBreaker"]["maxEjectionPercent"], 100);
+    // The Rust types read what the server wrote.
+    let typed: crds::ChannelContract = serde_json::from_value(got).expect("the server's object fits the types");
+    assert_eq!(crds::validate::contract(&typed.spec), Ok(()));
+}
+
+/// Each violating object and the text the API server's refusal must contain (the field it names).
+const INVALID: &[(&str, &str, &str)] = &[
+    (
+        "perTryTimeout greater than maxLatency",
+        "spec: {service: s, port: 80, sla: {maxLatency: 100ms}, retry: {perTryTimeout: 200ms}}",
+        "spec.retry.perTryTimeout must be less than or equal to spec.sla.maxLatency",
+    ),
+    (
+        "baseInterval greater than maxInterval",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, retry: {backoff: {baseInterval: 500ms, maxInterval: 100ms}}}",
+        "spec.retry.backoff.baseInterval must be less than or equal to spec.retry.backoff.maxInterval",
+    ),
+    (
+        "threshold of 0",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, circuitBreaker: {threshold: 0}}",
+        "spec.circuitBreaker.threshold",
+    ),
+    (
+        "threshold above 1",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, circuitBreaker: {threshold: 1.5}}",
+        "spec.circuitBreaker.threshold",
+    ),
+    (
+        "duplicate channel names",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, channels: [{name: a}, {name: a}]}",
+        "spec.channels[].name must be unique",
+    ),
+    (
+        "duplicate selectors",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, channels: [{name: a, selector: x}, {name: b, selector: x}]}",
+        "spec.channels[].selector must be unique",
+    ),
+    (
+        "duplicate regions",
+        "spec: {service: s, port: 80, sla: {maxLatency: 1s}, failover: {regions: [gz, sz, gz]}}",
+        "spec.failover.regions must not repeat a region",
+    ),
+    ("a missing required field (sla)", "spec: {service: s, port: 80}", "spec.sla: Required value"),
+    ("a missing required field (service)", "spec: {port: 80, sla: {maxLatency: 1s}}", "spec.service: Required value"),
+    ("a malformed duration", "spec: {service: s, port: 80, sla: {maxLatency: fast}}", "spec.sla.maxLatency"),
+    (
+        "a zero deadline",
+        "spec: {service: s, port: 80, sla: {maxLatency: 0s}}",
+        "spec.sla.maxLatency must be greater than 0",
+    ),
+    ("a port out of range", "spec: {service: s, port: 70000, sla: {maxLatency: 1s}}", "spec.port"),
+];
+
+#[test]
+fn the_api_server_refuses_each_broken_invariant_naming_the_field() {
+    ensure_crds();
+    let ns = TestNamespace::new("invalid", &[]);
+    let mut failures = Vec::new();
+    for (i, (what, spec, expected)) in INVALID.iter().enumerate() {
+        let yaml = format!(
+            "apiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {{name: bad-{i}}}\n{spec}\n"
+        );
+        let r = kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        if r.success {
+            failures.push(format!("{what}: was accepted"));
+        } else if !r.stderr.contains(expected) {
+            failures.push(format!("{what}: refused without naming the field ({expected}):\n{}", r.stderr));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_api_server_refuses_a_policy_with_duplicate_regions() {
+    ensure_crds();
+    let name = unique("bad-policy");
+    let yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec: {{failover: {{requiredRegions: [gz, gz]}}}}\n"
+    );
+    let err = kubectl(&["create", "-f", "-"], Some(&yaml)).failed();
+    assert!(err.contains("spec.failover.requiredRegions must not repeat a region"), "{err}");
+    let yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec: {{enforcementAction: Block}}\n"
+    );
+    let err = kubectl(&["create", "-f", "-"], Some(&yaml)).failed();
+    assert!(err.contains("spec.enforcementAction"), "{err}");
+}
