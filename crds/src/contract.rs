@@ -23,7 +23,7 @@ use crate::schema::{conditions_schema, dns_label_schema, duration_schema, region
     derive = "PartialEq",
     doc = "A ChannelContract declares the resilience contract of one Service: latency SLA, retries with back-off, circuit breaking, ordered fallback channels and cross-region failover. The operator publishes it as Envoy configuration.",
     printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service","description":"The Service clients call"}"#,
-    printcolumn = r#"{"name":"Channels","type":"string","jsonPath":".spec.channels[*].name","description":"Channels in order: primary first, then fallbacks"}"#,
+    printcolumn = r#"{"name":"Channels","type":"string","jsonPath":".status.channelSummary","description":"Channels in order (primary first) with their ready endpoints"}"#,
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.regions","description":"Failover regions in order"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether proxies serve the contract"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -64,11 +64,9 @@ pub struct ChannelContractSpec {
     #[schemars(length(max = 16))]
     #[x_kube(
         validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
-            .message("spec.channels[].name must be unique: two channels have the same name")
-            .reason(Reason::FieldValueDuplicate),
+            .message("spec.channels[].name must be unique: two channels have the same name"),
         validation = Rule::new("self.all(c, !has(c.selector) || self.exists_one(d, has(d.selector) && d.selector == c.selector))")
             .message("spec.channels[].selector must be unique: two channels have the same selector")
-            .reason(Reason::FieldValueDuplicate)
     )]
     pub channels: Vec<Channel>,
 
@@ -131,7 +129,7 @@ pub struct RetryPolicy {
     /// Which failures are retried, in Envoy's `retry_on` vocabulary.
     #[serde(default = "default_retry_on")]
     #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d == c))").message("spec.retry.retryOn must not repeat a condition").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d == c))").message("spec.retry.retryOn must not repeat a condition"))]
     pub retry_on: Vec<RetryOn>,
 
     /// Retries may be at most this percentage of the active requests to a channel (a retry budget that
@@ -385,7 +383,7 @@ pub struct Failover {
     /// The regions in the order in which the primary's endpoints are tried, region by region (values of
     /// the `topology.kubernetes.io/region` label). Each region once.
     #[schemars(schema_with = "region_list_schema")]
-    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s == r))").message("spec.failover.regions must not repeat a region").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s == r))").message("spec.failover.regions must not repeat a region"))]
     pub regions: Vec<String>,
 }
 
@@ -409,6 +407,10 @@ pub struct ChannelContractStatus {
     /// What each channel resolved to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelStatus>,
+
+    /// The channels in order with their ready endpoints, e.g. `primary:6,cache:2` (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_summary: Option<String>,
 
     /// Proxies that take the configuration over xDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -67,7 +67,7 @@ pub struct PolicyMatch {
     /// Kinds the policy applies to: Service, ChannelContract or both.
     #[serde(default = "default_kinds")]
     #[schemars(length(min = 1, max = 2))]
-    #[x_kube(validation = Rule::new("self.all(k, self.exists_one(l, l == k))").message("spec.match.kinds must not repeat a kind").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(k, self.exists_one(l, l == k))").message("spec.match.kinds must not repeat a kind"))]
     pub kinds: Vec<MatchKind>,
 
     /// Namespaces the policy applies to. Empty: all namespaces.
@@ -122,7 +122,7 @@ pub struct FailoverRequirement {
     /// Every one of these regions must be declared.
     #[serde(default)]
     #[schemars(schema_with = "region_list_schema")]
-    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s == r))").message("spec.failover.requiredRegions must not repeat a region").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s == r))").message("spec.failover.requiredRegions must not repeat a region"))]
     pub required_regions: Vec<String>,
 
     /// At least this many regions must be declared. Omitted: no minimum beyond `requiredRegions`.
