@@ -1,0 +1,1 @@
+//! The Channel Contracts operator.

@@ -1,0 +1,4 @@
+//! The operator binary.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! The webhook binary.
+#![forbid(unsafe_code)]
+
+fn main() {}
