@@ -29,7 +29,7 @@ fmt: ## check formatting
 lint: ## clippy, warnings are errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit: ## unit tests and the CRD drift test (no cluster)
+unit: tools ## unit tests and the CRD drift test (no cluster; the operator's tests run the real envoy)
 	cargo test --workspace --locked --exclude channel-contracts-e2e
 
 e2e: tools ## end-to-end tests against the real control plane (brings it up and down)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the e2e tests against a local control plane of their own: brings it up (unless one already
-# runs, which it then leaves running), runs `cargo test -p channel-contracts-e2e`, and brings it down.
+# runs, which it then leaves running), runs `echo "[e2e] building the product binaries"
+cargo build --locked --bins -p channel-contracts-webhook -p channel-contracts-operator
+cargo test -p channel-contracts-e2e`, and brings it down.
 set -euo pipefail
 e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 started=0
@@ -12,4 +14,6 @@ cleanup() { if [[ $started == 1 ]]; then bash "$e2e/cluster.sh" down; fi; }
 trap cleanup EXIT
 export KUBECONFIG="$e2e/.run/kubeconfig"
 export CSP_E2E_BIN="$e2e/.bin"
+echo "[e2e] building the product binaries"
+cargo build --locked --bins -p channel-contracts-webhook -p channel-contracts-operator
 cargo test -p channel-contracts-e2e --locked -- --test-threads "${CSP_E2E_THREADS:-4}"

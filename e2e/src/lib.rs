@@ -131,10 +131,14 @@ impl TestNamespace {
     /// Creates a namespace named after the test with the given labels (`k=v`).
     pub fn new(test: &str, labels: &[&str]) -> Self {
         let name = unique(&format!("e2e-{test}"));
-        kubectl(&["create", "namespace", &name], None).ok();
-        let mut args = vec!["label", "namespace", name.as_str(), "csp-e2e=true"];
-        args.extend_from_slice(labels);
-        kubectl(&args, None).ok();
+        // Created with its labels in one request, so that nothing sees it unlabelled.
+        let mut yaml =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    csp-e2e: \"true\"\n");
+        for label in labels {
+            let (k, v) = label.split_once('=').unwrap_or((label, ""));
+            yaml.push_str(&format!("    {k}: \"{v}\"\n"));
+        }
+        kubectl(&["create", "-f", "-"], Some(&yaml)).ok();
         Self { name }
     }
 }
@@ -158,3 +162,94 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
+
+/// A product binary built by `cargo build` (run-e2e.sh builds them before the tests).
+pub fn product_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` (make e2e does)", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A background process that dies with the test process: it runs under a shell that waits on the
+/// test's pipe and kills the process when the pipe closes (when the test binary exits, whatever way).
+#[derive(Debug)]
+pub struct Tied {
+    shell: std::process::Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+impl Tied {
+    /// Starts `program args…`, output to `log`.
+    pub fn spawn(program: &Path, args: &[String], env: &[(&str, String)], log: &Path) -> Self {
+        let quoted: Vec<String> = std::iter::once(program.to_string_lossy().into_owned())
+            .chain(args.iter().cloned())
+            .map(|a| shell_quote(&a))
+            .collect();
+        let script = format!(
+            "{} >{} 2>&1 </dev/null & pid=$!; echo $pid; cat >/dev/null; kill -TERM $pid 2>/dev/null; wait $pid",
+            quoted.join(" "),
+            shell_quote(&log.to_string_lossy())
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let shell = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Self { shell, log: log.to_path_buf() }
+    }
+
+    /// Stops it (SIGTERM, then waits).
+    pub fn stop(&mut self) {
+        drop(self.shell.stdin.take());
+        let _ = self.shell.wait();
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.shell.try_wait(), Ok(None))
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Tied {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A folder under `e2e/.run/` for a test's files (certificates, logs).
+pub fn run_dir(name: &str) -> PathBuf {
+    let dir = repo_root().join("e2e/.run/tests").join(unique(name));
+    std::fs::create_dir_all(&dir).expect("create the test's run folder");
+    dir
+}
+
+/// Runs curl (the machine's) with the given arguments; returns (HTTP status, body).
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"]).args(args);
+    let out = run(cmd, None);
+    let text = out.stdout;
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+pub mod webhook;

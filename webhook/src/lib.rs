@@ -1,1 +1,203 @@
-//! The Channel Contracts admission webhook.
+//! The Channel Contracts admission webhook: enforces ContractPolicies on Services and ChannelContracts,
+//! and audits existing objects.
+//!
+//! [`evaluate`] and [`admission`] are pure; [`index`], [`server`] and [`audit`] are the thin shells that
+//! gather inputs from watches, serve HTTPS and write status.
+
+pub mod admission;
+pub mod audit;
+pub mod certs;
+pub mod evaluate;
+pub mod index;
+pub mod metrics;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What can stop the webhook.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No Kubernetes client configuration.
+    #[error("cannot reach the Kubernetes API (set KUBECONFIG or run in a pod): {0}")]
+    Client(#[from] kube::Error),
+    /// The serving certificate does not load.
+    #[error("cannot load the serving certificate {cert} / key {key}: {source}")]
+    Tls {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("the HTTPS server on {addr} failed: {source}")]
+    Serve {
+        /// Where it listened.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// The serving certificate (PEM); reloaded when it changes.
+    #[arg(long, env = "CSP_WEBHOOK_TLS_CERT_FILE", default_value = "/var/run/csp/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+    /// The serving key (PEM); reloaded when it changes.
+    #[arg(long, env = "CSP_WEBHOOK_TLS_KEY_FILE", default_value = "/var/run/csp/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "CSP_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+/// The webhook's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "webhook", version, about = "Channel Contracts admission webhook")]
+pub struct Args {
+    /// Where the HTTPS server listens.
+    #[arg(long, env = "CSP_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The namespace the project runs in: never matched by any policy.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "csp-system")]
+    pub namespace: String,
+    /// More namespaces that no policy matches (besides kube-system, kube-public, kube-node-lease).
+    #[arg(long = "exempt-namespace", env = "CSP_WEBHOOK_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+    /// How often existing objects are audited (also whenever a policy changes).
+    #[arg(long, env = "CSP_WEBHOOK_AUDIT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub audit_interval: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "CSP_WEBHOOK_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log format: json (production) or text.
+    #[arg(long, env = "CSP_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crds::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Sets up `tracing` (RUST_LOG filters; info by default).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C; a second signal exits at once.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down (a second signal exits at once)");
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the webhook until `cancel`.
+pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), Error> {
+    let client = kube::Client::try_default().await?;
+    let tls_err =
+        |source| Error::Tls { cert: args.tls.tls_cert_file.clone(), key: args.tls.tls_key_file.clone(), source };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls.tls_cert_file, &args.tls.tls_key_file)
+        .await
+        .map_err(tls_err)?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let policy_changed = Arc::new(Notify::new());
+    let (caches, watches) = index::start(client.clone(), policy_changed.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut exempt = args.exempt_namespaces.clone();
+    exempt.push(args.namespace.clone());
+    exempt.retain(|n| !n.is_empty());
+
+    let watch_task = tokio::spawn(watches);
+    // One waiter on the caches: it marks the server ready, then runs the audit.
+    let audit_task = {
+        let (client, caches, ready, metrics, exempt, cancel) =
+            (client.clone(), caches.clone(), ready.clone(), metrics.clone(), exempt.clone(), cancel.clone());
+        let interval = args.audit_interval;
+        tokio::spawn(async move {
+            tokio::select! {
+                synced = caches.wait_until_ready() => if synced.is_err() { return },
+                _ = cancel.cancelled() => return,
+            }
+            ready.store(true, Ordering::Release);
+            tracing::info!(?caches, "caches synced: ready");
+            audit::run_loop(client, caches, metrics, exempt, interval, policy_changed, cancel).await;
+        })
+    };
+    let reload_task = tokio::spawn(server::reload_tls(
+        tls.clone(),
+        args.tls.tls_cert_file.clone(),
+        args.tls.tls_key_file.clone(),
+        args.tls.tls_reload_interval,
+        cancel.clone(),
+    ));
+    let state = server::AppState {
+        caches,
+        metrics,
+        settings: Arc::new(admission::Settings { exempt_namespaces: exempt }),
+        ready,
+        client,
+    };
+    tracing::info!(listen = %args.listen, "serving admission reviews on /validate");
+    let served = server::serve(args.listen, server::router(state), tls, args.drain_timeout, cancel.clone()).await;
+    cancel.cancel();
+    watch_task.abort();
+    let _ = audit_task.await;
+    let _ = reload_task.await;
+    served.map_err(|source| Error::Serve { addr: args.listen, source })
+}

@@ -1,4 +1,16 @@
-//! The webhook binary.
+//! The webhook binary: parse arguments, set up logging, run until a signal.
 #![forbid(unsafe_code)]
 
-fn main() {}
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = webhook::Args::parse();
+    webhook::init_logging(args.log_format);
+    let cancel = CancellationToken::new();
+    webhook::cancel_on_signal(cancel.clone());
+    webhook::run(args, cancel).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

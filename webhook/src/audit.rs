@@ -1,0 +1,318 @@
+//! The audit: every matched existing object is judged against every policy, periodically and whenever a
+//! policy changes; the results go to each policy's status (server-side apply) and to metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::{ContractPolicy, ContractPolicyStatus, ViolationSample};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::core::Selector;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::evaluate::{self, Kind, Subject};
+use crate::index::{Caches, contract_ref};
+use crate::metrics::{Metrics, PolicyLabels, ReasonLabels};
+
+/// The field manager of the audit's status writes.
+pub const FIELD_MANAGER: &str = "channel-contracts-webhook-audit";
+/// At most this many violation samples are kept in a policy's status.
+pub const MAX_SAMPLES: usize = 20;
+
+/// What the audit found for one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    /// Objects the policy matched.
+    pub matched: i64,
+    /// Matched objects that fall short.
+    pub violations: i64,
+    /// Up to [`MAX_SAMPLES`] of them, sorted by kind, namespace and name.
+    pub samples: Vec<ViolationSample>,
+}
+
+impl Report {
+    /// The share of matched objects that comply, as status shows it (`97.5%`).
+    pub fn compliance(&self) -> String {
+        let ratio = self.ratio() * 100.0;
+        let text = format!("{ratio:.1}");
+        format!("{}%", text.trim_end_matches(".0"))
+    }
+
+    /// The share of matched objects that comply, in 0..1 (1 when nothing matched).
+    pub fn ratio(&self) -> f64 {
+        if self.matched == 0 { 1.0 } else { (self.matched - self.violations) as f64 / self.matched as f64 }
+    }
+}
+
+/// Judges every subject against one policy. Pure.
+pub fn audit_policy(
+    policy: &ContractPolicy,
+    subjects: &[Subject],
+    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    exempt_namespaces: &[String],
+) -> Report {
+    let mut report = Report::default();
+    let mut samples = Vec::new();
+    let name = policy.name_any();
+    for s in subjects {
+        if !evaluate::matches(&policy.spec, s, namespace_labels.get(&s.namespace), exempt_namespaces) {
+            continue;
+        }
+        report.matched += 1;
+        let problems = evaluate::problems(&policy.spec, s);
+        if problems.is_empty() {
+            continue;
+        }
+        report.violations += 1;
+        samples.push(ViolationSample {
+            kind: s.kind.as_str().to_owned(),
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            message: evaluate::message(&name, policy.spec.enforcement_action, s, &problems),
+        });
+    }
+    samples.sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
+    samples.truncate(MAX_SAMPLES);
+    report.samples = samples;
+    report
+}
+
+/// Every existing Service and ChannelContract as the evaluation sees them.
+pub fn subjects(caches: &Caches) -> Vec<Subject> {
+    let contracts = caches.contracts.state();
+    let mut by_namespace: BTreeMap<String, Vec<evaluate::ContractRef>> = BTreeMap::new();
+    for c in &contracts {
+        by_namespace.entry(c.namespace().unwrap_or_default()).or_default().push(contract_ref(c));
+    }
+    let mut out = Vec::new();
+    for svc in caches.services.state() {
+        let namespace = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let refs = by_namespace.get(&namespace).map(Vec::as_slice).unwrap_or_default();
+        let declaration = evaluate::service_declaration(&name, svc.annotations(), refs);
+        out.push(Subject { kind: Kind::Service, namespace, name, labels: svc.labels().clone(), declaration });
+    }
+    for c in &contracts {
+        let regions = c.spec.failover.as_ref().map(|f| f.regions.clone()).unwrap_or_default();
+        out.push(Subject {
+            kind: Kind::ChannelContract,
+            namespace: c.namespace().unwrap_or_default(),
+            name: c.name_any(),
+            labels: c.labels().clone(),
+            declaration: evaluate::contract_declaration(&regions),
+        });
+    }
+    out
+}
+
+/// Why a policy is not Accepted, if it is not: a selector that cannot be read, or an invalid spec.
+pub fn acceptance_problem(policy: &ContractPolicy) -> Option<String> {
+    if let Err(e) = crds::validate::policy(&policy.spec) {
+        return Some(e.to_string());
+    }
+    let m = &policy.spec.r#match;
+    for (field, sel) in
+        [("spec.match.namespaceSelector", &m.namespace_selector), ("spec.match.labelSelector", &m.label_selector)]
+    {
+        if let Some(sel) = sel
+            && let Err(e) = Selector::try_from(sel.clone())
+        {
+            return Some(format!("{field} cannot be read ({e}); the policy applies everywhere until it is fixed"));
+        }
+    }
+    None
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // lastTransitionTime moves only when the status flips.
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// The status the audit writes for a policy.
+pub fn status_for(policy: &ContractPolicy, report: &Report, now: &Time) -> ContractPolicyStatus {
+    let previous = policy.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let accepted = match acceptance_problem(policy) {
+        None => condition("Accepted", true, "Valid", "the policy is valid".into(), generation, previous, now),
+        Some(why) => condition("Accepted", false, "InvalidSpec", why, generation, previous, now),
+    };
+    let audited = condition(
+        "Audited",
+        true,
+        "AuditSucceeded",
+        format!(
+            "{} of {} matched objects fall short ({} compliant)",
+            report.violations,
+            report.matched,
+            report.compliance()
+        ),
+        generation,
+        previous,
+        now,
+    );
+    ContractPolicyStatus {
+        observed_generation: generation,
+        conditions: vec![accepted, audited],
+        audit_time: Some(now.clone()),
+        matched: report.matched,
+        violations: report.violations,
+        compliance: Some(report.compliance()),
+        violation_samples: report.samples.clone(),
+    }
+}
+
+/// Runs one audit over the caches and writes every policy's status.
+pub async fn run_once(
+    client: &Client,
+    caches: &Caches,
+    metrics: &Metrics,
+    exempt: &[String],
+) -> Result<usize, kube::Error> {
+    let subjects = subjects(caches);
+    let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
+        caches.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+    let api: Api<ContractPolicy> = Api::all(client.clone());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let policies = caches.policies.state();
+    let mut first_error = None;
+    for policy in &policies {
+        let report = audit_policy(policy, &subjects, &namespace_labels, exempt);
+        let labels = PolicyLabels { policy: policy.name_any() };
+        metrics.policy_matched.get_or_create(&labels).set(report.matched);
+        metrics.policy_violations.get_or_create(&labels).set(report.violations);
+        metrics.policy_compliance.get_or_create(&labels).set(report.ratio());
+        let status = status_for(policy, &report, &now);
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
+            "kind": "ContractPolicy",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if let Err(e) = api.patch_status(&policy.name_any(), &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(policy = %policy.name_any(), error = %e, "writing the policy's audit status failed");
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(policies.len()),
+    }
+}
+
+/// Audits periodically and whenever `policy_changed` is notified, until cancelled. Call it once the
+/// caches have synced.
+pub async fn run_loop(
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    exempt: Vec<String>,
+    interval: Duration,
+    policy_changed: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut known: Vec<String> = Vec::new();
+    loop {
+        let start = std::time::Instant::now();
+        let result = run_once(&client, &caches, &metrics, &exempt).await;
+        let reason = if result.is_ok() { "ok" } else { "error" };
+        metrics.audit_runs.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+        match result {
+            Ok(n) => tracing::info!(policies = n, elapsed_ms = start.elapsed().as_millis() as u64, "audit done"),
+            Err(e) => tracing::warn!(error = %e, "audit incomplete; retrying at the next tick"),
+        }
+        let now: Vec<String> = caches.policies.state().iter().map(|p| p.name_any()).collect();
+        for gone in known.iter().filter(|k| !now.contains(k)) {
+            metrics.forget_policy(gone);
+        }
+        known = now;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {},
+            _ = policy_changed.notified() => {
+                // Let a burst of policy edits settle into one audit.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ns: &str, name: &str, regions: &[&str]) -> Subject {
+        Subject {
+            kind: Kind::Service,
+            namespace: ns.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            declaration: evaluate::contract_declaration(&regions.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+        }
+    }
+
+    #[test]
+    fn report_counts_matched_violations_and_compliance() {
+        let spec = serde_json::from_value(
+            serde_json::json!({"enforcementAction": "Audit", "failover": {"requiredRegions": ["gz", "sz"]}}),
+        )
+        .expect("spec");
+        let p = ContractPolicy::new("p", spec);
+        let mut subjects: Vec<Subject> = (0..39).map(|i| svc("a", &format!("ok-{i}"), &["gz", "sz"])).collect();
+        subjects.push(svc("a", "bad", &["gz"]));
+        subjects.push(svc("kube-system", "ignored", &[]));
+        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[]);
+        assert_eq!((r.matched, r.violations), (40, 1));
+        assert_eq!(r.compliance(), "97.5%");
+        assert_eq!(r.samples.len(), 1);
+        assert!(r.samples[0].message.contains("missing failover regions [sz]"));
+        let all_ok = audit_policy(&p, &subjects[..3], &BTreeMap::new(), &[]);
+        assert_eq!(all_ok.compliance(), "100%");
+    }
+
+    #[test]
+    fn samples_are_capped() {
+        let spec = serde_json::from_value(serde_json::json!({"failover": {"requiredRegions": ["gz"]}})).expect("spec");
+        let p = ContractPolicy::new("p", spec);
+        let subjects: Vec<Subject> = (0..50).map(|i| svc("a", &format!("s-{i:02}"), &[])).collect();
+        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[]);
+        assert_eq!((r.violations, r.samples.len()), (50, MAX_SAMPLES));
+        assert_eq!(r.samples[0].name, "s-00");
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_on_a_flip() {
+        let spec = serde_json::from_value(serde_json::json!({})).expect("spec");
+        let mut p = ContractPolicy::new("p", spec);
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).expect("ts"));
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).expect("ts"));
+        let s0 = status_for(&p, &Report::default(), &t0);
+        p.status = Some(s0);
+        let s1 = status_for(&p, &Report::default(), &t1);
+        assert_eq!(s1.conditions[0].last_transition_time, t0);
+        assert_eq!(s1.audit_time, Some(t1));
+    }
+}

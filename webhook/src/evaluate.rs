@@ -1,0 +1,587 @@
+//! The pure policy evaluation: an object, the operation, the ContractPolicies, what governs the object
+//! and its namespace's labels in; allow / deny / warn with messages out. No client, no clock, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crds::{
+    CONTRACT_ANNOTATION, ContractPolicy, ContractPolicySpec, EnforcementAction, FAILOVER_REGIONS_ANNOTATION, MatchKind,
+};
+use kube::core::{Selector, SelectorExt};
+
+/// Namespaces that no policy ever matches, whatever it says.
+pub const ALWAYS_EXEMPT: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// The kinds the webhook judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// core/v1 Service.
+    Service,
+    /// csp.contracts.dev/v1alpha1 ChannelContract.
+    ChannelContract,
+}
+
+impl Kind {
+    /// The kind's name as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "Service",
+            Self::ChannelContract => "ChannelContract",
+        }
+    }
+
+    fn as_match_kind(self) -> MatchKind {
+        match self {
+            Self::Service => MatchKind::Service,
+            Self::ChannelContract => MatchKind::ChannelContract,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A ChannelContract as the index knows it: which Service it governs and which regions it declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractRef {
+    /// The contract's name.
+    pub name: String,
+    /// `spec.service`.
+    pub service: String,
+    /// `spec.failover.regions`.
+    pub regions: Vec<String>,
+}
+
+/// What an object declares: its failover regions and the contracts that govern it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declaration {
+    /// Declared regions: unique, in the order first declared.
+    pub regions: Vec<String>,
+    /// Names of the ChannelContracts that govern the object (Services only).
+    pub governed_by: Vec<String>,
+}
+
+/// The object under judgement.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Service or ChannelContract.
+    pub kind: Kind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// What it declares.
+    pub declaration: Declaration,
+}
+
+/// Splits a region list as users write it in the annotation: commas, any whitespace, duplicates and
+/// empty items are all fine.
+pub fn parse_regions(text: &str) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    text.split([',', ' ', '\t', '\n', ';'])
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .filter(|r| seen.insert(r.to_string()))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn push_unique(into: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for item in items {
+        if !into.contains(&item) {
+            into.push(item);
+        }
+    }
+}
+
+/// What a Service declares: the regions of its annotation, plus those of the ChannelContracts in its
+/// namespace that govern it (`spec.service` names it). When the Service's `csp.contracts.dev/contract`
+/// annotation names a contract that governs it, only that contract counts.
+pub fn service_declaration(
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    contracts_in_namespace: &[ContractRef],
+) -> Declaration {
+    let mut decl = Declaration::default();
+    if let Some(text) = annotations.get(FAILOVER_REGIONS_ANNOTATION) {
+        push_unique(&mut decl.regions, parse_regions(text));
+    }
+    let governing: Vec<&ContractRef> = contracts_in_namespace.iter().filter(|c| c.service == name).collect();
+    let named = annotations.get(CONTRACT_ANNOTATION).map(|n| n.trim());
+    let chosen: Vec<&ContractRef> = match named {
+        Some(n) if governing.iter().any(|c| c.name == n) => governing.into_iter().filter(|c| c.name == n).collect(),
+        _ => governing,
+    };
+    let mut chosen = chosen;
+    chosen.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in chosen {
+        decl.governed_by.push(c.name.clone());
+        push_unique(&mut decl.regions, c.regions.iter().cloned());
+    }
+    decl
+}
+
+/// What a ChannelContract declares: its `spec.failover.regions`.
+pub fn contract_declaration(regions: &[String]) -> Declaration {
+    let mut decl = Declaration::default();
+    push_unique(&mut decl.regions, regions.iter().cloned());
+    decl
+}
+
+/// Whether a policy applies to a subject.
+///
+/// `namespace_labels` is `None` when the namespace is unknown; a policy with a namespace selector then
+/// applies (fail closed). A selector that cannot be read also applies (fail closed): the audit marks
+/// such a policy as not Accepted.
+pub fn matches(
+    spec: &ContractPolicySpec,
+    subject: &Subject,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    exempt_namespaces: &[String],
+) -> bool {
+    if is_exempt(&subject.namespace, exempt_namespaces) {
+        return false;
+    }
+    let m = &spec.r#match;
+    if !m.kinds.contains(&subject.kind.as_match_kind()) {
+        return false;
+    }
+    if !m.namespaces.is_empty() && !m.namespaces.contains(&subject.namespace) {
+        return false;
+    }
+    if m.excluded_namespaces.contains(&subject.namespace) {
+        return false;
+    }
+    if let Some(selector) = &m.namespace_selector {
+        match (Selector::try_from(selector.clone()), namespace_labels) {
+            (Ok(sel), Some(labels)) if !sel.matches(labels) => return false,
+            _ => {}
+        }
+    }
+    if let Some(selector) = &m.label_selector
+        && let Ok(sel) = Selector::try_from(selector.clone())
+        && !sel.matches(&subject.labels)
+    {
+        return false;
+    }
+    true
+}
+
+/// Whether a namespace is never matched.
+pub fn is_exempt(namespace: &str, exempt_namespaces: &[String]) -> bool {
+    ALWAYS_EXEMPT.contains(&namespace) || exempt_namespaces.iter().any(|n| n == namespace)
+}
+
+/// One thing an object lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Required regions that are not declared.
+    MissingRegions {
+        /// Required and not declared, in the policy's order.
+        missing: Vec<String>,
+        /// What the policy requires.
+        required: Vec<String>,
+    },
+    /// Fewer regions declared than the policy's minimum.
+    TooFewRegions {
+        /// The policy's minimum.
+        min: i32,
+    },
+    /// A Service that no ChannelContract governs, where the policy requires one.
+    NoContract,
+}
+
+/// The problems of a subject under one policy; empty means it complies.
+pub fn problems(spec: &ContractPolicySpec, subject: &Subject) -> Vec<Problem> {
+    let declared = &subject.declaration.regions;
+    let mut out = Vec::new();
+    let required = &spec.failover.required_regions;
+    let missing: Vec<String> = required.iter().filter(|r| !declared.contains(r)).cloned().collect();
+    if !missing.is_empty() {
+        out.push(Problem::MissingRegions { missing, required: required.clone() });
+    }
+    if let Some(min) = spec.failover.min_regions
+        && (declared.len() as i64) < i64::from(min)
+    {
+        out.push(Problem::TooFewRegions { min });
+    }
+    if spec.require_contract && subject.kind == Kind::Service && subject.declaration.governed_by.is_empty() {
+        out.push(Problem::NoContract);
+    }
+    out
+}
+
+fn list(items: &[String]) -> String {
+    format!("[{}]", items.join(", "))
+}
+
+/// The text that says what is wrong and how to fix it, without the policy's name.
+pub fn describe(subject: &Subject, problems: &[Problem]) -> String {
+    let declared = &subject.declaration.regions;
+    let mut what = Vec::new();
+    let mut wanted: Vec<String> = Vec::new();
+    let mut fixes = Vec::new();
+    for p in problems {
+        match p {
+            Problem::MissingRegions { missing, required } => {
+                what.push(format!(
+                    "missing failover regions {}; required {}, declared {}",
+                    list(missing),
+                    list(required),
+                    list(declared)
+                ));
+                push_unique(&mut wanted, required.iter().cloned());
+            }
+            Problem::TooFewRegions { min } => {
+                let noun = if declared.len() == 1 { "region" } else { "regions" };
+                what.push(format!(
+                    "declares {} failover {noun} {}; at least {min} required",
+                    declared.len(),
+                    list(declared)
+                ));
+            }
+            Problem::NoContract => what.push("is not governed by a ChannelContract".to_owned()),
+        }
+    }
+    let region_problem = problems.iter().any(|p| !matches!(p, Problem::NoContract));
+    if region_problem {
+        push_unique(&mut wanted, declared.iter().cloned());
+        let min = problems.iter().find_map(|p| match p {
+            Problem::TooFewRegions { min } => Some(*min),
+            _ => None,
+        });
+        let at_least = match min {
+            Some(m) if wanted.len() < m as usize => format!(" (at least {m} regions)"),
+            _ => String::new(),
+        };
+        let value = if wanted.is_empty() { "<region>,<region>".to_owned() } else { wanted.join(",") };
+        fixes.push(match subject.kind {
+            Kind::Service => format!(
+                "Declare them with annotation {FAILOVER_REGIONS_ANNOTATION}=\"{value}\"{at_least} or in a ChannelContract's spec.failover.regions."
+            ),
+            Kind::ChannelContract => {
+                format!("Declare them in spec.failover.regions, e.g. regions: [{}]{at_least}.", value.replace(',', ", "))
+            }
+        });
+    }
+    if problems.contains(&Problem::NoContract) {
+        fixes.push(format!(
+            "Create a ChannelContract in namespace {} with spec.service: {}.",
+            subject.namespace, subject.name
+        ));
+    }
+    format!("{}. {}", what.join("; "), fixes.join(" "))
+}
+
+/// What one policy says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The policy's name.
+    pub policy: String,
+    /// What the policy does about it.
+    pub action: EnforcementAction,
+    /// The full message, naming the policy, the object, what is missing and how to fix it.
+    pub message: String,
+}
+
+/// The outcome of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Every policy that the object falls short of, sorted by policy name.
+    pub verdicts: Vec<Verdict>,
+    /// Names of the policies that matched the object.
+    pub matched: Vec<String>,
+}
+
+impl Decision {
+    /// Whether the request is admitted.
+    pub fn allowed(&self) -> bool {
+        !self.verdicts.iter().any(|v| v.action == EnforcementAction::Deny)
+    }
+
+    /// The denial message: every denying policy, one per line.
+    pub fn denial(&self) -> Option<String> {
+        let lines: Vec<&str> =
+            self.verdicts.iter().filter(|v| v.action == EnforcementAction::Deny).map(|v| v.message.as_str()).collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    /// Admission warnings: one per Warn policy.
+    pub fn warnings(&self) -> Vec<String> {
+        self.verdicts.iter().filter(|v| v.action == EnforcementAction::Warn).map(|v| v.message.clone()).collect()
+    }
+}
+
+/// The message one policy gives about one object.
+pub fn message(policy: &str, action: EnforcementAction, subject: &Subject, problems: &[Problem]) -> String {
+    let verb = match action {
+        EnforcementAction::Deny => "denied",
+        EnforcementAction::Warn => "warns about",
+        EnforcementAction::Audit => "audits",
+    };
+    format!(
+        "ContractPolicy {policy:?} {verb} {} {}/{}: {}",
+        subject.kind,
+        subject.namespace,
+        subject.name,
+        describe(subject, problems)
+    )
+}
+
+/// Judges a subject against every policy.
+pub fn evaluate(
+    subject: &Subject,
+    policies: &[ContractPolicy],
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    exempt_namespaces: &[String],
+) -> Decision {
+    let mut decision = Decision::default();
+    let mut sorted: Vec<&ContractPolicy> = policies.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for policy in sorted {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        if !matches(&policy.spec, subject, namespace_labels, exempt_namespaces) {
+            continue;
+        }
+        decision.matched.push(name.clone());
+        let found = problems(&policy.spec, subject);
+        if found.is_empty() {
+            continue;
+        }
+        let action = policy.spec.enforcement_action;
+        decision.verdicts.push(Verdict { message: message(&name, action, subject, &found), policy: name, action });
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(name: &str, action: &str, required: &[&str]) -> ContractPolicy {
+        let spec: ContractPolicySpec = serde_json::from_value(serde_json::json!({
+            "enforcementAction": action,
+            "failover": {"requiredRegions": required},
+        }))
+        .expect("policy spec");
+        ContractPolicy::new(name, spec)
+    }
+
+    fn service(ns: &str, name: &str, annotation: Option<&str>, contracts: &[ContractRef]) -> Subject {
+        let mut annotations = BTreeMap::new();
+        if let Some(a) = annotation {
+            annotations.insert(FAILOVER_REGIONS_ANNOTATION.to_owned(), a.to_owned());
+        }
+        Subject {
+            kind: Kind::Service,
+            namespace: ns.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            declaration: service_declaration(name, &annotations, contracts),
+        }
+    }
+
+    #[test]
+    fn the_documented_denial_message() {
+        let p = policy("national-baseline", "Deny", &["gz", "sz", "hz"]);
+        let s = service("payments", "payment-verify", Some("gz,sz"), &[]);
+        let d = evaluate(&s, &[p], None, &[]);
+        assert!(!d.allowed());
+        assert_eq!(
+            d.denial().expect("denied"),
+            "ContractPolicy \"national-baseline\" denied Service payments/payment-verify: missing failover regions [hz]; \
+             required [gz, sz, hz], declared [gz, sz]. Declare them with annotation \
+             csp.contracts.dev/failover-regions=\"gz,sz,hz\" or in a ChannelContract's spec.failover.regions."
+        );
+    }
+
+    #[test]
+    fn a_governing_contract_declares_for_the_service() {
+        let p = policy("base", "Deny", &["gz", "sz", "hz"]);
+        let c = ContractRef {
+            name: "pv".into(),
+            service: "payment-verify".into(),
+            regions: vec!["gz".into(), "sz".into(), "hz".into()],
+        };
+        let s = service("payments", "payment-verify", None, std::slice::from_ref(&c));
+        assert!(evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        // A contract for another Service does not count.
+        let other = ContractRef { service: "other".into(), ..c };
+        let s = service("payments", "payment-verify", None, &[other]);
+        assert!(!evaluate(&s, &[p], None, &[]).allowed());
+    }
+
+    #[test]
+    fn the_contract_annotation_picks_one_contract() {
+        let a = ContractRef { name: "a".into(), service: "svc".into(), regions: vec!["gz".into()] };
+        let b = ContractRef { name: "b".into(), service: "svc".into(), regions: vec!["sz".into()] };
+        let mut ann = BTreeMap::new();
+        ann.insert(CONTRACT_ANNOTATION.to_owned(), "b".to_owned());
+        let d = service_declaration("svc", &ann, &[a.clone(), b.clone()]);
+        assert_eq!(d.regions, ["sz"]);
+        assert_eq!(d.governed_by, ["b"]);
+        let d = service_declaration("svc", &BTreeMap::new(), &[b, a]);
+        assert_eq!(d.regions, ["gz", "sz"]);
+    }
+
+    #[test]
+    fn exempt_namespaces_are_never_matched() {
+        let p = policy("base", "Deny", &["gz"]);
+        for ns in ["kube-system", "kube-public", "kube-node-lease", "csp-system"] {
+            let s = service(ns, "x", None, &[]);
+            let d = evaluate(&s, std::slice::from_ref(&p), None, &["csp-system".to_owned()]);
+            assert!(d.allowed() && d.matched.is_empty(), "{ns}");
+        }
+    }
+
+    #[test]
+    fn warn_and_audit_admit() {
+        let s = service("ns", "x", None, &[]);
+        let d = evaluate(&s, &[policy("w", "Warn", &["gz"])], None, &[]);
+        assert!(d.allowed());
+        assert_eq!(d.warnings().len(), 1);
+        assert!(
+            d.warnings()[0].starts_with("ContractPolicy \"w\" warns about Service ns/x: missing failover regions [gz]")
+        );
+        let d = evaluate(&s, &[policy("a", "Audit", &["gz"])], None, &[]);
+        assert!(d.allowed() && d.warnings().is_empty() && d.verdicts.len() == 1);
+    }
+
+    #[test]
+    fn every_violated_policy_is_named() {
+        let s = service("ns", "x", Some("gz"), &[]);
+        let d = evaluate(&s, &[policy("b", "Deny", &["sz"]), policy("a", "Deny", &["hz"])], None, &[]);
+        let text = d.denial().expect("denied");
+        assert!(text.contains("ContractPolicy \"a\"") && text.contains("ContractPolicy \"b\""), "{text}");
+    }
+
+    #[test]
+    fn match_fields() {
+        let mut p = policy("p", "Deny", &["gz"]);
+        let s = service("team", "x", None, &[]);
+        p.spec.r#match.namespaces = vec!["other".into()];
+        assert!(evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        p.spec.r#match.namespaces = vec![];
+        p.spec.r#match.excluded_namespaces = vec!["team".into()];
+        assert!(evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        p.spec.r#match.excluded_namespaces = vec![];
+        p.spec.r#match.kinds = vec![MatchKind::ChannelContract];
+        assert!(evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        p.spec.r#match.kinds = vec![MatchKind::Service];
+        p.spec.r#match.namespace_selector =
+            Some(serde_json::from_value(serde_json::json!({"matchLabels": {"tier": "production"}})).expect("selector"));
+        let prod: BTreeMap<String, String> = [("tier".to_owned(), "production".to_owned())].into();
+        let dev: BTreeMap<String, String> = [("tier".to_owned(), "dev".to_owned())].into();
+        assert!(!evaluate(&s, std::slice::from_ref(&p), Some(&prod), &[]).allowed());
+        assert!(evaluate(&s, std::slice::from_ref(&p), Some(&dev), &[]).allowed());
+        // Unknown namespace labels: fail closed.
+        assert!(!evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        p.spec.r#match.namespace_selector = None;
+        p.spec.r#match.label_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}))
+                .expect("selector"),
+        );
+        assert!(evaluate(&s, std::slice::from_ref(&p), None, &[]).allowed());
+        let mut labelled = s.clone();
+        labelled.labels.insert("app".into(), "x".into());
+        assert!(!evaluate(&labelled, &[p], None, &[]).allowed());
+    }
+
+    #[test]
+    fn min_regions_and_require_contract() {
+        let mut p = policy("p", "Deny", &[]);
+        p.spec.failover.min_regions = Some(2);
+        let s = service("ns", "x", Some("gz"), &[]);
+        let d = evaluate(&s, std::slice::from_ref(&p), None, &[]);
+        assert!(d.denial().expect("denied").contains("declares 1 failover region [gz]; at least 2 required"));
+        p.spec.failover.min_regions = None;
+        p.spec.require_contract = true;
+        let d = evaluate(&s, std::slice::from_ref(&p), None, &[]);
+        let text = d.denial().expect("denied");
+        assert!(text.contains("is not governed by a ChannelContract"), "{text}");
+        assert!(text.contains("Create a ChannelContract in namespace ns with spec.service: x."), "{text}");
+    }
+
+    #[test]
+    fn a_contract_missing_a_region() {
+        let p = policy("p", "Deny", &["gz", "sz", "hz"]);
+        let s = Subject {
+            kind: Kind::ChannelContract,
+            namespace: "ns".into(),
+            name: "c".into(),
+            labels: BTreeMap::new(),
+            declaration: contract_declaration(&["gz".into(), "sz".into()]),
+        };
+        let text = evaluate(&s, &[p], None, &[]).denial().expect("denied");
+        assert_eq!(
+            text,
+            "ContractPolicy \"p\" denied ChannelContract ns/c: missing failover regions [hz]; required [gz, sz, hz], \
+             declared [gz, sz]. Declare them in spec.failover.regions, e.g. regions: [gz, sz, hz]."
+        );
+    }
+
+    fn region() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["gz", "sz", "hz", "bj", "sh", "cd"]).prop_map(str::to_owned)
+    }
+
+    proptest! {
+        #[test]
+        fn allowed_iff_declared_covers_required(
+            required in prop::collection::vec(region(), 0..4),
+            declared in prop::collection::vec(region(), 0..6),
+        ) {
+            let req: Vec<&str> = { let mut r: Vec<&str> = required.iter().map(String::as_str).collect(); r.sort_unstable(); r.dedup(); r };
+            let p = policy("p", "Deny", &req);
+            let s = service("ns", "x", Some(&declared.join(",")), &[]);
+            let covers = req.iter().all(|r| declared.iter().any(|d| d == r));
+            prop_assert_eq!(evaluate(&s, &[p], None, &[]).allowed(), covers);
+        }
+
+        #[test]
+        fn whitespace_order_and_duplicates_change_nothing(
+            declared in prop::collection::vec(region(), 0..6),
+            required in prop::collection::vec(region(), 0..4),
+            seps in prop::collection::vec(prop::sample::select(vec![",", ", ", " ,", " , ", ",,", "\t,"]), 6),
+            seed in any::<u64>(),
+        ) {
+            let mut req: Vec<&str> = required.iter().map(String::as_str).collect(); req.sort_unstable(); req.dedup();
+            let p = policy("p", "Deny", &req);
+            let plain = service("ns", "x", Some(&declared.join(",")), &[]);
+            let mut shuffled = declared.clone();
+            if !shuffled.is_empty() { let n = shuffled.len(); shuffled.rotate_left((seed as usize) % n); }
+            shuffled.extend(declared.iter().take(2).cloned());
+            let mut messy = String::from("  ");
+            for (i, r) in shuffled.iter().enumerate() { messy.push_str(r); messy.push_str(seps[i % seps.len()]); }
+            let other = service("ns", "x", Some(&messy), &[]);
+            prop_assert_eq!(
+                evaluate(&plain, std::slice::from_ref(&p), None, &[]).allowed(),
+                evaluate(&other, std::slice::from_ref(&p), None, &[]).allowed()
+            );
+        }
+
+        #[test]
+        fn adding_a_policy_never_turns_a_deny_into_an_allow(
+            declared in prop::collection::vec(region(), 0..5),
+            first in prop::collection::vec(region(), 0..4),
+            second in prop::collection::vec(region(), 0..4),
+            action in prop::sample::select(vec!["Deny", "Warn", "Audit"]),
+        ) {
+            let dedup = |v: &Vec<String>| { let mut r: Vec<String> = v.clone(); r.sort(); r.dedup(); r };
+            let (first, second) = (dedup(&first), dedup(&second));
+            let f: Vec<&str> = first.iter().map(String::as_str).collect();
+            let g: Vec<&str> = second.iter().map(String::as_str).collect();
+            let s = service("ns", "x", Some(&declared.join(",")), &[]);
+            let one = [policy("a", "Deny", &f)];
+            let two = [policy("a", "Deny", &f), policy("b", action, &g)];
+            if !evaluate(&s, &one, None, &[]).allowed() {
+                prop_assert!(!evaluate(&s, &two, None, &[]).allowed());
+            }
+        }
+    }
+}
