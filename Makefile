@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit e2e test demo demo-down
+.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,10 +35,22 @@ unit: tools ## unit tests and the CRD drift test (no cluster; the operator's tes
 e2e: tools ## end-to-end tests against the real control plane (brings it up and down)
 	@bash e2e/run-e2e.sh
 
-test: fmt lint unit e2e ## everything CI runs
+test: fmt lint unit chart-test e2e ## everything CI runs
 
 demo: tools ## the main job locally: control plane, CRDs, examples, kubectl get csp
 	@bash e2e/demo.sh
 
 demo-down: ## stop what `make demo` started
 	@bash e2e/cluster.sh down
+
+FUZZ_SECONDS ?= 300
+fuzz-webhook: ## fuzz the webhook's request decoding and evaluation for FUZZ_SECONDS (not in CI)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@mkdir -p webhook/fuzz/.corpus && cp -n webhook/fuzz/corpus/review/* webhook/fuzz/.corpus/
+	cd webhook/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run review --sanitizer none -- -max_total_time=$(FUZZ_SECONDS) .corpus
+
+chart-test: tools ## helm lint --strict, golden helm template tests, chart CRDs == crds/manifests
+	@bash charts/test.sh
+
+bench-webhook: ## benchmarks of the webhook (not in CI): criterion, 30 s TLS load, latency through the API server vs a ValidatingAdmissionPolicy
+	@bash bench/webhook.sh

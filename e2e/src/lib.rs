@@ -207,10 +207,10 @@ impl Tied {
         Self { shell, log: log.to_path_buf() }
     }
 
-    /// Stops it (SIGTERM, then waits).
-    pub fn stop(&mut self) {
+    /// Stops it (SIGTERM, then waits) and returns how it exited (the shell passes the exit code on).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         drop(self.shell.stdin.take());
-        let _ = self.shell.wait();
+        self.shell.wait().ok()
     }
 
     /// Whether it still runs.
@@ -228,7 +228,7 @@ impl Tied {
 
 impl Drop for Tied {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -253,3 +253,9 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 pub mod webhook;
+
+pub mod backend;
+pub mod configmap_volume;
+pub mod netns;
+pub mod proxy;
+pub mod testbed;

@@ -35,9 +35,13 @@ impl WebhookFixture {
         let _ =
             kubectl(&["delete", "validatingwebhookconfiguration", "-l", "csp-e2e=true", "--ignore-not-found"], None);
         let dir = run_dir(name);
-        let (ca, serving) =
-            webhook::certs::ca_and_serving("csp-e2e-webhook", &["127.0.0.1".into(), "localhost".into()], 30, 30)
-                .expect("certificates");
+        let (ca, serving) = webhook::certs::ca_and_serving(
+            "csp-e2e-webhook",
+            &["127.0.0.1".into(), "localhost".into()],
+            std::time::Duration::from_secs(86_400),
+            std::time::Duration::from_secs(86_400),
+        )
+        .expect("certificates");
         let ca_file = dir.join("ca.crt");
         let cert_file = dir.join("tls.crt");
         let key_file = dir.join("tls.key");

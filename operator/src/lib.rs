@@ -1,12 +1,32 @@
 //! The Channel Contracts operator: ChannelContract -> Envoy configuration.
 //!
-//! - [`translate::desired`]: the pure translation of a contract and its channels' endpoints into Envoy
-//!   resources, the ConfigMap's filesystem-xDS files and the config version;
-//! - [`envoy`]: the typed Envoy messages, their proto3 JSON, bootstraps that use them;
-//! - [`render`]: the offline `operator render` command.
+//! Pure (no client, no clock, no I/O), tested exhaustively:
+//! - [`translate::desired`]: a contract and its channels' endpoints become Envoy resources, the
+//!   ConfigMap's filesystem-xDS files and the config version;
+//! - [`endpoints`]: a contract's channels' endpoints from Services, EndpointSlices and Nodes;
+//! - [`index`]: which contracts a Service, EndpointSlice or Node change concerns;
+//! - [`status`]: the conditions (Accepted, Programmed, Ready) and the rest of a contract's status;
+//! - [`configmap`]: the ConfigMap a contract publishes; [`controller::plan`]: what a reconcile does;
+//! - [`leader::decide`]: the leader election's decision on a Lease.
+//!
+//! The shells around them:
+//! - [`run`]: `operator run`, the controller (kube-runtime) with its watches, the admin server
+//!   ([`admin`]: `/healthz`, `/readyz`, `/metrics` of [`metrics`]) and leader election ([`leader`]);
+//! - [`controller`]: the reconciler, which reads the caches, writes the ConfigMap, status and Events;
+//! - [`render`]: the offline `operator render` command;
+//! - [`envoy`]: the typed Envoy messages, their proto3 JSON, bootstraps that use them.
 
+pub mod admin;
+pub mod configmap;
+pub mod controller;
+pub mod endpoints;
 pub mod envoy;
+pub mod index;
+pub mod leader;
+pub mod metrics;
 pub mod render;
+pub mod run;
+pub mod status;
 pub mod translate;
 
 pub use translate::{

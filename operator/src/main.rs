@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// The Channel Contracts operator.
 #[derive(Parser, Debug)]
@@ -17,15 +18,30 @@ struct Cli {
 enum Command {
     /// Print the Envoy configuration of a ChannelContract file, with no cluster.
     Render(operator::render::RenderArgs),
+    /// Run the controller: publish every ChannelContract as a ConfigMap of Envoy configuration.
+    Run(operator::run::RunArgs),
+}
+
+fn run(args: operator::run::RunArgs) -> anyhow::Result<()> {
+    operator::run::init_logging(args.log_format);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let cancel = CancellationToken::new();
+        operator::run::cancel_on_signal(cancel.clone());
+        operator::run::run(args, cancel).await
+    })?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Render(args) => operator::render::run(&args, &mut std::io::stdout().lock()),
+        Command::Render(args) => operator::render::run(&args, &mut std::io::stdout().lock()).map_err(Into::into),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %e, "exiting");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod evaluate;
 pub mod index;
 pub mod metrics;
+pub mod selfcert;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The self-managed certificate could not be set up.
+    #[error(transparent)]
+    SelfCert(#[from] selfcert::SelfCertError),
     /// The server failed.
     #[error("the HTTPS server on {addr} failed: {source}")]
     Serve {
@@ -59,6 +63,25 @@ pub struct TlsArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "CSP_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
+    /// Self-managed certificates: keep a CA and serving certificate in this Secret of the webhook's
+    /// namespace (created if missing, renewed before expiry) instead of reading the files.
+    #[arg(long, env = "CSP_WEBHOOK_CERT_SECRET")]
+    pub cert_secret: Option<String>,
+    /// With --cert-secret: the ValidatingWebhookConfiguration whose caBundle gets the CA.
+    #[arg(long, env = "CSP_WEBHOOK_CONFIG_NAME")]
+    pub webhook_config_name: Option<String>,
+    /// With --cert-secret: the names the serving certificate covers (the Service's DNS names, or an IP).
+    #[arg(long, env = "CSP_WEBHOOK_CERT_DNS_NAMES", value_delimiter = ',', default_value = "localhost")]
+    pub cert_dns_names: Vec<String>,
+    /// With --cert-secret: how long a serving certificate is valid.
+    #[arg(long, env = "CSP_WEBHOOK_CERT_VALIDITY", default_value = "8760h", value_parser = parse_duration)]
+    pub cert_validity: Duration,
+    /// With --cert-secret: renew the serving certificate when less than this is left.
+    #[arg(long, env = "CSP_WEBHOOK_CERT_RENEW_BEFORE", default_value = "720h", value_parser = parse_duration)]
+    pub cert_renew_before: Duration,
+    /// With --cert-secret: how often the Secret and the caBundle are checked.
+    #[arg(long, env = "CSP_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub cert_check_interval: Duration,
 }
 
 /// The webhook's settings.
@@ -149,11 +172,56 @@ async fn wait_for_signal() {
 /// Runs the webhook until `cancel`.
 pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), Error> {
     let client = kube::Client::try_default().await?;
-    let tls_err =
-        |source| Error::Tls { cert: args.tls.tls_cert_file.clone(), key: args.tls.tls_key_file.clone(), source };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls.tls_cert_file, &args.tls.tls_key_file)
-        .await
-        .map_err(tls_err)?;
+    let (tls, cert_task) = match &args.tls.cert_secret {
+        Some(secret) => {
+            let settings = selfcert::Settings {
+                namespace: args.namespace.clone(),
+                secret: secret.clone(),
+                dns_names: args.tls.cert_dns_names.clone(),
+                webhook_config: args.tls.webhook_config_name.clone(),
+                serving_validity: args.tls.cert_validity,
+                renew_before: args.tls.cert_renew_before,
+            };
+            let material = selfcert::ensure(&client, &settings).await?;
+            if let Some(name) = &settings.webhook_config {
+                selfcert::inject_ca_bundle(&client, name, &material.ca_cert).await?;
+            }
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+                material.serving.cert.clone().into_bytes(),
+                material.serving.key.clone().into_bytes(),
+            )
+            .await
+            .map_err(|source| Error::Tls { cert: secret.into(), key: secret.into(), source })?;
+            let task = tokio::spawn(selfcert_loop(
+                client.clone(),
+                settings,
+                material,
+                tls.clone(),
+                args.tls.cert_check_interval,
+                cancel.clone(),
+            ));
+            (tls, task)
+        }
+        None => {
+            let tls_err = |source| Error::Tls {
+                cert: args.tls.tls_cert_file.clone(),
+                key: args.tls.tls_key_file.clone(),
+                source,
+            };
+            let tls =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls.tls_cert_file, &args.tls.tls_key_file)
+                    .await
+                    .map_err(tls_err)?;
+            let task = tokio::spawn(server::reload_tls(
+                tls.clone(),
+                args.tls.tls_cert_file.clone(),
+                args.tls.tls_key_file.clone(),
+                args.tls.tls_reload_interval,
+                cancel.clone(),
+            ));
+            (tls, task)
+        }
+    };
 
     let metrics = Arc::new(metrics::Metrics::new());
     let policy_changed = Arc::new(Notify::new());
@@ -179,13 +247,6 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), Error> {
             audit::run_loop(client, caches, metrics, exempt, interval, policy_changed, cancel).await;
         })
     };
-    let reload_task = tokio::spawn(server::reload_tls(
-        tls.clone(),
-        args.tls.tls_cert_file.clone(),
-        args.tls.tls_key_file.clone(),
-        args.tls.tls_reload_interval,
-        cancel.clone(),
-    ));
     let state = server::AppState {
         caches,
         metrics,
@@ -198,6 +259,50 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), Error> {
     cancel.cancel();
     watch_task.abort();
     let _ = audit_task.await;
-    let _ = reload_task.await;
+    let _ = cert_task.await;
     served.map_err(|source| Error::Serve { addr: args.listen, source })
+}
+
+/// Keeps the self-managed certificate fresh and the caBundle injected, until cancelled.
+async fn selfcert_loop(
+    client: kube::Client,
+    settings: selfcert::Settings,
+    mut current: selfcert::Material,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {},
+        }
+        match selfcert::ensure(&client, &settings).await {
+            Ok(material) => {
+                if material.serving != current.serving {
+                    let reloaded = tls
+                        .reload_from_pem(
+                            material.serving.cert.clone().into_bytes(),
+                            material.serving.key.clone().into_bytes(),
+                        )
+                        .await;
+                    match reloaded {
+                        Ok(()) => tracing::info!(secret = %settings.secret, "serving certificate reloaded"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the renewed certificate does not load; keeping the previous one")
+                        }
+                    }
+                }
+                if let Some(name) = &settings.webhook_config
+                    && let Err(e) = selfcert::inject_ca_bundle(&client, name, &material.ca_cert).await
+                {
+                    tracing::warn!(error = %e, "caBundle injection failed; retrying at the next check");
+                }
+                current = material;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the self-managed certificate failed; retrying at the next check")
+            }
+        }
+    }
 }

@@ -273,6 +273,15 @@ fn panic_mode_is_off_on_every_cluster() {
     }
 }
 
+#[test]
+fn health_changes_reach_the_load_balancers_at_once() {
+    let r = build(three_channels());
+    for c in &r.clusters {
+        let lb = c.common_lb_config.as_ref().expect("common lb config");
+        assert_eq!(lb.update_merge_window, Some(protobuf::Duration { seconds: 0, nanos: 0 }), "{}", c.name);
+    }
+}
+
 // --- channels[].selector -> header routes ------------------------------------------------------------
 
 #[test]

@@ -1,0 +1,575 @@
+//! The reconciler: for one ChannelContract, gather its channels' endpoints from the caches, translate
+//! ([`desired`](crate::desired)), publish the ConfigMap, and write status and Events. The decisions are
+//! pure ([`plan`], [`status`](crate::status)); this module only reads caches and writes to the API.
+//!
+//! - Invalid input (an invalid spec, a missing Service or port, an unusable endpoint) publishes nothing:
+//!   the last good ConfigMap stays as it was, the conditions say why, and the contract is looked at again
+//!   when something it uses changes (or after [`INVALID_INPUT_REQUEUE`]).
+//! - Transient failures (writing the ConfigMap or the status) are retried per contract with exponential
+//!   back-off, from 1s doubling up to [`MAX_BACKOFF`] ([`backoff_delay`]).
+//! - Events are published only when a condition changes status or reason.
+//! - Nothing is reconciled while this instance is not the leader ([`Context::leader`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crds::{ChannelContract, ChannelStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store, store::WriterDropped};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use crate::configmap::{self, ConfigMapError};
+use crate::endpoints::{ClusterView, GatherError, gather};
+use crate::index::{ContractIndex, ContractKey};
+use crate::metrics::{Metrics, ReconcileResult};
+use crate::status::{self, Observation, Programming, reason};
+use crate::translate::{ProxyOptions, TranslateError};
+
+/// How long a contract with invalid input waits before it is looked at again without a change.
+pub const INVALID_INPUT_REQUEUE: Duration = Duration::from_secs(5 * 60);
+/// How often a programmed contract is looked at again without a change (a safety net for missed events).
+pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+/// The longest back-off after transient failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+
+/// A transient failure of a reconcile (invalid input is not an error: it is a condition).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The ConfigMap could not be written.
+    #[error("cannot write ConfigMap {namespace}/{name}: {source}; retrying with back-off")]
+    ApplyConfigMap {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The status could not be written.
+    #[error("cannot write the status of ChannelContract {contract}: {source}; retrying with back-off")]
+    WriteStatus {
+        /// `<namespace>/<name>`.
+        contract: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The caches the reconciler reads, filled by the watches.
+#[derive(Clone)]
+pub struct Caches {
+    /// ChannelContracts (those the operator's selector matches).
+    pub contracts: Store<ChannelContract>,
+    /// Services.
+    pub services: Store<Service>,
+    /// EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    /// Nodes (metadata: their labels).
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    /// The ConfigMaps the operator manages.
+    pub config_maps: Store<ConfigMap>,
+    /// Which contracts use what.
+    pub index: Arc<Mutex<ContractIndex>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches")
+            .field("contracts", &self.contracts.len())
+            .field("services", &self.services.len())
+            .field("slices", &self.slices.len())
+            .field("nodes", &self.nodes.len())
+            .field("config_maps", &self.config_maps.len())
+            .finish()
+    }
+}
+
+impl Caches {
+    /// Waits until every watch has listed once.
+    ///
+    /// A Store's readiness wakes only the last task that waited on it (the controller also waits on
+    /// the contracts' Store), so this polls again every 100 ms; call it from one task and fan the result
+    /// out (see [`Context::synced`]).
+    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
+        loop {
+            if let Ok(result) = tokio::time::timeout(Duration::from_millis(100), self.all_ready()).await {
+                return result;
+            }
+        }
+    }
+
+    async fn all_ready(&self) -> Result<(), WriterDropped> {
+        self.contracts.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        self.config_maps.wait_until_ready().await?;
+        Ok(())
+    }
+
+    /// The index, locked (never across an await).
+    pub fn index(&self) -> std::sync::MutexGuard<'_, ContractIndex> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The caches as one contract's reconcile sees them: reading a Node's region first notes the Node in the
+/// index (see [`crate::index`]).
+struct ContractView<'a> {
+    caches: &'a Caches,
+    contract: &'a ContractKey,
+}
+
+impl ClusterView for ContractView<'_> {
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.caches.services.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        let names = self.caches.index().slices_of(namespace, service);
+        names
+            .iter()
+            .filter_map(|n| self.caches.slices.get(&ObjectRef::new(n).within(namespace)))
+            // The index may lag the cache by an event: trust the slice's own label.
+            .filter(|s| s.labels().get(crate::endpoints::SERVICE_NAME_LABEL).map(String::as_str) == Some(service))
+            .collect()
+    }
+
+    fn node_region(&self, node: &str) -> Option<String> {
+        self.caches.index().note_node(self.contract, node);
+        self.caches.nodes.get(&ObjectRef::new(node)).and_then(|n| n.labels().get(crds::REGION_LABEL).cloned())
+    }
+}
+
+/// What the reconciler shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The caches.
+    pub caches: Caches,
+    /// How the proxies that mount the ConfigMaps are set up.
+    pub proxy: ProxyOptions,
+    /// Whether this instance reconciles (leader election).
+    pub leader: watch::Receiver<bool>,
+    /// Whether every cache has listed once.
+    pub synced: watch::Receiver<bool>,
+    /// Consecutive transient failures per contract.
+    failures: Mutex<BTreeMap<ContractKey, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("caches", &self.caches).field("proxy", &self.proxy).finish()
+    }
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        proxy: ProxyOptions,
+        leader: watch::Receiver<bool>,
+        synced: watch::Receiver<bool>,
+    ) -> Self {
+        Self { client, recorder, metrics, caches, proxy, leader, synced, failures: Mutex::default() }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContractKey, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets a deleted contract.
+    pub fn forget(&self, key: &ContractKey) {
+        self.failures().remove(key);
+        self.metrics.forget(key);
+    }
+}
+
+/// The back-off after `failures` consecutive transient failures: 1s, 2s, 4s, … up to [`MAX_BACKOFF`].
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+}
+
+/// What a reconcile does, decided from the contract and the caches alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Publish this ConfigMap (if it is not already what is published).
+    Publish {
+        /// The ConfigMap.
+        config_map: Box<ConfigMap>,
+        /// Its configuration's version.
+        config_version: String,
+        /// What each channel resolved to.
+        channels: Vec<ChannelStatus>,
+    },
+    /// Publish nothing, and say why.
+    Hold {
+        /// Why the spec is invalid, if that is the reason.
+        invalid_spec: Option<String>,
+        /// One of [`reason`].
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// Decides what to publish for a contract, reading Services, EndpointSlices and Nodes through `view`.
+/// Also returns the Nodes of the contract's endpoints.
+pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> (Plan, BTreeSet<String>) {
+    let hold = |invalid: bool, reason: &'static str, message: String| Plan::Hold {
+        invalid_spec: invalid.then(|| message.clone()),
+        reason,
+        message,
+    };
+    if let Err(e) = crds::validate::contract(&contract.spec) {
+        return (hold(true, reason::INVALID_SPEC, e.to_string()), BTreeSet::new());
+    }
+    let namespace = contract.namespace().unwrap_or_default();
+    let gathered = match gather(&namespace, &contract.spec, view) {
+        Ok(g) => g,
+        Err(e @ GatherError::ServiceNotFound { .. }) => {
+            return (hold(false, reason::SERVICE_NOT_FOUND, e.to_string()), BTreeSet::new());
+        }
+        Err(e @ GatherError::ServicePortNotFound { .. }) => {
+            return (hold(false, reason::SERVICE_PORT_NOT_FOUND, e.to_string()), BTreeSet::new());
+        }
+    };
+    let nodes = gathered.nodes.clone();
+    let resources = match crate::desired(contract, &gathered.endpoints, proxy) {
+        Ok(r) => r,
+        Err(e) => {
+            let plan = match &e {
+                TranslateError::MissingMetadata(_)
+                | TranslateError::InvalidSpec { .. }
+                | TranslateError::Duration { .. } => hold(true, reason::INVALID_SPEC, e.to_string()),
+                TranslateError::InvalidEndpoint { .. } => hold(false, reason::INVALID_ENDPOINT, e.to_string()),
+                TranslateError::UnknownChannel { .. } | TranslateError::Json(_) | TranslateError::Yaml { .. } => {
+                    hold(false, reason::INTERNAL_ERROR, format!("{e} (a bug of the operator: please report it)"))
+                }
+            };
+            return (plan, nodes);
+        }
+    };
+    let plan = match configmap::desired(contract, &resources) {
+        Ok(cm) => Plan::Publish {
+            config_map: Box::new(cm),
+            config_version: resources.config_version.clone(),
+            channels: resources.channels.clone(),
+        },
+        Err(e @ ConfigMapError::NameTooLong(_)) => hold(true, reason::INVALID_SPEC, e.to_string()),
+        Err(e @ ConfigMapError::NoUid) => hold(false, reason::INTERNAL_ERROR, e.to_string()),
+    };
+    (plan, nodes)
+}
+
+/// Reconciles one contract (the controller calls it).
+pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !*ctx.leader.borrow() {
+        return Ok(Action::await_change());
+    }
+    // Until every cache has listed, a Service may look missing only because its watch is behind.
+    if ctx.synced.clone().wait_for(|synced| *synced).await.is_err() {
+        return Ok(Action::await_change());
+    }
+    let key = ContractKey::of(&contract);
+    let start = Instant::now();
+    let result = reconcile_contract(&contract, &key, &ctx).await;
+    let (metric, outcome) = match result {
+        Ok((action, programmed)) => {
+            ctx.failures().remove(&key);
+            (if programmed { ReconcileResult::Ok } else { ReconcileResult::InvalidInput }, Ok(action))
+        }
+        Err(e) => (ReconcileResult::Error, Err(e)),
+    };
+    ctx.metrics.reconciled(metric, start.elapsed().as_secs_f64());
+    outcome
+}
+
+/// What the controller does after a transient failure: back off, per contract.
+pub fn error_policy(contract: Arc<ChannelContract>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ContractKey::of(&contract);
+    let failures = {
+        let mut all = ctx.failures();
+        let n = all.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff_delay(failures);
+    tracing::warn!(contract = %key.name, namespace = %key.namespace, %error, failures, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_contract(
+    contract: &ChannelContract,
+    key: &ContractKey,
+    ctx: &Context,
+) -> Result<(Action, bool), Error> {
+    let view = ContractView { caches: &ctx.caches, contract: key };
+    let (plan, nodes) = plan(contract, &view, &ctx.proxy);
+    ctx.caches.index().set_nodes(key, nodes);
+
+    let (observation, failure) = match plan {
+        Plan::Publish { config_map, config_version, channels } => {
+            let name = config_map.name_any();
+            let published = ctx
+                .caches
+                .config_maps
+                .get(&ObjectRef::new(&name).within(&key.namespace))
+                .is_some_and(|existing| configmap::is_current(&existing, &config_map));
+            let applied =
+                if published { Ok(()) } else { apply_config_map(&ctx.client, &key.namespace, &config_map).await };
+            match applied {
+                Ok(()) => {
+                    if !published {
+                        tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
+                    }
+                    let programming = Programming::Programmed { config_version };
+                    (Observation { invalid_spec: None, programming, channels: Some(channels) }, None)
+                }
+                Err(source) => {
+                    let programming = Programming::NotProgrammed {
+                        reason: reason::APPLY_FAILED,
+                        message: format!("cannot write ConfigMap {}/{name}: {source}; retrying", key.namespace),
+                    };
+                    let error = Error::ApplyConfigMap { namespace: key.namespace.clone(), name, source };
+                    (Observation { invalid_spec: None, programming, channels: Some(channels) }, Some(error))
+                }
+            }
+        }
+        Plan::Hold { invalid_spec, reason, message } => {
+            tracing::info!(contract = %key.name, namespace = %key.namespace, reason, %message, "not programmed");
+            let programming = Programming::NotProgrammed { reason, message };
+            (Observation { invalid_spec, programming, channels: None }, None)
+        }
+    };
+
+    let previous = contract.status.as_ref();
+    let next = status::status(&observation, contract.metadata.generation, previous, &status::now());
+    if previous != Some(&next) {
+        let written = write_status(&ctx.client, key, &next).await;
+        if let Err(source) = written {
+            // A failed ConfigMap write is the error worth reporting; otherwise this one.
+            return Err(failure.unwrap_or(Error::WriteStatus { contract: key.to_string(), source }));
+        }
+        publish_events(ctx, contract, previous, &next).await;
+    }
+    ctx.metrics.record_conditions(key, &next.conditions);
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(match observation.programming {
+        Programming::Programmed { .. } => (Action::requeue(RESYNC), true),
+        Programming::NotProgrammed { .. } => (Action::requeue(INVALID_INPUT_REQUEUE), false),
+    })
+}
+
+async fn apply_config_map(client: &Client, namespace: &str, config_map: &ConfigMap) -> Result<(), kube::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(configmap::MANAGER).force();
+    api.patch(&config_map.name_any(), &params, &Patch::Apply(config_map)).await.map(|_| ())
+}
+
+async fn write_status(
+    client: &Client,
+    key: &ContractKey,
+    next: &crds::ChannelContractStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<ChannelContract> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
+        "kind": "ChannelContract",
+        "status": next,
+    });
+    let params = PatchParams::apply(configmap::MANAGER).force();
+    api.patch_status(&key.name, &params, &Patch::Apply(&patch)).await.map(|_| ())
+}
+
+async fn publish_events(
+    ctx: &Context,
+    contract: &ChannelContract,
+    previous: Option<&crds::ChannelContractStatus>,
+    next: &crds::ChannelContractStatus,
+) {
+    let reference = contract.object_ref(&());
+    for condition in status::transitions(previous, next) {
+        let event = Event {
+            type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
+            reason: condition.reason.clone(),
+            note: Some(format!("{} is {}: {}", condition.type_, condition.status, truncate(&condition.message, 900))),
+            // Distinct per condition, so that the recorder never folds two conditions' events into one.
+            action: match condition.type_.as_str() {
+                status::condition::ACCEPTED => "Validate",
+                status::condition::PROGRAMMED => "Publish",
+                _ => "Serve",
+            }
+            .to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(contract = %contract.name_any(), error = %e, "cannot publish an Event");
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::endpoints::StaticView;
+
+    fn contract(spec: serde_json::Value) -> ChannelContract {
+        serde_json::from_value(json!({
+            "apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
+            "metadata": {"name": "pv", "namespace": "ns", "uid": "u-1", "generation": 2},
+            "spec": spec,
+        }))
+        .expect("contract")
+    }
+
+    fn good_spec() -> serde_json::Value {
+        json!({
+            "service": "pv", "port": 8080, "sla": {"maxLatency": "1s"},
+            "channels": [{"name": "primary"}, {"name": "cache", "service": "pv-cache", "selector": "cache"}],
+            "failover": {"regions": ["gz", "sz"]},
+        })
+    }
+
+    fn view() -> StaticView {
+        let mut v = StaticView::default();
+        for name in ["pv", "pv-cache"] {
+            let svc = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 9000}]},
+            }))
+            .expect("service");
+            v.services.insert(("ns".into(), name.into()), Arc::new(svc));
+        }
+        let slice = |name: &str, service: &str, address: &str, node: &str| {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4", "ports": [{"name": "http", "port": 9000}],
+                    "endpoints": [{"addresses": [address], "nodeName": node}],
+                }))
+                .expect("slice"),
+            )
+        };
+        v.slices = vec![
+            slice("pv-1", "pv", "10.0.0.1", "n-gz"),
+            slice("pv-2", "pv", "10.0.0.2", "n-sz"),
+            slice("c-1", "pv-cache", "10.0.1.1", "n-gz"),
+        ];
+        v.node_regions = BTreeMap::from([("n-gz".into(), "gz".into()), ("n-sz".into(), "sz".into())]);
+        v
+    }
+
+    #[test]
+    fn a_good_contract_publishes_its_config_map() {
+        let (plan, nodes) = plan(&contract(good_spec()), &view(), &ProxyOptions::default());
+        let Plan::Publish { config_map, config_version, channels } = plan else { panic!("{plan:?}") };
+        assert_eq!(config_map.metadata.name.as_deref(), Some("pv-envoy"));
+        assert!(config_version.starts_with("sha256:"));
+        assert_eq!(crate::endpoints::summary(&channels), "primary:2,cache:1");
+        assert_eq!(channels[0].regions, ["gz", "sz"]);
+        assert_eq!(nodes, ["n-gz", "n-sz"].map(String::from).into());
+        let cds = &config_map.data.as_ref().expect("data")["cds.yaml"];
+        assert!(cds.contains("10.0.0.1") && cds.contains("9000"), "{cds}");
+    }
+
+    #[test]
+    fn invalid_input_holds_with_its_reason() {
+        type Change = Box<dyn Fn(&mut StaticView)>;
+        let cases: Vec<(serde_json::Value, Change, &str, bool)> = vec![
+            (
+                json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "0s"}}),
+                Box::new(|_| {}),
+                reason::INVALID_SPEC,
+                true,
+            ),
+            (
+                good_spec(),
+                Box::new(|v| {
+                    v.services.remove(&("ns".into(), "pv-cache".into()));
+                }),
+                reason::SERVICE_NOT_FOUND,
+                false,
+            ),
+            (
+                json!({"service": "pv", "port": 8081, "sla": {"maxLatency": "1s"}}),
+                Box::new(|_| {}),
+                reason::SERVICE_PORT_NOT_FOUND,
+                false,
+            ),
+            (
+                good_spec(),
+                Box::new(|v| {
+                    let mut s = (*v.slices[0]).clone();
+                    s.endpoints.get_or_insert_default()[0].addresses = vec!["not an address!".into()];
+                    v.slices[0] = Arc::new(s);
+                }),
+                reason::INVALID_ENDPOINT,
+                false,
+            ),
+        ];
+        for (spec, change, expected, invalid_spec) in cases {
+            let mut v = view();
+            change(&mut v);
+            let (plan, _) = plan(&contract(spec), &v, &ProxyOptions::default());
+            let Plan::Hold { reason, invalid_spec: why, message } = &plan else { panic!("{plan:?}") };
+            assert_eq!((*reason, why.is_some()), (expected, invalid_spec), "{message}");
+            assert!(!message.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_missing_cache_service_is_named() {
+        let mut v = view();
+        v.services.remove(&("ns".into(), "pv-cache".into()));
+        let (plan, _) = plan(&contract(good_spec()), &v, &ProxyOptions::default());
+        let Plan::Hold { message, .. } = plan else { panic!("{plan:?}") };
+        assert!(message.contains("Service \"pv-cache\" (channel \"cache\", spec.channels[1].service)"), "{message}");
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let delays: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff_delay(u32::MAX), MAX_BACKOFF);
+        assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn truncation_keeps_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

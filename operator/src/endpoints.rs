@@ -1,0 +1,496 @@
+//! The endpoints of a contract's channels, gathered from Services, EndpointSlices and Nodes: the input of
+//! [`desired`](crate::desired) besides the contract. Pure: it reads a [`ClusterView`] (the controller's
+//! caches, or plain values in tests) and does no I/O.
+//!
+//! For each channel (see [`resolve_channels`]):
+//! - its Service must exist in the contract's namespace, and so must `spec.service` (the Service clients
+//!   call), else [`GatherError::ServiceNotFound`] names every missing one;
+//! - the channel's port is a port of that Service (`spec.ports[].port`), else
+//!   [`GatherError::ServicePortNotFound`]; its name picks the EndpointSlice port (`ports[].name`, unnamed
+//!   matches unnamed), whose number is the endpoint's port;
+//! - the endpoints are those of the Service's EndpointSlices (label `kubernetes.io/service-name`), first
+//!   address of each, only ready ones (`conditions.ready` unset counts as ready, as the API says);
+//! - an endpoint's region is `topology.kubernetes.io/region` of its Node (`nodeName`), else the same label
+//!   on the EndpointSlice (endpoints imported from other clusters);
+//! - an `ExternalName` Service is one endpoint: its DNS name on the channel's port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crds::ChannelContractSpec;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::translate::{ChannelEndpoints, Endpoint, ResolvedChannel, resolve_channels};
+
+/// The EndpointSlice label that names its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the gathering reads: Services, EndpointSlices by Service, and Node regions.
+pub trait ClusterView {
+    /// The Service `namespace/name`, if it exists.
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
+    /// The EndpointSlices of the Service `namespace/service` (label `kubernetes.io/service-name`).
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
+    /// The `topology.kubernetes.io/region` label of a Node, if the Node exists and has it.
+    fn node_region(&self, node: &str) -> Option<String>;
+}
+
+/// The endpoints of every channel, and the Nodes they sit on (so that a change to those Nodes' regions
+/// reconciles the contract again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gathered {
+    /// Ready endpoints by channel name (every channel has an entry, possibly empty).
+    pub endpoints: ChannelEndpoints,
+    /// The Nodes of the ready endpoints.
+    pub nodes: BTreeSet<String>,
+}
+
+/// A Service that a contract needs and does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingService {
+    /// The Service's name (in the contract's namespace).
+    pub service: String,
+    /// The field that names it: `spec.service` or `spec.channels[i].service`.
+    pub field: String,
+    /// The channels that use it (empty when only `spec.service` names it).
+    pub channels: Vec<String>,
+}
+
+impl std::fmt::Display for MissingService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Service {:?}", self.service)?;
+        match self.channels.as_slice() {
+            [] => write!(f, " ({})", self.field),
+            [one] => write!(f, " (channel {one:?}, {})", self.field),
+            many => write!(f, " (channels {}, {})", many.join(", "), self.field),
+        }
+    }
+}
+
+/// Why the endpoints cannot be gathered: input that the user must fix; the controller waits for a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatherError {
+    /// Services that the contract names do not exist.
+    #[error(
+        "{} not found in namespace {namespace}: create {} or fix the contract",
+        list(.missing),
+        if .missing.len() == 1 { "it" } else { "them" }
+    )]
+    ServiceNotFound {
+        /// The contract's namespace.
+        namespace: String,
+        /// Every missing Service.
+        missing: Vec<MissingService>,
+    },
+    /// A channel's port is not a port of its Service.
+    #[error(
+        "Service {namespace}/{service} has no port {port} (channel {channel:?}); its ports are [{ports}]: fix the channel's port or the Service"
+    )]
+    ServicePortNotFound {
+        /// The contract's namespace.
+        namespace: String,
+        /// The Service.
+        service: String,
+        /// The channel.
+        channel: String,
+        /// The port the channel asks for.
+        port: i32,
+        /// The Service's ports, comma-separated.
+        ports: String,
+    },
+}
+
+fn list(missing: &[MissingService]) -> String {
+    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The ready endpoints of each channel of a contract in `namespace`.
+pub fn gather(namespace: &str, spec: &ChannelContractSpec, view: &impl ClusterView) -> Result<Gathered, GatherError> {
+    let channels = resolve_channels(spec);
+    let missing = missing_services(namespace, spec, &channels, view);
+    if !missing.is_empty() {
+        return Err(GatherError::ServiceNotFound { namespace: namespace.to_owned(), missing });
+    }
+    let mut gathered = Gathered::default();
+    for channel in &channels {
+        let Some(service) = view.service(namespace, &channel.service) else {
+            // Checked above; a Service deleted in between is seen at the next reconcile.
+            continue;
+        };
+        let endpoints = channel_endpoints(namespace, channel, &service, view, &mut gathered.nodes)?;
+        gathered.endpoints.channels.insert(channel.name.clone(), endpoints);
+    }
+    Ok(gathered)
+}
+
+fn missing_services(
+    namespace: &str,
+    spec: &ChannelContractSpec,
+    channels: &[ResolvedChannel],
+    view: &impl ClusterView,
+) -> Vec<MissingService> {
+    // Service -> (field that names it first, channels that use it), in the order the contract names them.
+    let mut wanted: Vec<MissingService> =
+        vec![MissingService { service: spec.service.clone(), field: "spec.service".to_owned(), channels: Vec::new() }];
+    for (i, channel) in channels.iter().enumerate() {
+        let field = if spec.channels.get(i).is_some_and(|c| c.service.is_some()) {
+            format!("spec.channels[{i}].service")
+        } else {
+            "spec.service".to_owned()
+        };
+        match wanted.iter_mut().find(|w| w.service == channel.service) {
+            Some(w) => w.channels.push(channel.name.clone()),
+            None => wanted.push(MissingService {
+                service: channel.service.clone(),
+                field,
+                channels: vec![channel.name.clone()],
+            }),
+        }
+    }
+    wanted.retain(|w| view.service(namespace, &w.service).is_none());
+    wanted
+}
+
+fn channel_endpoints(
+    namespace: &str,
+    channel: &ResolvedChannel,
+    service: &Service,
+    view: &impl ClusterView,
+    nodes: &mut BTreeSet<String>,
+) -> Result<Vec<Endpoint>, GatherError> {
+    let spec = service.spec.clone().unwrap_or_default();
+    let port_not_found = |ports: String| GatherError::ServicePortNotFound {
+        namespace: namespace.to_owned(),
+        service: channel.service.clone(),
+        channel: channel.name.clone(),
+        port: channel.port,
+        ports,
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let Some(host) = spec.external_name.filter(|h| !h.is_empty()) else { return Ok(Vec::new()) };
+        let port = u16::try_from(channel.port).map_err(|_| port_not_found(String::new()))?;
+        return Ok(vec![Endpoint { address: host, port, ready: true, region: None }]);
+    }
+    let ports = spec.ports.unwrap_or_default();
+    let Some(service_port) = ports.iter().find(|p| p.port == channel.port) else {
+        return Err(port_not_found(ports.iter().map(|p| p.port.to_string()).collect::<Vec<_>>().join(", ")));
+    };
+    let port_name = service_port.name.clone().unwrap_or_default();
+    // A slice port without a number means "all ports": then the Service's numeric targetPort, or its port.
+    let fallback_port = match &service_port.target_port {
+        Some(IntOrString::Int(p)) => *p,
+        _ => service_port.port,
+    };
+
+    let mut slices = view.endpoint_slices(namespace, &channel.service);
+    slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .map(|p| p.port.unwrap_or(fallback_port))
+        else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(slice_port) else { continue };
+        let slice_region = slice.metadata.labels.as_ref().and_then(|l| l.get(crds::REGION_LABEL)).cloned();
+        for endpoint in slice.endpoints.iter().flatten() {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let Some(address) = endpoint.addresses.first() else { continue };
+            if !ready {
+                continue;
+            }
+            let node_region = endpoint.node_name.as_deref().and_then(|node| {
+                nodes.insert(node.to_owned());
+                view.node_region(node)
+            });
+            endpoints.push(Endpoint {
+                address: address.clone(),
+                port,
+                ready,
+                region: node_region.or_else(|| slice_region.clone()),
+            });
+        }
+    }
+    Ok(endpoints)
+}
+
+/// `primary:2,cache:1`: the channels in order with their ready endpoints (the `Channels` column).
+pub fn summary(channels: &[crds::ChannelStatus]) -> String {
+    channels.iter().map(|c| format!("{}:{}", c.name, c.endpoints)).collect::<Vec<_>>().join(",")
+}
+
+/// A [`ClusterView`] over plain values, for tests and for `render`-like tools.
+#[derive(Debug, Clone, Default)]
+pub struct StaticView {
+    /// Services by (namespace, name).
+    pub services: BTreeMap<(String, String), Arc<Service>>,
+    /// EndpointSlices, all of them.
+    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Node name -> region label, for Nodes that have one.
+    pub node_regions: BTreeMap<String, String>,
+}
+
+impl ClusterView for StaticView {
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        self.slices
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|s| {
+                s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn node_region(&self, node: &str) -> Option<String> {
+        self.node_regions.get(node).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> ChannelContractSpec {
+        serde_json::from_value(value).expect("spec deserializes")
+    }
+
+    fn two_channels() -> ChannelContractSpec {
+        spec(json!({
+            "service": "pv", "port": 8080, "sla": {"maxLatency": "1s"},
+            "channels": [{"name": "primary"}, {"name": "cache", "service": "pv-cache", "selector": "cache"}],
+        }))
+    }
+
+    fn service(name: &str, ports: serde_json::Value) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"ports": ports},
+            }))
+            .expect("service"),
+        )
+    }
+
+    fn slice(
+        name: &str,
+        service: &str,
+        region: Option<&str>,
+        ports: serde_json::Value,
+        eps: serde_json::Value,
+    ) -> Arc<EndpointSlice> {
+        let mut labels = json!({SERVICE_NAME_LABEL: service});
+        if let Some(r) = region {
+            labels[crds::REGION_LABEL] = json!(r);
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": labels},
+                "addressType": "IPv4", "ports": ports, "endpoints": eps,
+            }))
+            .expect("slice"),
+        )
+    }
+
+    fn view() -> StaticView {
+        let mut v = StaticView::default();
+        for (name, ports) in
+            [("pv", json!([{"name": "http", "port": 8080, "targetPort": 9000}])), ("pv-cache", json!([{"port": 8080}]))]
+        {
+            v.services.insert(("ns".into(), name.into()), service(name, ports));
+        }
+        v.node_regions.insert("node-gz".into(), "gz".into());
+        v.node_regions.insert("node-sz".into(), "sz".into());
+        v
+    }
+
+    fn ep(address: &str, port: u16, region: Option<&str>) -> Endpoint {
+        Endpoint { address: address.into(), port, ready: true, region: region.map(Into::into) }
+    }
+
+    #[test]
+    fn ready_endpoints_take_their_node_region_and_the_named_slice_port() {
+        let mut v = view();
+        v.slices.push(slice(
+            "pv-a",
+            "pv",
+            None,
+            json!([{"name": "metrics", "port": 9100}, {"name": "http", "port": 9000}]),
+            json!([
+                {"addresses": ["10.0.0.1"], "nodeName": "node-gz", "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2", "10.0.0.99"], "nodeName": "node-sz"},
+                {"addresses": ["10.0.0.3"], "nodeName": "node-gz", "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.4"], "nodeName": "node-unknown"},
+            ]),
+        ));
+        v.slices.push(slice(
+            "pv-cache-x",
+            "pv-cache",
+            None,
+            json!([{"port": 7000}]),
+            json!([{"addresses": ["10.0.1.1"]}]),
+        ));
+        let g = gather("ns", &two_channels(), &v).expect("gathers");
+        assert_eq!(
+            g.endpoints.channels["primary"],
+            vec![ep("10.0.0.1", 9000, Some("gz")), ep("10.0.0.2", 9000, Some("sz")), ep("10.0.0.4", 9000, None)]
+        );
+        assert_eq!(g.endpoints.channels["cache"], vec![ep("10.0.1.1", 7000, None)]);
+        // Only the nodes of ready endpoints; the unknown node too, so that its appearance reconciles.
+        assert_eq!(g.nodes, ["node-gz", "node-sz", "node-unknown"].map(String::from).into());
+    }
+
+    #[test]
+    fn the_slice_label_gives_the_region_when_the_endpoint_has_no_node_region() {
+        let mut v = view();
+        v.slices.push(slice(
+            "pv-imported",
+            "pv",
+            Some("hz"),
+            json!([{"name": "http", "port": 9000}]),
+            json!([{"addresses": ["10.0.2.1"]}, {"addresses": ["10.0.2.2"], "nodeName": "node-gz"}]),
+        ));
+        let g = gather("ns", &two_channels(), &v).expect("gathers");
+        assert_eq!(
+            g.endpoints.channels["primary"],
+            vec![ep("10.0.2.1", 9000, Some("hz")), ep("10.0.2.2", 9000, Some("gz"))]
+        );
+        assert_eq!(g.endpoints.channels["cache"], vec![]);
+    }
+
+    #[test]
+    fn slices_of_other_services_namespaces_or_ports_are_ignored() {
+        let mut v = view();
+        v.slices.push(slice(
+            "other",
+            "not-pv",
+            None,
+            json!([{"name": "http", "port": 9000}]),
+            json!([{"addresses": ["10.9.0.1"]}]),
+        ));
+        v.slices.push(slice(
+            "wrong-port-name",
+            "pv",
+            None,
+            json!([{"name": "grpc", "port": 9000}]),
+            json!([{"addresses": ["10.9.0.2"]}]),
+        ));
+        let mut elsewhere = (*slice(
+            "elsewhere",
+            "pv",
+            None,
+            json!([{"name": "http", "port": 9000}]),
+            json!([{"addresses": ["10.9.0.3"]}]),
+        ))
+        .clone();
+        elsewhere.metadata.namespace = Some("other-ns".into());
+        v.slices.push(Arc::new(elsewhere));
+        let g = gather("ns", &two_channels(), &v).expect("gathers");
+        assert!(g.endpoints.channels["primary"].is_empty(), "{g:?}");
+    }
+
+    #[test]
+    fn a_slice_port_without_a_number_uses_the_target_port() {
+        let mut v = view();
+        v.slices.push(slice("pv-all", "pv", None, json!([{"name": "http"}]), json!([{"addresses": ["10.0.3.1"]}])));
+        let g = gather("ns", &two_channels(), &v).expect("gathers");
+        assert_eq!(g.endpoints.channels["primary"], vec![ep("10.0.3.1", 9000, None)]);
+    }
+
+    #[test]
+    fn missing_services_are_all_named_with_their_channel_and_field() {
+        let mut v = view();
+        v.services.remove(&("ns".to_owned(), "pv-cache".to_owned()));
+        let err = gather("ns", &two_channels(), &v).expect_err("cache Service is missing");
+        assert_eq!(
+            err.to_string(),
+            "Service \"pv-cache\" (channel \"cache\", spec.channels[1].service) not found in namespace ns: create it or fix the contract"
+        );
+        v.services.clear();
+        let err = gather("ns", &two_channels(), &v).expect_err("both missing");
+        let GatherError::ServiceNotFound { missing, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(missing.iter().map(|m| m.service.as_str()).collect::<Vec<_>>(), ["pv", "pv-cache"]);
+        assert!(err.to_string().contains("Service \"pv\" (channel \"primary\", spec.service)"), "{err}");
+        assert!(err.to_string().contains("create them"), "{err}");
+    }
+
+    #[test]
+    fn the_main_service_must_exist_even_when_no_channel_uses_it() {
+        let mut v = view();
+        v.services.remove(&("ns".to_owned(), "pv".to_owned()));
+        let s = spec(json!({
+            "service": "pv", "port": 8080, "sla": {"maxLatency": "1s"},
+            "channels": [{"name": "only", "service": "pv-cache"}],
+        }));
+        let err = gather("ns", &s, &v).expect_err("pv is missing");
+        assert!(err.to_string().starts_with("Service \"pv\" (spec.service) not found"), "{err}");
+    }
+
+    #[test]
+    fn a_port_that_the_service_lacks_is_named() {
+        let mut s = two_channels();
+        s.channels[1].port = Some(9999);
+        let err = gather("ns", &s, &view()).expect_err("no port 9999");
+        assert_eq!(
+            err,
+            GatherError::ServicePortNotFound {
+                namespace: "ns".into(),
+                service: "pv-cache".into(),
+                channel: "cache".into(),
+                port: 9999,
+                ports: "8080".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn an_external_name_service_is_one_dns_endpoint() {
+        let mut v = view();
+        let external: Service = serde_json::from_value(json!({
+            "metadata": {"name": "pv-cache", "namespace": "ns"},
+            "spec": {"type": "ExternalName", "externalName": "cache.example.org"},
+        }))
+        .expect("service");
+        v.services.insert(("ns".into(), "pv-cache".into()), Arc::new(external));
+        let g = gather("ns", &two_channels(), &v).expect("gathers");
+        assert_eq!(g.endpoints.channels["cache"], vec![ep("cache.example.org", 8080, None)]);
+    }
+
+    #[test]
+    fn a_contract_without_channels_gathers_its_service_as_primary() {
+        let mut v = view();
+        v.slices.push(slice(
+            "pv-a",
+            "pv",
+            None,
+            json!([{"name": "http", "port": 9000}]),
+            json!([{"addresses": ["10.0.0.1"], "nodeName": "node-sz"}]),
+        ));
+        let s = spec(json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "1s"}}));
+        let g = gather("ns", &s, &v).expect("gathers");
+        assert_eq!(g.endpoints.channels.keys().collect::<Vec<_>>(), ["primary"]);
+        assert_eq!(g.endpoints.channels["primary"], vec![ep("10.0.0.1", 9000, Some("sz"))]);
+    }
+
+    #[test]
+    fn summary_lists_channels_in_order() {
+        let channels = vec![
+            crds::ChannelStatus { name: "primary".into(), endpoints: 2, regions: vec![] },
+            crds::ChannelStatus { name: "cache".into(), endpoints: 1, regions: vec![] },
+        ];
+        assert_eq!(summary(&channels), "primary:2,cache:1");
+        assert_eq!(summary(&[]), "");
+    }
+}

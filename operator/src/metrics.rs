@@ -1,0 +1,207 @@
+//! Prometheus metrics of the operator (`/metrics`). Labels are bounded: a reconcile's result, a
+//! condition's type and status; never an object's name or an error's text.
+//!
+//! - `csp_operator_reconciles_total{result}`: `ok` (programmed), `invalid_input` (a condition says what
+//!   to fix; the controller waits for a change), `error` (transient; retried with back-off);
+//! - `csp_operator_reconcile_duration_seconds`: time of one reconcile;
+//! - `csp_operator_contracts{condition,status}`: contracts by condition type and status;
+//! - `csp_operator_leader`: 1 while this instance reconciles (leader, or leader election off).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::index::ContractKey;
+use crate::status::condition;
+
+/// The result of a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// Programmed.
+    Ok,
+    /// Input the user must fix.
+    InvalidInput,
+    /// A transient failure.
+    Error,
+}
+
+impl ReconcileResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::InvalidInput => "invalid_input",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// `{result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// ok, invalid_input or error.
+    pub result: String,
+}
+
+/// `{condition,status}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// Accepted, Programmed or Ready.
+    pub condition: String,
+    /// True, False or Unknown.
+    pub status: String,
+}
+
+/// Every metric of the operator.
+#[derive(Debug)]
+pub struct Metrics {
+    reconciles: Family<ResultLabels, Counter>,
+    duration: Histogram,
+    contracts: Family<ConditionLabels, Gauge>,
+    leader: Gauge,
+    /// The condition statuses of every contract, to count them.
+    statuses: Mutex<BTreeMap<ContractKey, Vec<(String, String)>>>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        // 1ms .. ~16s
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let contracts = Family::<ConditionLabels, Gauge>::default();
+        let leader = Gauge::default();
+        let mut registry = Registry::with_prefix("csp");
+        registry.register("operator_reconciles", "ChannelContract reconciles by result", reconciles.clone());
+        registry.register(
+            "operator_reconcile_duration_seconds",
+            "Time to reconcile one ChannelContract",
+            duration.clone(),
+        );
+        registry.register("operator_contracts", "ChannelContracts by condition and status", contracts.clone());
+        registry.register(
+            "operator_leader",
+            "Whether this instance reconciles: 1 when it leads (or leader election is off), else 0",
+            leader.clone(),
+        );
+        // Every series exists from the start, at 0.
+        for result in [ReconcileResult::Ok, ReconcileResult::InvalidInput, ReconcileResult::Error] {
+            let _ = reconciles.get_or_create(&ResultLabels { result: result.label().to_owned() });
+        }
+        for type_ in condition::ALL {
+            for status in STATUSES {
+                let labels = ConditionLabels { condition: type_.to_owned(), status: status.to_owned() };
+                let _ = contracts.get_or_create(&labels);
+            }
+        }
+        Self { reconciles, duration, contracts, leader, statuses: Mutex::default(), registry }
+    }
+
+    /// Counts one reconcile and its duration.
+    pub fn reconciled(&self, result: ReconcileResult, seconds: f64) {
+        self.reconciles.get_or_create(&ResultLabels { result: result.label().to_owned() }).inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Records a contract's conditions.
+    pub fn record_conditions(&self, key: &ContractKey, conditions: &[Condition]) {
+        let statuses = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.insert(key.clone(), statuses);
+        self.recount(&all);
+    }
+
+    /// Forgets a deleted contract.
+    pub fn forget(&self, key: &ContractKey) {
+        let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.remove(key).is_some() {
+            self.recount(&all);
+        }
+    }
+
+    fn recount(&self, all: &BTreeMap<ContractKey, Vec<(String, String)>>) {
+        for type_ in condition::ALL {
+            for status in STATUSES {
+                let n = all.values().flatten().filter(|(t, s)| t == type_ && s == status).count();
+                let labels = ConditionLabels { condition: type_.to_owned(), status: status.to_owned() };
+                self.contracts.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Whether this instance reconciles.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn cond(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn key(name: &str) -> ContractKey {
+        ContractKey { namespace: "ns".into(), name: name.into() }
+    }
+
+    #[test]
+    fn contracts_are_counted_by_condition_and_forgotten() {
+        let m = Metrics::new();
+        m.record_conditions(&key("a"), &[cond("Ready", "True"), cond("Programmed", "True")]);
+        m.record_conditions(&key("b"), &[cond("Ready", "False"), cond("Programmed", "True")]);
+        m.record_conditions(&key("a"), &[cond("Ready", "False"), cond("Programmed", "True")]);
+        let text = m.encode();
+        assert!(text.contains("csp_operator_contracts{condition=\"Ready\",status=\"False\"} 2"), "{text}");
+        assert!(text.contains("csp_operator_contracts{condition=\"Ready\",status=\"True\"} 0"), "{text}");
+        assert!(text.contains("csp_operator_contracts{condition=\"Programmed\",status=\"True\"} 2"), "{text}");
+        m.forget(&key("b"));
+        assert!(m.encode().contains("csp_operator_contracts{condition=\"Ready\",status=\"False\"} 1"));
+    }
+
+    #[test]
+    fn reconciles_are_counted_by_result_with_their_latency() {
+        let m = Metrics::new();
+        m.reconciled(ReconcileResult::Ok, 0.01);
+        m.reconciled(ReconcileResult::Error, 0.02);
+        let text = m.encode();
+        assert!(text.contains("csp_operator_reconciles_total{result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("csp_operator_reconciles_total{result=\"invalid_input\"} 0"), "{text}");
+        assert!(text.contains("csp_operator_reconcile_duration_seconds_count 2"), "{text}");
+    }
+}

@@ -1,0 +1,405 @@
+//! `operator run`: the controller against a cluster.
+//!
+//! ```text
+//! operator run [--admin-listen 0.0.0.0:8080] [--proxy-config-dir /etc/envoy/csp]
+//!              [--contract-selector LABELS] [--concurrency 8] [--log-format json|text]
+//!              [--leader-elect [--leader-election-namespace NS] [--leader-election-lease NAME] [--identity ID]]
+//! ```
+//!
+//! It watches ChannelContracts (those `--contract-selector` matches), Services, EndpointSlices, Nodes
+//! (metadata) and the ConfigMaps it manages (label `app.kubernetes.io/managed-by`). Each watch fills a
+//! cache and then, through the [`ContractIndex`], triggers the contracts its change concerns; since the
+//! trigger comes after the cache update on the same stream, a reconcile never reads a cache older than the
+//! event that caused it. Reconciles wait until every cache has listed once, so that a restart never
+//! reports a Service as missing only because its watch had not caught up.
+//!
+//! One [`CancellationToken`] (SIGTERM or Ctrl-C) stops everything: the controller lets running
+//! reconciles finish, the admin server stops, the leader releases its Lease.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crds::ChannelContract;
+use futures::{Stream, StreamExt, future, stream};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{WatchStreamExt, predicates};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::configmap;
+use crate::controller::{Caches, Context, error_policy, reconcile};
+use crate::index::{ContractIndex, ContractKey};
+use crate::leader::{self, LeaderElectionArgs, LeaderError};
+use crate::metrics::Metrics;
+use crate::translate::{DEFAULT_CONFIG_DIR, ProxyOptions};
+
+/// Arguments of `operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Where the admin server (plain HTTP: /healthz, /readyz, /metrics) listens.
+    #[arg(long, env = "CSP_OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// How proxies use the ConfigMaps.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Leader election.
+    #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
+    /// Reconcile only the ChannelContracts with these labels (a label selector such as `team=payments`).
+    /// Omitted: all.
+    #[arg(long, env = "CSP_OPERATOR_CONTRACT_SELECTOR", value_name = "LABELS")]
+    pub contract_selector: Option<String>,
+    /// At most this many contracts are reconciled at once.
+    #[arg(long, env = "CSP_OPERATOR_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Log format: json (production) or text.
+    #[arg(long, env = "CSP_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// How proxies use the ConfigMaps.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ProxyArgs {
+    /// Where proxies mount a contract's ConfigMap: its lds.yaml takes the routes from <DIR>/rds.yaml.
+    #[arg(long, env = "CSP_PROXY_CONFIG_DIR", value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
+    pub proxy_config_dir: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// What can stop `operator run`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No Kubernetes client configuration.
+    #[error("cannot reach the Kubernetes API (set KUBECONFIG or run in a pod): {0}")]
+    Client(#[source] kube::Error),
+    /// ChannelContracts cannot be listed.
+    #[error(
+        "cannot list ChannelContracts{selector}: {source}. Is the CRD installed (kubectl apply -f crds/manifests/), may the operator list them (RBAC), and is --contract-selector a valid label selector?"
+    )]
+    ListContracts {
+        /// ` with selector "…"`, or nothing.
+        selector: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The admin server failed.
+    #[error("the admin server on {addr} failed: {source}")]
+    Admin {
+        /// Where it listened.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Leadership was lost.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+}
+
+/// Sets up `tracing` (RUST_LOG filters; info by default).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C; a second signal exits at once.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down (a second signal exits at once)");
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The contracts to reconcile, as the controller's trigger items.
+fn refs(keys: Vec<ContractKey>) -> impl Stream<Item = ObjectRef<ChannelContract>> {
+    stream::iter(keys.into_iter().map(|k| k.object_ref()))
+}
+
+fn watch_failed(kind: &'static str, error: &watcher::Error) {
+    tracing::warn!(kind, %error, "watch failed; retrying with back-off");
+}
+
+/// Runs the controller until `cancel` (or until leadership, once held, is lost).
+pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let mut list = ListParams::default().limit(1);
+    if let Some(selector) = &args.contract_selector {
+        list = list.labels(selector);
+    }
+    Api::<ChannelContract>::all(client.clone()).list(&list).await.map_err(|source| Error::ListContracts {
+        selector: args.contract_selector.as_ref().map(|s| format!(" with selector {s:?}")).unwrap_or_default(),
+        source,
+    })?;
+
+    let admin_listener =
+        admin::bind(args.admin_listen).await.map_err(|source| Error::Admin { addr: args.admin_listen, source })?;
+    let metrics = Arc::new(Metrics::new());
+    let (leader_tx, leader_rx) = watch::channel(!args.leader_election.leader_elect);
+    let (contracts, contracts_w) = reflector::store::<ChannelContract>();
+    let (services, services_w) = reflector::store::<Service>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let (nodes, nodes_w) = reflector::store();
+    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
+    let index = Arc::new(Mutex::new(ContractIndex::default()));
+    let caches = Caches { contracts: contracts.clone(), services, slices, nodes, config_maps, index };
+    let identity = args.leader_election.identity();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) },
+    );
+    let proxy = ProxyOptions { listener: None, config_dir: args.proxy.proxy_config_dir.clone(), local_region: None };
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        recorder,
+        metrics.clone(),
+        caches.clone(),
+        proxy,
+        leader_rx.clone(),
+        synced_rx,
+    ));
+
+    let cfg = watcher::Config::default().any_semantic();
+    let contract_cfg = match &args.contract_selector {
+        Some(selector) => cfg.clone().labels(selector),
+        None => cfg.clone(),
+    };
+    let contract_stream = {
+        let ctx = ctx.clone();
+        watcher(Api::<ChannelContract>::all(client.clone()), contract_cfg)
+            .default_backoff()
+            .reflect(contracts_w)
+            .inspect(move |event| match event {
+                Ok(Event::Apply(c) | Event::InitApply(c)) => ctx.caches.index().contract_applied(c),
+                Ok(Event::Delete(c)) => {
+                    let key = ContractKey::of(c);
+                    ctx.caches.index().contract_deleted(&key);
+                    ctx.forget(&key);
+                }
+                Ok(Event::Init | Event::InitDone) => {}
+                Err(e) => watch_failed("ChannelContract", e),
+            })
+            .applied_objects()
+            .filter(|r| future::ready(r.is_ok()))
+            // Our own status writes do not change the generation: they do not reconcile again.
+            .predicate_filter(predicates::generation, Default::default())
+    };
+    let service_triggers = {
+        let caches = caches.clone();
+        watcher(Api::<Service>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(services_w)
+            .map(move |event| match event {
+                Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => {
+                    refs(caches.index().contracts_of_service(&s.namespace().unwrap_or_default(), &s.name_any()))
+                }
+                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
+                Err(e) => {
+                    watch_failed("Service", &e);
+                    refs(Vec::new())
+                }
+            })
+            .flatten()
+    };
+    let slice_triggers = {
+        let caches = caches.clone();
+        watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(slices_w)
+            .map(move |event| match event {
+                Ok(Event::Apply(s) | Event::InitApply(s)) => {
+                    let service = s.labels().get(crate::endpoints::SERVICE_NAME_LABEL).cloned();
+                    refs(caches.index().slice_applied(
+                        &s.namespace().unwrap_or_default(),
+                        &s.name_any(),
+                        service.as_deref(),
+                    ))
+                }
+                Ok(Event::Delete(s)) => {
+                    refs(caches.index().slice_deleted(&s.namespace().unwrap_or_default(), &s.name_any()))
+                }
+                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
+                Err(e) => {
+                    watch_failed("EndpointSlice", &e);
+                    refs(Vec::new())
+                }
+            })
+            .flatten()
+    };
+    let node_triggers = {
+        let caches = caches.clone();
+        watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .reflect(nodes_w)
+            .map(move |event| match event {
+                Ok(Event::Apply(n) | Event::InitApply(n)) => {
+                    let region = n.labels().get(crds::REGION_LABEL).cloned();
+                    refs(caches.index().node_applied(&n.name_any(), region.as_deref()))
+                }
+                Ok(Event::Delete(n)) => refs(caches.index().node_deleted(&n.name_any())),
+                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
+                Err(e) => {
+                    watch_failed("Node", &e);
+                    refs(Vec::new())
+                }
+            })
+            .flatten()
+    };
+    let managed = format!("{}={}", configmap::MANAGED_BY_LABEL, configmap::MANAGER);
+    let config_map_stream = watcher(Api::<ConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
+        .default_backoff()
+        .reflect(config_maps_w)
+        .touched_objects()
+        .filter(|r| {
+            if let Err(e) = r {
+                watch_failed("ConfigMap", e);
+            }
+            future::ready(r.is_ok())
+        });
+
+    // Ready once every cache has listed.
+    let ready = Arc::new(AtomicBool::new(false));
+    let ready_task = {
+        let (caches, ready, cancel) = (caches.clone(), ready.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                synced = caches.wait_until_ready() => if synced.is_ok() {
+                    ready.store(true, Ordering::Release);
+                    synced_tx.send_replace(true);
+                    tracing::info!(?caches, "caches synced: ready");
+                },
+                _ = cancel.cancelled() => {},
+            }
+        })
+    };
+    let admin_task = {
+        let app = admin::router(AdminState { ready, metrics: metrics.clone() });
+        tokio::spawn(admin::serve(admin_listener, app, cancel.clone()))
+    };
+    let leader_task = if args.leader_election.leader_elect {
+        Some(tokio::spawn(leader::run(client.clone(), args.leader_election.clone(), leader_tx, cancel.clone())))
+    } else {
+        tracing::info!("leader election off: this instance reconciles");
+        drop(leader_tx);
+        None
+    };
+    let leader_gauge = {
+        let (mut rx, metrics) = (leader_rx.clone(), metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.set_leader(*rx.borrow_and_update());
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Becoming the leader reconciles every contract.
+    let became_leader = stream::unfold(leader_rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
+
+    let shutdown = cancel.clone().cancelled_owned();
+    let controller = Controller::for_stream(contract_stream, contracts)
+        .owns_stream(config_map_stream)
+        .reconcile_on(stream::select_all([service_triggers.boxed(), slice_triggers.boxed(), node_triggers.boxed()]))
+        .reconcile_all_on(became_leader)
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((object, _)) => {
+                    tracing::debug!(contract = %object.name, namespace = ?object.namespace, "reconciled")
+                }
+                // error_policy logs the reconcilers' own failures.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(contract = %object.name, "triggered for a contract that is gone or not selected")
+                }
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+            future::ready(())
+        });
+
+    tracing::info!(admin = %args.admin_listen, proxy_config_dir = %args.proxy.proxy_config_dir, %identity, "operator running");
+    let mut leader_task = leader_task;
+    let outcome = {
+        let leadership = async {
+            match leader_task.as_mut() {
+                Some(task) => match task.await {
+                    Ok(Err(lost)) => lost,
+                    // Ended by the cancellation (or panicked): the controller's end decides.
+                    _ => future::pending().await,
+                },
+                None => future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = controller => Ok(()),
+            lost = leadership => Err(Error::Leader(lost)),
+        }
+    };
+    cancel.cancel();
+    ready_task.abort();
+    leader_gauge.abort();
+    if outcome.is_ok()
+        && let Some(task) = leader_task
+    {
+        // Let the leader release its Lease, so that a successor takes over at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    let admin = match admin_task.await {
+        Ok(Err(source)) => Err(Error::Admin { addr: args.admin_listen, source }),
+        _ => Ok(()),
+    };
+    outcome.and(admin)
+}
