@@ -37,11 +37,11 @@ e2e: tools ## end-to-end tests against the real control plane (brings it up and 
 
 test: fmt lint unit chart-test e2e ## everything CI runs
 
-demo: tools ## the main job locally: control plane, CRDs, examples, kubectl get csp
+demo: tools ## the main job locally: control plane, chart, operator, webhook, policy, contracts, Envoy traffic and failover
 	@bash e2e/demo.sh
 
 demo-down: ## stop what `make demo` started
-	@bash e2e/cluster.sh down
+	@bash e2e/demo-down.sh
 
 FUZZ_SECONDS ?= 300
 fuzz-webhook: ## fuzz the webhook's request decoding and evaluation for FUZZ_SECONDS (not in CI)
