@@ -71,7 +71,7 @@ for svc in payment-verify verify-cache verify-static; do
   # payment-verify is governed by the contract; the fallback Services declare their regions themselves.
   annotation=""
   [[ $svc != payment-verify ]] && annotation="  annotations: {csp.contracts.dev/failover-regions: \"gz,sz,hz\"}"
-  printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: payments\n%s\nspec:\n  ports: [{name: http, port: 8080, targetPort: 8080}]\n' "$svc" "$annotation" \
+  printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: payments\n%s\nspec:\n  ports: [{name: http, port: 8080, targetPort: 9080}]\n' "$svc" "$annotation" \
     | "$bin/kubectl" apply -f - >/dev/null
   echo "service/$svc created"
 done

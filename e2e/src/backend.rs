@@ -26,6 +26,11 @@ impl Backend {
     /// Starts `binary` as backend `name` on `address`:[`PORT`] inside `netns`, its files in `dir`, and
     /// waits until it listens.
     pub fn start(binary: &Path, netns: &NetworkNamespace, name: &str, address: &str, dir: &Path) -> Self {
+        Self::start_on(binary, netns, name, address, PORT, dir)
+    }
+
+    /// Like [`Backend::start`], on another port.
+    pub fn start_on(binary: &Path, netns: &NetworkNamespace, name: &str, address: &str, port: u16, dir: &Path) -> Self {
         let mode_file = dir.join(format!("{name}.mode"));
         let count_file = dir.join(format!("{name}.count"));
         std::fs::write(&mode_file, "ok").expect("write the mode file");
@@ -36,7 +41,7 @@ impl Backend {
             &netns.name,
             &binary.to_string_lossy(),
             "--listen",
-            &format!("{address}:{PORT}"),
+            &format!("{address}:{port}"),
             "--name",
             name,
             "--mode-file",

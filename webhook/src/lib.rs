@@ -258,8 +258,12 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), Error> {
     let served = server::serve(args.listen, server::router(state), tls, args.drain_timeout, cancel.clone()).await;
     cancel.cancel();
     watch_task.abort();
-    let _ = audit_task.await;
-    let _ = cert_task.await;
+    // Background tasks stop at the cancellation; an API call in flight gets a few seconds, no more.
+    for task in [audit_task, cert_task] {
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("a background task did not stop within 5s; exiting anyway");
+        }
+    }
     served.map_err(|source| Error::Serve { addr: args.listen, source })
 }
 

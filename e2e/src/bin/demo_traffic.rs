@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use e2e::backend::{self, Backend};
+use e2e::backend::Backend;
 use e2e::configmap_volume::ConfigMapVolume;
 use e2e::netns::NetworkNamespace;
 use e2e::proxy::Envoy;
@@ -34,6 +34,9 @@ struct Args {
     #[arg(long, default_value_t = 19000)]
     admin_port: u16,
 }
+
+/// The pods' port: not the Services' 8080, which Envoy's listener takes in the same network namespace.
+const POD_PORT: u16 = 9080;
 
 /// (channel Service, backend name, region, host)
 const PODS: [(&str, &str, &str, u8); 5] = [
@@ -88,15 +91,15 @@ fn main() {
             crds::REGION_LABEL
         );
         kubectl(&["apply", "-f", "-"], Some(&node_yaml)).ok();
-        let b = Backend::start(&binary, &netns, name, &NetworkNamespace::address(host), &dir);
+        let b = Backend::start_on(&binary, &netns, name, &NetworkNamespace::address(host), POD_PORT, &dir);
         let slice = format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n- addresses: [{addr}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n",
             ns = args.namespace,
-            port = backend::PORT,
+            port = POD_PORT,
             addr = b.address,
         );
         kubectl(&["apply", "-f", "-"], Some(&slice)).ok();
-        println!("{service}: pod {name} at {}:{} on node {node} (region {region})", b.address, backend::PORT);
+        println!("{service}: pod {name} at {}:{POD_PORT} on node {node} (region {region})", b.address);
         backends.push(b);
     }
 
@@ -154,7 +157,7 @@ fn main() {
 
     say("DONE: everything keeps running");
     println!(
-        "  sudo ip netns exec {ns} curl -s -D- http://10.77.0.1:8080/             # a request through Envoy\n  \
+        "  ip netns exec {ns} curl -s -D- http://10.77.0.1:8080/             # a request through Envoy\n  \
          ip netns exec {ns} curl -s http://127.0.0.1:{admin}/clusters | head     # Envoy's view of the channels\n  \
          echo 'status 503' > {dir}/cache-1.mode                                  # make a pod fail\n  \
          make demo-down",
