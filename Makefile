@@ -54,3 +54,6 @@ chart-test: tools ## helm lint --strict, golden helm template tests, chart CRDs 
 
 bench-webhook: ## benchmarks of the webhook (not in CI): criterion, 30 s TLS load, latency through the API server vs a ValidatingAdmissionPolicy
 	@bash bench/webhook.sh
+
+bench-operator: ## benchmarks of the operator (not in CI): render time, time to Programmed for 1k/5k contracts, peak RSS, edit-to-ConfigMap latency
+	@bash bench/operator.sh

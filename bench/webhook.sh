@@ -9,8 +9,9 @@
 #   3. `create Service` through the API server with no policy, with this webhook, and with the same
 #      rule as a ValidatingAdmissionPolicy, interleaved (e2e/src/bin/bench_admission.rs).
 #
-# It brings the local control plane up if it does not run (and down at the end only then), creates only
-# objects labelled csp-bench-run=<run id> in namespaces of its own, and deletes them all at the end.
+# It reuses the local control plane of e2e/.run when it runs (and leaves it running); otherwise it brings
+# one up in target/bench-webhook/cluster (CSP_RUN_DIR) and down at the end. It creates only objects
+# labelled csp-bench-run=<run id>, in namespaces of its own, and deletes them all at the end.
 # The summary is printed and saved to bench/results/webhook-<date>.md.
 #
 # Knobs (environment): CSP_BENCH_DURATION (30s), CSP_BENCH_RATE (2000), CSP_BENCH_CONNECTIONS (50),
@@ -34,7 +35,10 @@ work="$root/target/bench-webhook/$stamp"
 results="$root/bench/results"
 summary="$results/webhook-$stamp.md"
 kubectl="$root/e2e/.bin/kubectl"
-export KUBECONFIG="$root/e2e/.run/kubeconfig"
+# The shared local control plane (e2e/.run) when it runs; otherwise one of this run's own.
+cluster_run="$root/e2e/.run"
+export KUBECONFIG="$cluster_run/kubeconfig"
+cluster() { CSP_RUN_DIR="$cluster_run" bash "$root/e2e/cluster.sh" "$@"; }
 mkdir -p "$work" "$results"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -47,7 +51,7 @@ cleanup() {
   local rc=$?
   set +e
   # Registrations first (they point at the webhook and fail closed), then the webhook itself.
-  if [[ -f "$KUBECONFIG" ]] && bash "$root/e2e/cluster.sh" status >/dev/null 2>&1; then
+  if [[ -f "$KUBECONFIG" ]] && cluster status >/dev/null 2>&1; then
     log "deleting what this run created (label csp-bench-run=$run_id)"
     k delete validatingwebhookconfigurations,validatingadmissionpolicybindings,validatingadmissionpolicies \
       -l "csp-bench-run=$run_id" --ignore-not-found >/dev/null
@@ -60,7 +64,7 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$webhook_pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$webhook_pid" 2>/dev/null
   fi
-  if [[ $started_cluster == 1 ]]; then bash "$root/e2e/cluster.sh" down; fi
+  if [[ $started_cluster == 1 ]]; then cluster down >&2; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -87,11 +91,15 @@ fi
 log "load generator: $("$oha" --version)"
 
 # --- control plane and CRDs --------------------------------------------------------------------------
-if bash "$root/e2e/cluster.sh" status >/dev/null 2>&1; then
-  log "reusing the running local control plane (left running)"
+if cluster status >/dev/null 2>&1; then
+  log "reusing the running local control plane (e2e/.run; left running)"
 else
-  bash "$root/e2e/cluster.sh" up
+  # Not the shared e2e/.run: others may bring that one up or down meanwhile.
+  cluster_run="$root/target/bench-webhook/cluster"
+  export KUBECONFIG="$cluster_run/kubeconfig"
+  log "no local control plane runs: starting one of this run's own in ${cluster_run#"$root"/} (stopped at the end)"
   started_cluster=1
+  cluster up >&2
 fi
 k apply --server-side -f "$root/crds/manifests/" >/dev/null
 k wait --for=condition=Established --timeout=60s \

@@ -341,3 +341,44 @@ mod tests {
         assert!(policy(&p).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(max_latency_ms: u64, per_try_ms: Option<u64>, base_ms: u64, max_ms: Option<u64>) -> ChannelContractSpec {
+        let mut s: ChannelContractSpec = serde_json::from_value(serde_json::json!({
+            "service": "svc", "port": 80, "sla": {"maxLatency": format!("{max_latency_ms}ms")}
+        }))
+        .expect("spec");
+        s.retry.per_try_timeout = per_try_ms.map(|ms| format!("{ms}ms"));
+        s.retry.backoff.base_interval = format!("{base_ms}ms");
+        s.retry.backoff.max_interval = max_ms.map(|ms| format!("{ms}ms"));
+        s
+    }
+
+    proptest! {
+        /// The Rust rules agree with the CEL rules: perTryTimeout <= maxLatency and
+        /// baseInterval <= maxInterval decide validity, whatever the values.
+        #[test]
+        fn durations_decide_validity_exactly_as_the_cel_rules(
+            max_latency in 1u64..10_000,
+            per_try in proptest::option::of(1u64..10_000),
+            base in 1u64..5_000,
+            max in proptest::option::of(1u64..5_000),
+        ) {
+            let valid = per_try.is_none_or(|p| p <= max_latency) && max.is_none_or(|m| base <= m);
+            prop_assert_eq!(contract(&spec(max_latency, per_try, base, max)).is_ok(), valid);
+        }
+
+        /// Any text that is not a duration is refused with an error naming the field.
+        #[test]
+        fn malformed_durations_are_refused(text in "[a-z .,-]{1,8}") {
+            let mut s = spec(100, None, 25, None);
+            s.sla.max_latency = text;
+            let err = contract(&s).expect_err("refused");
+            prop_assert!(err.0.iter().any(|e| e.field == "spec.sla.maxLatency"));
+        }
+    }
+}

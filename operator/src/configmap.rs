@@ -8,6 +8,7 @@ use crds::ChannelContract;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
 
 use crate::translate::EnvoyResources;
 
@@ -84,6 +85,33 @@ pub fn is_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
             .all(|o| existing.metadata.owner_references.iter().flatten().any(|e| e == o))
 }
 
+/// Replaces every value of `data` by `sha256:<hex>` of it, and drops `binaryData`: what the operator's
+/// cache of its ConfigMaps keeps. A contract's files take ~10 KiB; their digests are all that
+/// [`is_published`] needs to tell whether they are current.
+pub fn digest_data(config_map: &mut ConfigMap) {
+    for value in config_map.data.iter_mut().flat_map(|d| d.values_mut()) {
+        *value = digest(value);
+    }
+    config_map.binary_data = None;
+}
+
+fn digest(value: &str) -> String {
+    let hash = Sha256::digest(value.as_bytes());
+    let mut out = String::with_capacity(7 + 2 * hash.len());
+    out.push_str("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// [`is_current`] for a ConfigMap from the operator's cache, whose data went through [`digest_data`].
+pub fn is_published(cached: &ConfigMap, desired: &ConfigMap) -> bool {
+    let mut want = desired.clone();
+    digest_data(&mut want);
+    is_current(cached, &want)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -150,5 +178,30 @@ mod tests {
         let mut drift = have;
         drift.metadata.owner_references = None;
         assert!(!is_current(&drift, &want));
+    }
+
+    #[test]
+    fn a_cached_config_map_keeps_digests_and_still_tells_drift() {
+        let c = contract("pv", Some("u"));
+        let want = desired(&c, &resources(&c)).expect("config map");
+        let mut cached = want.clone();
+        digest_data(&mut cached);
+        let data = cached.data.as_ref().expect("data");
+        assert!(data.values().all(|v| v.starts_with("sha256:") && v.len() == 7 + 64), "{data:?}");
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["cds.yaml", "lds.yaml", "rds.yaml"]);
+        assert!(is_published(&cached, &want));
+        assert!(!is_current(&cached, &want), "digests are not the files");
+
+        let mut drift = want.clone();
+        drift.data.get_or_insert_default().insert("cds.yaml".into(), "edited".into());
+        digest_data(&mut drift);
+        assert!(!is_published(&drift, &want));
+        let mut missing = want.clone();
+        missing.data.get_or_insert_default().remove("rds.yaml");
+        digest_data(&mut missing);
+        assert!(!is_published(&missing, &want));
+        let mut other = desired(&contract("pv", Some("other-uid")), &resources(&c)).expect("config map");
+        digest_data(&mut other);
+        assert!(!is_published(&other, &want), "another owner");
     }
 }

@@ -20,7 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store, store::WriterDropped};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -64,7 +64,8 @@ pub enum Error {
     },
 }
 
-/// The caches the reconciler reads, filled by the watches.
+/// The caches the reconciler reads, filled by the watches. They keep no `metadata.managedFields` and no
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation (see `run`).
 #[derive(Clone)]
 pub struct Caches {
     /// ChannelContracts (those the operator's selector matches).
@@ -75,7 +76,7 @@ pub struct Caches {
     pub slices: Store<EndpointSlice>,
     /// Nodes (metadata: their labels).
     pub nodes: Store<PartialObjectMeta<Node>>,
-    /// The ConfigMaps the operator manages.
+    /// The ConfigMaps the operator manages, their data digested ([`configmap::digest_data`]).
     pub config_maps: Store<ConfigMap>,
     /// Which contracts use what.
     pub index: Arc<Mutex<ContractIndex>>,
@@ -154,8 +155,12 @@ impl ClusterView for ContractView<'_> {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// Publishes Events.
-    pub recorder: Recorder,
+    /// Who publishes the Events. Each reconcile that has Events to publish makes its own [`Recorder`] (as
+    /// kube's documentation intends): one shared Recorder keeps every Event of the last 6 minutes in a
+    /// map that it scans on every publish, tens of MiB and a quadratic cost after thousands of new
+    /// contracts. Events are only published on condition transitions, so that map saved nothing but a
+    /// repeat within 6 minutes (a flapping condition), which is now an Event of its own.
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The caches.
@@ -180,14 +185,14 @@ impl Context {
     /// A context.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<Metrics>,
         caches: Caches,
         proxy: ProxyOptions,
         leader: watch::Receiver<bool>,
         synced: watch::Receiver<bool>,
     ) -> Self {
-        Self { client, recorder, metrics, caches, proxy, leader, synced, failures: Mutex::default() }
+        Self { client, reporter, metrics, caches, proxy, leader, synced, failures: Mutex::default() }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContractKey, u32>> {
@@ -332,7 +337,7 @@ async fn reconcile_contract(
                 .caches
                 .config_maps
                 .get(&ObjectRef::new(&name).within(&key.namespace))
-                .is_some_and(|existing| configmap::is_current(&existing, &config_map));
+                .is_some_and(|existing| configmap::is_published(&existing, &config_map));
             let applied =
                 if published { Ok(()) } else { apply_config_map(&ctx.client, &key.namespace, &config_map).await };
             match applied {
@@ -408,7 +413,12 @@ async fn publish_events(
     next: &crds::ChannelContractStatus,
 ) {
     let reference = contract.object_ref(&());
-    for condition in status::transitions(previous, next) {
+    let transitions = status::transitions(previous, next);
+    if transitions.is_empty() {
+        return;
+    }
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    for condition in transitions {
         let event = Event {
             type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
             reason: condition.reason.clone(),
@@ -422,7 +432,7 @@ async fn publish_events(
             .to_owned(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::warn!(contract = %contract.name_any(), error = %e, "cannot publish an Event");
         }
     }

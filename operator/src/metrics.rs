@@ -119,27 +119,37 @@ impl Metrics {
     }
 
     /// Records a contract's conditions.
+    ///
+    /// The gauges move by the difference to what was recorded for the contract before (O(1) per call: with
+    /// thousands of contracts, recounting them all on every reconcile was quadratic), under the same lock
+    /// as the map, so that they always equal a count over it.
     pub fn record_conditions(&self, key: &ContractKey, conditions: &[Condition]) {
-        let statuses = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let statuses: Vec<(String, String)> = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
         let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        all.insert(key.clone(), statuses);
-        self.recount(&all);
+        if all.get(key) == Some(&statuses) {
+            return;
+        }
+        self.count(&statuses, 1);
+        if let Some(old) = all.insert(key.clone(), statuses) {
+            self.count(&old, -1);
+        }
     }
 
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
         let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all.remove(key).is_some() {
-            self.recount(&all);
+        if let Some(old) = all.remove(key) {
+            self.count(&old, -1);
         }
     }
 
-    fn recount(&self, all: &BTreeMap<ContractKey, Vec<(String, String)>>) {
-        for type_ in condition::ALL {
-            for status in STATUSES {
-                let n = all.values().flatten().filter(|(t, s)| t == type_ && s == status).count();
-                let labels = ConditionLabels { condition: type_.to_owned(), status: status.to_owned() };
-                self.contracts.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// Adds `by` to the gauge of each (condition, status) of one contract; other types and statuses than
+    /// [`condition::ALL`] and True/False/Unknown are not counted.
+    fn count(&self, statuses: &[(String, String)], by: i64) {
+        for (type_, status) in statuses {
+            if condition::ALL.contains(&type_.as_str()) && STATUSES.contains(&status.as_str()) {
+                let labels = ConditionLabels { condition: type_.clone(), status: status.clone() };
+                self.contracts.get_or_create(&labels).inc_by(by);
             }
         }
     }
@@ -192,6 +202,37 @@ mod tests {
         assert!(text.contains("csp_operator_contracts{condition=\"Programmed\",status=\"True\"} 2"), "{text}");
         m.forget(&key("b"));
         assert!(m.encode().contains("csp_operator_contracts{condition=\"Ready\",status=\"False\"} 1"));
+    }
+
+    #[test]
+    fn the_gauges_always_equal_a_count_over_every_contract() {
+        let m = Metrics::new();
+        let statuses = ["True", "False", "Unknown", "Bogus"];
+        let mut expected: BTreeMap<ContractKey, Vec<Condition>> = BTreeMap::new();
+        for step in 0..200usize {
+            let k = key(&format!("c{}", step % 7));
+            if step % 11 == 10 {
+                m.forget(&k);
+                expected.remove(&k);
+                continue;
+            }
+            let conditions: Vec<Condition> = condition::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, t)| cond(t, statuses[(step / 3 + i * step) % statuses.len()]))
+                .collect();
+            m.record_conditions(&k, &conditions);
+            expected.insert(k, conditions);
+        }
+        let text = m.encode();
+        for type_ in condition::ALL {
+            for status in STATUSES {
+                let n = expected.values().flatten().filter(|c| c.type_ == type_ && c.status == status).count();
+                let line = format!("csp_operator_contracts{{condition=\"{type_}\",status=\"{status}\"}} {n}\n");
+                assert!(text.contains(&line), "{line} in {text}");
+            }
+        }
+        assert!(!text.contains("Bogus"), "{text}");
     }
 
     #[test]

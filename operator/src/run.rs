@@ -27,7 +27,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{WatchStreamExt, predicates};
@@ -158,6 +158,21 @@ fn refs(keys: Vec<ContractKey>) -> impl Stream<Item = ObjectRef<ChannelContract>
     stream::iter(keys.into_iter().map(|k| k.object_ref()))
 }
 
+/// kubectl's copy of what was last applied with client-side apply.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the caches keep of an object: all but `metadata.managedFields` and kubectl's last-applied
+/// configuration, which nothing here reads and which are most of a small object's memory once parsed (the
+/// managed fields of one Service take several KiB); with every Service and EndpointSlice of a cluster
+/// cached, that is most of the operator's memory.
+fn slim<K: ResourceExt>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 fn watch_failed(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, %error, "watch failed; retrying with back-off");
 }
@@ -186,15 +201,12 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     let index = Arc::new(Mutex::new(ContractIndex::default()));
     let caches = Caches { contracts: contracts.clone(), services, slices, nodes, config_maps, index };
     let identity = args.leader_election.identity();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) },
-    );
+    let reporter = Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) };
     let proxy = ProxyOptions { listener: None, config_dir: args.proxy.proxy_config_dir.clone(), local_region: None };
     let (synced_tx, synced_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(
         client.clone(),
-        recorder,
+        reporter,
         metrics.clone(),
         caches.clone(),
         proxy,
@@ -211,6 +223,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let ctx = ctx.clone();
         watcher(Api::<ChannelContract>::all(client.clone()), contract_cfg)
             .default_backoff()
+            .modify(slim)
             .reflect(contracts_w)
             .inspect(move |event| match event {
                 Ok(Event::Apply(c) | Event::InitApply(c)) => ctx.caches.index().contract_applied(c),
@@ -231,6 +244,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<Service>::all(client.clone()), cfg.clone())
             .default_backoff()
+            .modify(slim)
             .reflect(services_w)
             .map(move |event| match event {
                 Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => {
@@ -248,6 +262,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone())
             .default_backoff()
+            .modify(slim)
             .reflect(slices_w)
             .map(move |event| match event {
                 Ok(Event::Apply(s) | Event::InitApply(s)) => {
@@ -273,6 +288,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
             .default_backoff()
+            .modify(slim)
             .reflect(nodes_w)
             .map(move |event| match event {
                 Ok(Event::Apply(n) | Event::InitApply(n)) => {
@@ -291,6 +307,10 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     let managed = format!("{}={}", configmap::MANAGED_BY_LABEL, configmap::MANAGER);
     let config_map_stream = watcher(Api::<ConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
         .default_backoff()
+        .modify(|cm| {
+            slim(cm);
+            configmap::digest_data(cm);
+        })
         .reflect(config_maps_w)
         .touched_objects()
         .filter(|r| {
@@ -402,4 +422,29 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         _ => Ok(()),
     };
     outcome.and(admin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caches_keep_no_managed_fields_and_no_last_applied_configuration() {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "pv", "namespace": "ns",
+                "labels": {"app": "pv"},
+                "annotations": {LAST_APPLIED_ANNOTATION: "{\"big\": true}", "keep": "me"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:ports": {}}}}],
+            },
+            "spec": {"ports": [{"port": 8080}]},
+        }))
+        .expect("service");
+        let before = service.clone();
+        slim(&mut service);
+        assert_eq!(service.metadata.managed_fields, None);
+        assert_eq!(service.annotations().keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!((service.labels(), &service.spec), (before.labels(), &before.spec));
+    }
 }
