@@ -2,6 +2,7 @@
 //! custom resources, their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
 //! operator and the webhook share. Nothing in this crate does I/O.
 
+pub mod conditions;
 pub mod contract;
 pub mod duration;
 pub mod manifests;

@@ -12,6 +12,7 @@
 //! When the contract cannot be programmed, `configVersion` stays the one last published (the ConfigMap
 //! is left as it was), so status always says what proxies run.
 
+use crds::conditions::condition;
 use crds::{ChannelContractStatus, ChannelStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -168,31 +169,6 @@ fn ready_condition(channels: &[ChannelStatus], cond: &impl Fn(&str, bool, &str, 
         _ => format!("ready endpoints: {}", summary(channels)),
     };
     cond(condition::READY, true, reason::READY, message)
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    previous: &[Condition],
-    now: &Time,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
 }
 
 /// The conditions of `next` that are new or whose status or reason differ from `previous`: what deserves

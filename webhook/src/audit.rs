@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crds::conditions::condition;
 use crds::{ContractPolicy, ContractPolicyStatus, ViolationSample};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
@@ -124,32 +125,6 @@ pub fn acceptance_problem(policy: &ContractPolicy) -> Option<String> {
         }
     }
     None
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    previous: &[Condition],
-    now: &Time,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    // lastTransitionTime moves only when the status flips.
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
-    }
 }
 
 /// The status the audit writes for a policy.
