@@ -172,3 +172,60 @@ impl Drop for Policy {
         let _ = kubectl(&["delete", "contractpolicy", &self.name, "--ignore-not-found", "--wait=false"], None);
     }
 }
+
+/// The serial number of the certificate a TLS server on 127.0.0.1:`port` presents (openssl), or empty.
+pub fn served_serial(port: u16) -> String {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername 127.0.0.1 </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    ));
+    crate::run(cmd, None).stdout.trim().to_owned()
+}
+
+/// A steady stream of `kubectl create` of compliant Services through the API server, on a thread of its
+/// own, counting what was admitted and keeping what failed.
+#[derive(Debug)]
+pub struct AdmissionStream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    admitted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdmissionStream {
+    /// Starts creating Services `stream-<i>` in `namespace`, each from `manifest(name)`.
+    pub fn start(namespace: &str, manifest: impl Fn(&str) -> String + Send + 'static) -> Self {
+        use std::sync::atomic::Ordering;
+        let stream =
+            Self { stop: Default::default(), admitted: Default::default(), failures: Default::default(), thread: None };
+        let (stop, admitted, failures, ns) =
+            (stream.stop.clone(), stream.admitted.clone(), stream.failures.clone(), namespace.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = kubectl(&["create", "-n", &ns, "-f", "-"], Some(&manifest(&format!("stream-{i}"))));
+                if r.success {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                } else if let Ok(mut f) = failures.lock() {
+                    f.push(r.stderr);
+                }
+                i += 1;
+            }
+        });
+        Self { thread: Some(thread), ..stream }
+    }
+
+    /// Admissions so far.
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the stream; returns the error output of every create that failed.
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the admission stream thread");
+        }
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}

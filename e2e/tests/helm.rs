@@ -6,10 +6,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use e2e::webhook::{AdmissionStream, served_serial};
 use e2e::{
     Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, repo_root, run, run_dir, tool, unique,
     wait_until,
@@ -74,14 +73,6 @@ fn service(name: &str, regions: Option<&str>) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n{annotations}spec:\n  ports: [{{port: 8080}}]\n  clusterIP: None\n"
     )
-}
-
-fn served_serial(port: u16) -> String {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!(
-        "openssl s_client -connect 127.0.0.1:{port} -servername 127.0.0.1 </dev/null 2>/dev/null | openssl x509 -noout -serial"
-    ));
-    run(cmd, None).stdout.trim().to_owned()
 }
 
 fn start_webhook(namespace: &str, port: u16, dir: &std::path::Path) -> Tied {
@@ -189,47 +180,16 @@ fn helm_install_registers_a_working_webhook_upgrade_changes_nothing_and_uninstal
     assert!(err.contains(&expected), "expected:\n{expected}\ngot:\n{err}");
 
     // Certificate rotation while a stream of admissions continues: none fails.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stream = {
-        let (stop, ok, failed, failures, ns) =
-            (stop.clone(), ok.clone(), failed.clone(), failures.clone(), team.name.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let r = kubectl(
-                    &["create", "-n", &ns, "-f", "-"],
-                    Some(&service(&format!("stream-{i}"), Some("gz,sz,hz"))),
-                );
-                if r.success {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    failures.lock().map(|mut v| v.push(r.stderr)).ok();
-                }
-                i += 1;
-            }
-        })
-    };
+    let stream = AdmissionStream::start(&team.name, |name| service(name, Some("gz,sz,hz")));
     let first = served_serial(port);
     let second = wait_until("the serving certificate to be renewed", Duration::from_secs(60), || {
         let now = served_serial(port);
         (!now.is_empty() && now != first).then_some(now)
     });
-    wait_until("admissions after the renewal", Duration::from_secs(60), || {
-        let before = ok.load(Ordering::Relaxed);
-        (before >= 10).then_some(())
-    });
-    stop.store(true, Ordering::Relaxed);
-    stream.join().expect("stream");
+    wait_until("admissions after the renewal", Duration::from_secs(60), || (stream.admitted() >= 10).then_some(()));
+    let failures = stream.stop();
     assert_ne!(first, second);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "admissions failed during rotation: {:?}",
-        failures.lock().map(|v| v.clone())
-    );
+    assert!(failures.is_empty(), "admissions failed during rotation: {failures:?}");
     assert!(webhook.log_tail().contains("renewed the webhook's serving certificate"), "{}", webhook.log_tail());
 
     // helm upgrade with the same values changes nothing (and keeps the injected caBundle).

@@ -2,25 +2,15 @@
 //! on, a clean shutdown, and what the cluster does when the webhook is gone (fail closed, except where
 //! it must never block).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use e2e::webhook::{WebhookFixture, create_policy};
-use e2e::{kubectl, run, unique, wait_until};
+use e2e::webhook::{AdmissionStream, WebhookFixture, create_policy, served_serial};
+use e2e::{kubectl, unique, wait_until};
 
 fn service(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  annotations: {{csp.contracts.dev/failover-regions: \"gz,sz,hz\"}}\nspec:\n  ports: [{{port: 8080}}]\n  clusterIP: None\n"
     )
-}
-
-fn served_serial(port: u16) -> String {
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(format!(
-        "openssl s_client -connect 127.0.0.1:{port} -servername 127.0.0.1 </dev/null 2>/dev/null | openssl x509 -noout -serial"
-    ));
-    run(cmd, None).ok().trim().to_owned()
 }
 
 #[test]
@@ -30,26 +20,7 @@ fn certificates_rotate_while_admissions_continue_then_the_cluster_fails_closed_w
     let _policy = create_policy(&unique("baseline"), "Deny", &[&ns.name], &["gz", "sz", "hz"], "");
 
     // A steady stream of admissions through the API server.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stream = {
-        let (stop, ok, failed, failures, ns) =
-            (stop.clone(), ok.clone(), failed.clone(), failures.clone(), ns.name.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let r = kubectl(&["create", "-n", &ns, "-f", "-"], Some(&service(&format!("stream-{i}"))));
-                if r.success {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    failures.lock().map(|mut v| v.push(r.stderr)).ok();
-                }
-                i += 1;
-            }
-        })
-    };
+    let stream = AdmissionStream::start(&ns.name, service);
 
     let ca = webhook::certs::Pem {
         cert: std::fs::read_to_string(&f.ca_file).expect("ca"),
@@ -59,7 +30,7 @@ fn certificates_rotate_while_admissions_continue_then_the_cluster_fails_closed_w
     let mut serials = vec![before.clone()];
     for round in 0..2 {
         wait_until("admissions to flow", Duration::from_secs(30), || {
-            (ok.load(Ordering::Relaxed) >= 5 * (round + 1)).then_some(())
+            (stream.admitted() >= 5 * (round + 1)).then_some(())
         });
         let previous = served_serial(f.port);
         let next =
@@ -76,19 +47,13 @@ fn certificates_rotate_while_admissions_continue_then_the_cluster_fails_closed_w
     }
     let after = served_serial(f.port);
     wait_until("more admissions after the last rotation", Duration::from_secs(30), || {
-        (ok.load(Ordering::Relaxed) >= 15).then_some(())
+        (stream.admitted() >= 15).then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    stream.join().expect("stream thread");
+    let failures = stream.stop();
     assert_ne!(before, after, "the served certificate should have changed");
     serials.dedup();
     assert_eq!(serials.len(), 3, "two rotations should serve three certificates in turn: {serials:?}");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "admissions failed during rotation: {:?}",
-        failures.lock().map(|v| v.clone())
-    );
+    assert!(failures.is_empty(), "admissions failed during rotation: {failures:?}");
     assert!(f.process.log_tail().contains("serving certificate reloaded"), "{}", f.process.log_tail());
 
     // A clean shutdown: SIGTERM drains and exits 0.
