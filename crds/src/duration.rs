@@ -56,6 +56,11 @@ fn matches_pattern(value: &str) -> bool {
     true
 }
 
+/// [`parse`] for command-line flags (clap's `value_parser`): the error as text.
+pub fn parse_flag(value: &str) -> Result<Duration, String> {
+    parse(value).map_err(|e| e.to_string())
+}
+
 /// Formats a duration as the shortest API string that means exactly it (`1.5s`, `120ms`, `250us`).
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();

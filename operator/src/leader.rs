@@ -39,18 +39,14 @@ pub struct LeaderElectionArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// How long a Lease stays valid after its last renewal.
-    #[arg(long, env = "CSP_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = crds::duration::parse_flag)]
     pub lease_duration: Duration,
     /// How long the leader keeps trying to renew before it gives up leadership.
-    #[arg(long, env = "CSP_OPERATOR_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_OPERATOR_RENEW_DEADLINE", default_value = "10s", value_parser = crds::duration::parse_flag)]
     pub renew_deadline: Duration,
     /// How often the Lease is renewed or tried.
-    #[arg(long, env = "CSP_OPERATOR_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_OPERATOR_RETRY_PERIOD", default_value = "2s", value_parser = crds::duration::parse_flag)]
     pub retry_period: Duration,
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    crds::duration::parse(s).map_err(|e| e.to_string())
 }
 
 impl LeaderElectionArgs {

@@ -23,10 +23,10 @@ enum Command {
 }
 
 fn run(args: operator::run::RunArgs) -> anyhow::Result<()> {
-    operator::run::init_logging(args.log_format);
+    lifecycle::init_logging(args.log_format);
     tokio::runtime::Runtime::new()?.block_on(async {
         let cancel = CancellationToken::new();
-        operator::run::cancel_on_signal(cancel.clone());
+        lifecycle::cancel_on_signal(cancel.clone());
         operator::run::run(args, cancel).await
     })?;
     tracing::info!("stopped");

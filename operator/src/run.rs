@@ -64,7 +64,7 @@ pub struct RunArgs {
     pub concurrency: u16,
     /// Log format: json (production) or text.
     #[arg(long, env = "CSP_LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
+    pub log_format: lifecycle::LogFormat,
 }
 
 /// How proxies use the ConfigMaps.
@@ -73,15 +73,6 @@ pub struct ProxyArgs {
     /// Where proxies mount a contract's ConfigMap: its lds.yaml takes the routes from <DIR>/rds.yaml.
     #[arg(long, env = "CSP_PROXY_CONFIG_DIR", value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
     pub proxy_config_dir: String,
-}
-
-/// Log format.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable.
-    Text,
 }
 
 /// What can stop `operator run`.
@@ -113,44 +104,6 @@ pub enum Error {
     /// Leadership was lost.
     #[error(transparent)]
     Leader(#[from] LeaderError),
-}
-
-/// Sets up `tracing` (RUST_LOG filters; info by default).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C; a second signal exits at once.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received: shutting down (a second signal exits at once)");
-        token.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// The contracts to reconcile, as the controller's trigger items.

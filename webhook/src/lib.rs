@@ -61,7 +61,7 @@ pub struct TlsArgs {
     #[arg(long, env = "CSP_WEBHOOK_TLS_KEY_FILE", default_value = "/var/run/csp/tls/tls.key")]
     pub tls_key_file: PathBuf,
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "CSP_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = crds::duration::parse_flag)]
     pub tls_reload_interval: Duration,
     /// Self-managed certificates: keep a CA and serving certificate in this Secret of the webhook's
     /// namespace (created if missing, renewed before expiry) instead of reading the files.
@@ -74,13 +74,13 @@ pub struct TlsArgs {
     #[arg(long, env = "CSP_WEBHOOK_CERT_DNS_NAMES", value_delimiter = ',', default_value = "localhost")]
     pub cert_dns_names: Vec<String>,
     /// With --cert-secret: how long a serving certificate is valid.
-    #[arg(long, env = "CSP_WEBHOOK_CERT_VALIDITY", default_value = "8760h", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_CERT_VALIDITY", default_value = "8760h", value_parser = crds::duration::parse_flag)]
     pub cert_validity: Duration,
     /// With --cert-secret: renew the serving certificate when less than this is left.
-    #[arg(long, env = "CSP_WEBHOOK_CERT_RENEW_BEFORE", default_value = "720h", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_CERT_RENEW_BEFORE", default_value = "720h", value_parser = crds::duration::parse_flag)]
     pub cert_renew_before: Duration,
     /// With --cert-secret: how often the Secret and the caBundle are checked.
-    #[arg(long, env = "CSP_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = crds::duration::parse_flag)]
     pub cert_check_interval: Duration,
 }
 
@@ -101,72 +101,14 @@ pub struct Args {
     #[arg(long = "exempt-namespace", env = "CSP_WEBHOOK_EXEMPT_NAMESPACES", value_delimiter = ',')]
     pub exempt_namespaces: Vec<String>,
     /// How often existing objects are audited (also whenever a policy changes).
-    #[arg(long, env = "CSP_WEBHOOK_AUDIT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_AUDIT_INTERVAL", default_value = "60s", value_parser = crds::duration::parse_flag)]
     pub audit_interval: Duration,
     /// How long in-flight requests may take to finish on shutdown.
-    #[arg(long, env = "CSP_WEBHOOK_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CSP_WEBHOOK_DRAIN_TIMEOUT", default_value = "10s", value_parser = crds::duration::parse_flag)]
     pub drain_timeout: Duration,
     /// Log format: json (production) or text.
     #[arg(long, env = "CSP_LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
-}
-
-/// Log format.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable.
-    Text,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crds::duration::parse(s).map_err(|e| e.to_string())
-}
-
-/// Sets up `tracing` (RUST_LOG filters; info by default).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C; a second signal exits at once.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received: shutting down (a second signal exits at once)");
-        token.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    pub log_format: lifecycle::LogFormat,
 }
 
 /// Runs the webhook until `cancel`.

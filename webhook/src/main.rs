@@ -7,9 +7,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = webhook::Args::parse();
-    webhook::init_logging(args.log_format);
+    lifecycle::init_logging(args.log_format);
     let cancel = CancellationToken::new();
-    webhook::cancel_on_signal(cancel.clone());
+    lifecycle::cancel_on_signal(cancel.clone());
     webhook::run(args, cancel).await?;
     tracing::info!("stopped");
     Ok(())
