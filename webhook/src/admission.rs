@@ -77,7 +77,17 @@ fn operation_name(op: &Operation) -> &'static str {
 
 /// Answers one AdmissionReview body.
 pub fn review(body: &[u8], index: &impl Index, settings: &Settings) -> Result<(Value, Outcome), BadRequest> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BadRequest::NotJson(e.to_string()))?;
+    review_value(&parse(body)?, index, settings)
+}
+
+/// Reads a request body as JSON (the first step of [`review`], for callers that look into the body
+/// before answering it).
+pub fn parse(body: &[u8]) -> Result<Value, BadRequest> {
+    serde_json::from_slice(body).map_err(|e| BadRequest::NotJson(e.to_string()))
+}
+
+/// Answers one AdmissionReview already read as JSON.
+pub fn review_value(value: &Value, index: &impl Index, settings: &Settings) -> Result<(Value, Outcome), BadRequest> {
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
     if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {

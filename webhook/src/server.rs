@@ -86,19 +86,6 @@ fn bad_request(state: &AppState, reason: &str, message: String) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
 
-/// The namespace a review is about, read cheaply, to look it up when the cache lacks it.
-fn peek_namespace(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        request: Option<PeekRequest>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PeekRequest {
-        namespace: Option<String>,
-    }
-    serde_json::from_slice::<Peek>(body).ok()?.request?.namespace
-}
-
 async fn validate(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -126,13 +113,18 @@ async fn validate(
         // Not an allow: the API server applies the failurePolicy (Fail by default).
         return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response();
     }
+    let value = match admission::parse(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(&state, "malformed", e.to_string()),
+    };
+    // A namespace the cache has not seen yet (just created) is looked up directly.
     let mut fetched = BTreeMap::new();
-    if let Some(ns) = peek_namespace(&body)
-        && state.caches.cached_namespace_labels(&ns).is_none()
+    if let Some(ns) = value.pointer("/request/namespace").and_then(|n| n.as_str())
+        && state.caches.cached_namespace_labels(ns).is_none()
     {
-        match Api::<Namespace>::all(state.client.clone()).get_metadata_opt(&ns).await {
+        match Api::<Namespace>::all(state.client.clone()).get_metadata_opt(ns).await {
             Ok(Some(n)) => {
-                fetched.insert(ns, n.labels().clone());
+                fetched.insert(ns.to_owned(), n.labels().clone());
             }
             Ok(None) => {}
             Err(e) => {
@@ -141,7 +133,7 @@ async fn validate(
         }
     }
     let view = View { caches: &state.caches, fetched };
-    let (answer, outcome) = match admission::review(&body, &view, &state.settings) {
+    let (answer, outcome) = match admission::review_value(&value, &view, &state.settings) {
         Ok(r) => r,
         Err(e) => return bad_request(&state, "malformed", e.to_string()),
     };
