@@ -294,6 +294,16 @@ fn deleting_the_contract_garbage_collects_its_config_map() {
     println!("measured: ConfigMap garbage-collected {:.2}s after the contract's deletion", secs(deleted.elapsed()));
 }
 
+/// The Events about a contract, oldest first.
+fn events_of(ns: &str, name: &str) -> Vec<Value> {
+    let field = format!("involvedObject.name={name}");
+    let out = kubectl(&["get", "events", "-n", ns, "--field-selector", &field, "-o", "json"], None).ok();
+    let list: Value = serde_json::from_str(&out).expect("event list");
+    let mut items = list["items"].as_array().cloned().unwrap_or_default();
+    items.sort_by_key(|e| e["eventTime"].as_str().or(e["firstTimestamp"].as_str()).unwrap_or_default().to_owned());
+    items
+}
+
 fn condition_of(contract: &Value, type_: &str) -> Value {
     contract["status"]["conditions"]
         .as_array()
@@ -318,6 +328,15 @@ fn a_contract_whose_service_does_not_exist_says_so_and_publishes_nothing() {
     assert_eq!((&accepted["status"], &accepted["reason"]), (&Value::from("True"), &Value::from("Valid")));
     assert!(contract["status"]["configVersion"].is_null(), "nothing was published");
     assert!(tb.get_json("configmap", "orphan-envoy").is_none(), "no ConfigMap is published");
+    let ns = tb.ns.name.clone();
+    let events = events_of(&ns, "orphan");
+    let warning = events
+        .iter()
+        .find(|e| e["reason"] == "ServiceNotFound")
+        .unwrap_or_else(|| panic!("no ServiceNotFound Event: {events:#?}"));
+    assert_eq!(warning["type"], "Warning");
+    let note = warning["message"].as_str().unwrap_or_default();
+    assert!(note.contains("Programmed=False (ServiceNotFound): Service \"nowhere\""), "{note}");
 
     // The operator waits for the change: creating the Service programs the contract.
     service_with(&tb, "nowhere", &["pay-1"]);
@@ -410,24 +429,19 @@ fn a_good_contract_is_ready_programmed_and_shows_its_channels_in_kubectl_get() {
     let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(&row[..5], ["pay", "pay", "primary:2,cache:1", r#"["gz","sz","hz"]"#, "True"], "{table}");
 
-    // One Event per condition that became true; kubectl describe shows them.
-    let events = kubectl(
-        &[
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            "involvedObject.name=pay",
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-        None,
-    )
-    .ok();
-    for reason in ["Valid", "Programmed", "Ready"] {
-        assert!(events.split_whitespace().any(|r| r == reason), "no {reason} Event: {events}");
+    // One Event per status change, naming every condition that moved; kubectl describe shows them.
+    let events = events_of(&ns, "pay");
+    let notes: Vec<&str> = events.iter().map(|e| e["message"].as_str().unwrap_or_default()).collect();
+    for part in ["Accepted=True (Valid)", "Programmed=True (Programmed)", "Ready=True (Ready)"] {
+        assert!(notes.iter().any(|n| n.contains(part)), "no Event says {part}: {events:#?}");
     }
+    let ready = events.iter().find(|e| e["reason"] == "Ready").unwrap_or_else(|| panic!("no Ready Event: {events:#?}"));
+    assert_eq!(ready["type"], "Normal");
+    let mut distinct = notes.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), notes.len(), "an Event repeats: {events:#?}");
+    assert!(events.len() <= 3, "at most one Event per status change, fewer than one per condition: {events:#?}");
     let metrics = operator().metrics();
     for series in [
         "csp_operator_reconciles_total{result=\"ok\"}",

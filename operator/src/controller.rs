@@ -7,7 +7,7 @@
 //!   when something it uses changes (or after [`INVALID_INPUT_REQUEUE`]).
 //! - Transient failures (writing the ConfigMap or the status) are retried per contract with exponential
 //!   back-off, from 1s doubling up to [`MAX_BACKOFF`] ([`backoff_delay`]).
-//! - Events are published only when a condition changes status or reason.
+//! - One Event per status change that moves a condition's status or reason ([`status::event`]).
 //! - Nothing is reconciled while this instance is not the leader ([`Context::leader`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crds::{ChannelContract, ChannelStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -25,6 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store, store::WriterDropped};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
+use crate::cache::{CachedService, CachedSlice};
 use crate::configmap::{self, ConfigMapError};
 use crate::endpoints::{ClusterView, GatherError, gather};
 use crate::index::{ContractIndex, ContractKey};
@@ -64,16 +64,17 @@ pub enum Error {
     },
 }
 
-/// The caches the reconciler reads, filled by the watches. They keep no `metadata.managedFields` and no
-/// `kubectl.kubernetes.io/last-applied-configuration` annotation (see `run`).
+/// The caches the reconciler reads, filled by the watches. Services and EndpointSlices are kept as the
+/// few fields the operator reads ([`crate::cache`]); the other objects without `metadata.managedFields`
+/// and kubectl's last-applied configuration, Nodes with only their region label (see `run`).
 #[derive(Clone)]
 pub struct Caches {
     /// ChannelContracts (those the operator's selector matches).
     pub contracts: Store<ChannelContract>,
     /// Services.
-    pub services: Store<Service>,
+    pub services: Store<CachedService>,
     /// EndpointSlices.
-    pub slices: Store<EndpointSlice>,
+    pub slices: Store<CachedSlice>,
     /// Nodes (metadata: their labels).
     pub nodes: Store<PartialObjectMeta<Node>>,
     /// The ConfigMaps the operator manages, their data digested ([`configmap::digest_data`]).
@@ -131,17 +132,17 @@ struct ContractView<'a> {
 }
 
 impl ClusterView for ContractView<'_> {
-    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<CachedService>> {
         self.caches.services.get(&ObjectRef::new(name).within(namespace))
     }
 
-    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<CachedSlice>> {
         let names = self.caches.index().slices_of(namespace, service);
         names
             .iter()
             .filter_map(|n| self.caches.slices.get(&ObjectRef::new(n).within(namespace)))
             // The index may lag the cache by an event: trust the slice's own label.
-            .filter(|s| s.labels().get(crate::endpoints::SERVICE_NAME_LABEL).map(String::as_str) == Some(service))
+            .filter(|s| s.service.as_deref() == Some(service))
             .collect()
     }
 
@@ -158,7 +159,7 @@ pub struct Context {
     /// Who publishes the Events. Each reconcile that has Events to publish makes its own [`Recorder`] (as
     /// kube's documentation intends): one shared Recorder keeps every Event of the last 6 minutes in a
     /// map that it scans on every publish, tens of MiB and a quadratic cost after thousands of new
-    /// contracts. Events are only published on condition transitions, so that map saved nothing but a
+    /// contracts. Events are only published on status changes, so that map saved nothing but a
     /// repeat within 6 minutes (a flapping condition), which is now an Event of its own.
     pub reporter: Reporter,
     /// Metrics.
@@ -373,7 +374,7 @@ async fn reconcile_contract(
             // A failed ConfigMap write is the error worth reporting; otherwise this one.
             return Err(failure.unwrap_or(Error::WriteStatus { contract: key.to_string(), source }));
         }
-        publish_events(ctx, contract, previous, &next).await;
+        publish_event(ctx, contract, previous, &next).await;
     }
     ctx.metrics.record_conditions(key, &next.conditions);
     if let Some(error) = failure {
@@ -406,47 +407,24 @@ async fn write_status(
     api.patch_status(&key.name, &params, &Patch::Apply(&patch)).await.map(|_| ())
 }
 
-async fn publish_events(
+async fn publish_event(
     ctx: &Context,
     contract: &ChannelContract,
     previous: Option<&crds::ChannelContractStatus>,
     next: &crds::ChannelContractStatus,
 ) {
-    let reference = contract.object_ref(&());
-    let transitions = status::transitions(previous, next);
-    if transitions.is_empty() {
-        return;
-    }
+    let Some(summary) = status::event(previous, next) else { return };
+    let event = Event {
+        type_: if summary.warning { EventType::Warning } else { EventType::Normal },
+        reason: summary.reason,
+        note: Some(summary.note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    for condition in transitions {
-        let event = Event {
-            type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
-            reason: condition.reason.clone(),
-            note: Some(format!("{} is {}: {}", condition.type_, condition.status, truncate(&condition.message, 900))),
-            // Distinct per condition, so that the recorder never folds two conditions' events into one.
-            action: match condition.type_.as_str() {
-                status::condition::ACCEPTED => "Validate",
-                status::condition::PROGRAMMED => "Publish",
-                _ => "Serve",
-            }
-            .to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::warn!(contract = %contract.name_any(), error = %e, "cannot publish an Event");
-        }
+    if let Err(e) = recorder.publish(&event, &contract.object_ref(&())).await {
+        tracing::warn!(contract = %contract.name_any(), error = %e, "cannot publish an Event");
     }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -543,7 +521,7 @@ mod tests {
                 good_spec(),
                 Box::new(|v| {
                     let mut s = (*v.slices[0]).clone();
-                    s.endpoints.get_or_insert_default()[0].addresses = vec!["not an address!".into()];
+                    s.endpoints[0].address = "not an address!".into();
                     v.slices[0] = Arc::new(s);
                 }),
                 reason::INVALID_ENDPOINT,
@@ -575,11 +553,5 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
         assert_eq!(backoff_delay(u32::MAX), MAX_BACKOFF);
         assert_eq!(backoff_delay(0), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn truncation_keeps_char_boundaries() {
-        assert_eq!(truncate("abc", 10), "abc");
-        assert_eq!(truncate("ééé", 3), "é…");
     }
 }

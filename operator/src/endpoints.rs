@@ -18,9 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crds::ChannelContractSpec;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::cache::{CachedService, CachedSlice, ServiceShape};
 
 use crate::translate::{ChannelEndpoints, Endpoint, ResolvedChannel, resolve_channels};
 
@@ -30,9 +29,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// What the gathering reads: Services, EndpointSlices by Service, and Node regions.
 pub trait ClusterView {
     /// The Service `namespace/name`, if it exists.
-    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<CachedService>>;
     /// The EndpointSlices of the Service `namespace/service` (label `kubernetes.io/service-name`).
-    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<CachedSlice>>;
     /// The `topology.kubernetes.io/region` label of a Node, if the Node exists and has it.
     fn node_region(&self, node: &str) -> Option<String>;
 }
@@ -156,11 +155,10 @@ fn missing_services(
 fn channel_endpoints(
     namespace: &str,
     channel: &ResolvedChannel,
-    service: &Service,
+    service: &CachedService,
     view: &impl ClusterView,
     nodes: &mut BTreeSet<String>,
 ) -> Result<Vec<Endpoint>, GatherError> {
-    let spec = service.spec.clone().unwrap_or_default();
     let port_not_found = |ports: String| GatherError::ServicePortNotFound {
         namespace: namespace.to_owned(),
         service: channel.service.clone(),
@@ -168,52 +166,40 @@ fn channel_endpoints(
         port: channel.port,
         ports,
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        let Some(host) = spec.external_name.filter(|h| !h.is_empty()) else { return Ok(Vec::new()) };
-        let port = u16::try_from(channel.port).map_err(|_| port_not_found(String::new()))?;
-        return Ok(vec![Endpoint { address: host, port, ready: true, region: None }]);
-    }
-    let ports = spec.ports.unwrap_or_default();
+    let ports = match &service.shape {
+        ServiceShape::ExternalName(host) if host.is_empty() => return Ok(Vec::new()),
+        ServiceShape::ExternalName(host) => {
+            let port = u16::try_from(channel.port).map_err(|_| port_not_found(String::new()))?;
+            return Ok(vec![Endpoint { address: host.to_string(), port, ready: true, region: None }]);
+        }
+        ServiceShape::Ports(ports) => ports,
+    };
     let Some(service_port) = ports.iter().find(|p| p.port == channel.port) else {
         return Err(port_not_found(ports.iter().map(|p| p.port.to_string()).collect::<Vec<_>>().join(", ")));
     };
-    let port_name = service_port.name.clone().unwrap_or_default();
     // A slice port without a number means "all ports": then the Service's numeric targetPort, or its port.
-    let fallback_port = match &service_port.target_port {
-        Some(IntOrString::Int(p)) => *p,
-        _ => service_port.port,
-    };
+    let fallback_port = service_port.target_port.unwrap_or(service_port.port);
 
     let mut slices = view.endpoint_slices(namespace, &channel.service);
     slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut endpoints = Vec::new();
     for slice in slices {
-        let Some(slice_port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
-            .map(|p| p.port.unwrap_or(fallback_port))
+        let Some(slice_port) =
+            slice.ports.iter().find(|p| p.name == service_port.name).map(|p| p.port.unwrap_or(fallback_port))
         else {
             continue;
         };
         let Ok(port) = u16::try_from(slice_port) else { continue };
-        let slice_region = slice.metadata.labels.as_ref().and_then(|l| l.get(crds::REGION_LABEL)).cloned();
-        for endpoint in slice.endpoints.iter().flatten() {
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let Some(address) = endpoint.addresses.first() else { continue };
-            if !ready {
-                continue;
-            }
-            let node_region = endpoint.node_name.as_deref().and_then(|node| {
+        for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+            let node_region = endpoint.node.as_deref().and_then(|node| {
                 nodes.insert(node.to_owned());
                 view.node_region(node)
             });
             endpoints.push(Endpoint {
-                address: address.clone(),
+                address: endpoint.address.to_string(),
                 port,
-                ready,
-                region: node_region.or_else(|| slice_region.clone()),
+                ready: true,
+                region: node_region.or_else(|| slice.region.as_deref().map(str::to_owned)),
             });
         }
     }
@@ -229,25 +215,23 @@ pub fn summary(channels: &[crds::ChannelStatus]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct StaticView {
     /// Services by (namespace, name).
-    pub services: BTreeMap<(String, String), Arc<Service>>,
+    pub services: BTreeMap<(String, String), Arc<CachedService>>,
     /// EndpointSlices, all of them.
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub slices: Vec<Arc<CachedSlice>>,
     /// Node name -> region label, for Nodes that have one.
     pub node_regions: BTreeMap<String, String>,
 }
 
 impl ClusterView for StaticView {
-    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<CachedService>> {
         self.services.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
-    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<CachedSlice>> {
         self.slices
             .iter()
             .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
-            .filter(|s| {
-                s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
-            })
+            .filter(|s| s.service.as_deref() == Some(service))
             .cloned()
             .collect()
     }
@@ -274,7 +258,7 @@ mod tests {
         }))
     }
 
-    fn service(name: &str, ports: serde_json::Value) -> Arc<Service> {
+    fn service(name: &str, ports: serde_json::Value) -> Arc<CachedService> {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns"},
@@ -290,7 +274,7 @@ mod tests {
         region: Option<&str>,
         ports: serde_json::Value,
         eps: serde_json::Value,
-    ) -> Arc<EndpointSlice> {
+    ) -> Arc<CachedSlice> {
         let mut labels = json!({SERVICE_NAME_LABEL: service});
         if let Some(r) = region {
             labels[crds::REGION_LABEL] = json!(r);
@@ -458,7 +442,7 @@ mod tests {
     #[test]
     fn an_external_name_service_is_one_dns_endpoint() {
         let mut v = view();
-        let external: Service = serde_json::from_value(json!({
+        let external: CachedService = serde_json::from_value(json!({
             "metadata": {"name": "pv-cache", "namespace": "ns"},
             "spec": {"type": "ExternalName", "externalName": "cache.example.org"},
         }))

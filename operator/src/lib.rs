@@ -3,7 +3,8 @@
 //! Pure (no client, no clock, no I/O), tested exhaustively:
 //! - [`translate::desired`]: a contract and its channels' endpoints become Envoy resources, the
 //!   ConfigMap's filesystem-xDS files and the config version;
-//! - [`endpoints`]: a contract's channels' endpoints from Services, EndpointSlices and Nodes;
+//! - [`endpoints`]: a contract's channels' endpoints from Services, EndpointSlices and Nodes, as
+//!   [`cache`] keeps them;
 //! - [`index`]: which contracts a Service, EndpointSlice or Node change concerns;
 //! - [`status`]: the conditions (Accepted, Programmed, Ready) and the rest of a contract's status;
 //! - [`configmap`]: the ConfigMap a contract publishes; [`controller::plan`]: what a reconcile does;
@@ -17,6 +18,7 @@
 //! - [`envoy`]: the typed Envoy messages, their proto3 JSON, bootstraps that use them.
 
 pub mod admin;
+pub mod cache;
 pub mod configmap;
 pub mod controller;
 pub mod endpoints;

@@ -22,8 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crds::ChannelContract;
 use futures::{Stream, StreamExt, future, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -36,6 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::cache::{CachedService, CachedSlice};
 use crate::configmap;
 use crate::controller::{Caches, Context, error_policy, reconcile};
 use crate::index::{ContractIndex, ContractKey};
@@ -126,6 +126,18 @@ fn slim<K: ResourceExt>(object: &mut K) {
     }
 }
 
+/// What the cache keeps of a Node: its name and region label (a Node has dozens of labels and
+/// annotations, and a cluster thousands of Nodes).
+fn slim_node(node: &mut PartialObjectMeta<Node>) {
+    let meta = &mut node.metadata;
+    let region = meta.labels.take().unwrap_or_default().remove_entry(crds::REGION_LABEL);
+    meta.labels = region.map(|entry| std::iter::once(entry).collect());
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
 fn watch_failed(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, %error, "watch failed; retrying with back-off");
 }
@@ -147,8 +159,8 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     let metrics = Arc::new(Metrics::new());
     let (leader_tx, leader_rx) = watch::channel(!args.leader_election.leader_elect);
     let (contracts, contracts_w) = reflector::store::<ChannelContract>();
-    let (services, services_w) = reflector::store::<Service>();
-    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let (services, services_w) = reflector::store::<CachedService>();
+    let (slices, slices_w) = reflector::store::<CachedSlice>();
     let (nodes, nodes_w) = reflector::store();
     let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
     let index = Arc::new(Mutex::new(ContractIndex::default()));
@@ -195,9 +207,8 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     };
     let service_triggers = {
         let caches = caches.clone();
-        watcher(Api::<Service>::all(client.clone()), cfg.clone())
+        watcher(Api::<CachedService>::all(client.clone()), cfg.clone())
             .default_backoff()
-            .modify(slim)
             .reflect(services_w)
             .map(move |event| match event {
                 Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => {
@@ -213,19 +224,15 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     };
     let slice_triggers = {
         let caches = caches.clone();
-        watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone())
+        watcher(Api::<CachedSlice>::all(client.clone()), cfg.clone())
             .default_backoff()
-            .modify(slim)
             .reflect(slices_w)
             .map(move |event| match event {
-                Ok(Event::Apply(s) | Event::InitApply(s)) => {
-                    let service = s.labels().get(crate::endpoints::SERVICE_NAME_LABEL).cloned();
-                    refs(caches.index().slice_applied(
-                        &s.namespace().unwrap_or_default(),
-                        &s.name_any(),
-                        service.as_deref(),
-                    ))
-                }
+                Ok(Event::Apply(s) | Event::InitApply(s)) => refs(caches.index().slice_applied(
+                    &s.namespace().unwrap_or_default(),
+                    &s.name_any(),
+                    s.service.as_deref(),
+                )),
                 Ok(Event::Delete(s)) => {
                     refs(caches.index().slice_deleted(&s.namespace().unwrap_or_default(), &s.name_any()))
                 }
@@ -241,7 +248,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
             .default_backoff()
-            .modify(slim)
+            .modify(slim_node)
             .reflect(nodes_w)
             .map(move |event| match event {
                 Ok(Event::Apply(n) | Event::InitApply(n)) => {
@@ -383,21 +390,43 @@ mod tests {
 
     #[test]
     fn the_caches_keep_no_managed_fields_and_no_last_applied_configuration() {
-        let mut service: Service = serde_json::from_value(serde_json::json!({
+        let mut config_map: ConfigMap = serde_json::from_value(serde_json::json!({
             "metadata": {
-                "name": "pv", "namespace": "ns",
+                "name": "pv-envoy", "namespace": "ns",
                 "labels": {"app": "pv"},
                 "annotations": {LAST_APPLIED_ANNOTATION: "{\"big\": true}", "keep": "me"},
                 "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
-                    "fieldsV1": {"f:spec": {"f:ports": {}}}}],
+                    "fieldsV1": {"f:data": {"f:cds.yaml": {}}}}],
             },
-            "spec": {"ports": [{"port": 8080}]},
+            "data": {"cds.yaml": "resources: []"},
         }))
-        .expect("service");
-        let before = service.clone();
-        slim(&mut service);
-        assert_eq!(service.metadata.managed_fields, None);
-        assert_eq!(service.annotations().keys().collect::<Vec<_>>(), ["keep"]);
-        assert_eq!((service.labels(), &service.spec), (before.labels(), &before.spec));
+        .expect("config map");
+        let before = config_map.clone();
+        slim(&mut config_map);
+        assert_eq!(config_map.metadata.managed_fields, None);
+        assert_eq!(config_map.annotations().keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!((config_map.labels(), &config_map.data), (before.labels(), &before.data));
+    }
+
+    #[test]
+    fn the_node_cache_keeps_only_the_region_label() {
+        let node = |labels: serde_json::Value| -> PartialObjectMeta<Node> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "n1", "resourceVersion": "9", "labels": labels,
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+                    "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            }))
+            .expect("node metadata")
+        };
+        let mut n = node(serde_json::json!({crds::REGION_LABEL: "gz", "kubernetes.io/hostname": "n1",
+            "node.kubernetes.io/instance-type": "m5.large"}));
+        slim_node(&mut n);
+        assert_eq!(n.labels().iter().collect::<Vec<_>>(), [(&crds::REGION_LABEL.to_owned(), &"gz".to_owned())]);
+        assert_eq!((n.annotations().len(), n.metadata.managed_fields.as_ref()), (0, None));
+        assert_eq!((n.name_any(), n.resource_version()), ("n1".to_owned(), Some("9".to_owned())));
+        let mut n = node(serde_json::json!({"kubernetes.io/hostname": "n1"}));
+        slim_node(&mut n);
+        assert!(n.labels().is_empty());
     }
 }

@@ -184,6 +184,55 @@ pub fn transitions<'a>(
         .collect()
 }
 
+/// The most an Event's note may hold (the API server refuses longer notes).
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// The Event a reconcile publishes: one per status change that moved a condition, not one per
+/// condition, so that a new contract costs the API server one Event write instead of three (Events were
+/// half of the writes per contract).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    /// Whether it is a Warning (some changed condition is not True) or Normal.
+    pub warning: bool,
+    /// The reason of the headline condition: the first changed condition that is not True (the cause, in
+    /// the order Accepted, Programmed, Ready), else the last changed one (`Ready` for a new, working
+    /// contract).
+    pub reason: String,
+    /// Every changed condition, `Type=Status (Reason): message`, `; `-separated, at most
+    /// [`EVENT_NOTE_LIMIT`] bytes.
+    pub note: String,
+}
+
+/// The Event for a status change, if any condition moved (see [`transitions`]).
+pub fn event(previous: Option<&ChannelContractStatus>, next: &ChannelContractStatus) -> Option<EventSummary> {
+    let changed = transitions(previous, next);
+    let headline = changed.iter().find(|c| c.status != "True").or(changed.last())?;
+    let note = changed
+        .iter()
+        .map(|c| {
+            let mut line = format!("{}={} ({})", c.type_, c.status, c.reason);
+            if !c.message.is_empty() {
+                line.push_str(": ");
+                line.push_str(&c.message);
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(EventSummary { warning: headline.status != "True", reason: headline.reason.clone(), note: truncate(&note) })
+}
+
+fn truncate(text: &str) -> String {
+    if text.len() <= EVENT_NOTE_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = EVENT_NOTE_LIMIT - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The current time, to the second (what the API server keeps of a `Time`), so that a status computed now
 /// compares equal to itself after a round trip.
 pub fn now() -> Time {
@@ -319,5 +368,55 @@ mod tests {
         let changed: Vec<&str> = transitions(Some(&s1), &s2).iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(changed, ["Programmed", "Ready"]);
         assert_eq!(status(&port, Some(1), Some(&s2), &at(300)), s2, "a steady state computes the same status");
+    }
+
+    #[test]
+    fn a_new_working_contract_gets_one_normal_event_that_names_every_condition() {
+        let s1 = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
+        let e = event(None, &s1).expect("an event");
+        assert!(!e.warning);
+        assert_eq!(e.reason, "Ready");
+        for part in ["Accepted=True (Valid)", "Programmed=True (Programmed)", "Ready=True (Ready)"] {
+            assert!(e.note.contains(part), "{part} missing from {:?}", e.note);
+        }
+        assert_eq!(event(Some(&s1), &s1), None, "nothing changed, no event");
+    }
+
+    #[test]
+    fn a_failure_event_is_a_warning_named_after_its_cause() {
+        let good = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
+        let missing = Observation {
+            invalid_spec: None,
+            programming: Programming::NotProgrammed {
+                reason: reason::SERVICE_NOT_FOUND,
+                message: "Service \"pv\" (spec.service) not found".into(),
+            },
+            channels: None,
+        };
+        let s2 = status(&missing, Some(2), Some(&good), &at(200));
+        let e = event(Some(&good), &s2).expect("an event");
+        assert!(e.warning);
+        assert_eq!(e.reason, "ServiceNotFound", "Programmed is the first condition that broke");
+        assert!(!e.note.contains("Accepted"), "Accepted did not change: {:?}", e.note);
+        assert!(e.note.contains("Programmed=False (ServiceNotFound): Service \"pv\""), "{:?}", e.note);
+        assert!(e.note.contains("Ready=False (ServiceNotFound)"), "{:?}", e.note);
+
+        // Back to working: a Normal event again.
+        let s3 = status(&programmed(&[("primary", 1)]), Some(3), Some(&s2), &at(300));
+        let e = event(Some(&s2), &s3).expect("an event");
+        assert_eq!((e.warning, e.reason.as_str()), (false, "Ready"));
+    }
+
+    #[test]
+    fn the_note_fits_the_api_limit_on_a_character_boundary() {
+        let long = Observation {
+            invalid_spec: Some("é".repeat(2000)),
+            programming: Programming::NotProgrammed { reason: reason::INVALID_SPEC, message: "ü".repeat(2000) },
+            channels: None,
+        };
+        let e = event(None, &status(&long, Some(1), None, &at(1))).expect("an event");
+        assert!(e.note.len() <= EVENT_NOTE_LIMIT, "{}", e.note.len());
+        assert!(e.note.ends_with('…'));
+        assert_eq!((e.warning, e.reason.as_str()), (true, "InvalidSpec"));
     }
 }
