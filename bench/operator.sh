@@ -18,7 +18,9 @@
 # Knobs (environment): CSP_BENCH_STEPS (1000,5000), CSP_BENCH_EDITS (200), CSP_BENCH_NAMESPACES (50),
 # CSP_BENCH_CONCURRENCY (32, creates in flight), CSP_BENCH_OPERATOR_ARGS (extra `operator run` flags),
 # CSP_BENCH_SKIP_CRITERION (0), CSP_BENCH_SKIP_RENDER (0), CSP_BENCH_SKIP_API (0),
-# CSP_BENCH_RUN_DIR (the control plane's folder), CSP_BENCH_KEEP (0; 1 leaves the control plane running).
+# CSP_BENCH_RUN_DIR (the control plane's folder), CSP_BENCH_KEEP (0; 1 leaves the control plane running),
+# CSP_BENCH_OPERATOR_WRAPPER (a command that runs the operator, e.g. `heaptrack -o target/heap`: the figures
+# then include the wrapper's own overhead), CSP_APISERVER_PROFILING (false; true serves /debug/pprof).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +30,7 @@ edits="${CSP_BENCH_EDITS:-200}"
 namespaces="${CSP_BENCH_NAMESPACES:-50}"
 concurrency="${CSP_BENCH_CONCURRENCY:-32}"
 operator_args="${CSP_BENCH_OPERATOR_ARGS:-}"
+operator_wrapper="${CSP_BENCH_OPERATOR_WRAPPER:-}"
 skip_criterion="${CSP_BENCH_SKIP_CRITERION:-0}"
 skip_render="${CSP_BENCH_SKIP_RENDER:-0}"
 skip_api="${CSP_BENCH_SKIP_API:-0}"
@@ -51,6 +54,7 @@ k() { "$kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
 
 started_cluster=0
 operator_pid=""
+wrapper_pid=""
 cleanup() {
   local rc=$?
   set +e
@@ -59,6 +63,10 @@ cleanup() {
     kill -TERM "$operator_pid"
     for _ in $(seq 1 50); do kill -0 "$operator_pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$operator_pid" 2>/dev/null
+  fi
+  if [[ -n "$wrapper_pid" ]]; then
+    log "waiting for $operator_wrapper to finish"
+    for _ in $(seq 1 600); do kill -0 "$wrapper_pid" 2>/dev/null || break; sleep 0.2; done
   fi
   if [[ $started_cluster == 1 && $keep != 1 ]]; then
     bash "$root/e2e/cluster.sh" down
@@ -107,10 +115,22 @@ if [[ $skip_api != 1 ]]; then
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
   admin="http://127.0.0.1:$port"
   log "starting $operator_bin run --admin-listen 127.0.0.1:$port --log-format json $operator_args (log: $work/operator.log)"
-  # shellcheck disable=SC2086 # the extra flags are words
-  RUST_LOG="${RUST_LOG:-info,kube=warn}" "$operator_bin" run --admin-listen "127.0.0.1:$port" --log-format json $operator_args \
-    >"$work/operator.log" 2>&1 </dev/null &
+  # shellcheck disable=SC2086 # the extra flags and the wrapper are words
+  RUST_LOG="${RUST_LOG:-info,kube=warn}" $operator_wrapper "$operator_bin" run --admin-listen "127.0.0.1:$port" \
+    --log-format json $operator_args >"$work/operator.log" 2>&1 </dev/null &
   operator_pid=$!
+  if [[ -n "$operator_wrapper" ]]; then
+    # Measure (and stop) the operator itself, not its wrapper.
+    wrapper_pid=$operator_pid
+    for _ in $(seq 1 100); do
+      child="$(pgrep -n -f "^$operator_bin run" || true)"
+      [[ -n "$child" ]] && break
+      sleep 0.1
+    done
+    [[ -n "$child" ]] || die "the operator did not start under $operator_wrapper"
+    operator_pid=$child
+    log "the operator runs under $operator_wrapper (wrapper pid $wrapper_pid, operator pid $operator_pid)"
+  fi
   for i in $(seq 1 300); do
     kill -0 "$operator_pid" 2>/dev/null || { tail -n 30 "$work/operator.log" >&2; die "the operator exited"; }
     [[ "$(curl -s -o /dev/null -w '%{http_code}' "$admin/readyz")" == 200 ]] && break

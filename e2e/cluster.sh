@@ -148,7 +148,7 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
-    --endpoint-reconciler-type none --allow-privileged=true --profiling=false \
+    --endpoint-reconciler-type none --allow-privileged=true --profiling="${CSP_APISERVER_PROFILING:-false}" \
     --cert-dir "$run/apiserver-certs" --v=1
   write_kubeconfig "$run/kubeconfig" admin "https://127.0.0.1:$api_port"
   wait_for "kube-apiserver /readyz" 180 kube-apiserver \

@@ -453,6 +453,32 @@ fn a_good_contract_is_ready_programmed_and_shows_its_channels_in_kubectl_get() {
 }
 
 #[test]
+fn a_node_that_changes_region_moves_its_endpoints_to_that_region() {
+    let mut tb = Testbed::new("op-relabel");
+    tb.start_backend("pay-1");
+    service_with(&tb, "pay", &["pay-1"]);
+    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    let before = tb.wait_channels("pay", "primary:1");
+    assert_eq!(before["status"]["channels"][0]["regions"], serde_json::json!(["gz"]));
+    let version = before["status"]["configVersion"].as_str().expect("a configVersion").to_owned();
+
+    // The Node's region label changes: nothing else does, yet the contract is reconciled.
+    let node = tb.node("gz");
+    let started = Instant::now();
+    kubectl(&["label", "node", &node, "topology.kubernetes.io/region=hz", "--overwrite"], None).ok();
+    let after = wait_until("the endpoint in region hz", Duration::from_secs(30), || {
+        let c = tb.get_json("channelcontract", "pay")?;
+        (c["status"]["channels"][0]["regions"] == serde_json::json!(["hz"])).then_some(c)
+    });
+    println!("region relabel -> status: {:.2} s", secs(started.elapsed()));
+    let moved = after["status"]["configVersion"].as_str().expect("a configVersion").to_owned();
+    assert_ne!(moved, version, "the endpoint's locality is part of the configuration");
+    let cm = tb.get_json("configmap", "pay-envoy").expect("published");
+    assert_eq!(cm["metadata"]["annotations"]["csp.contracts.dev/config-version"], moved.as_str());
+    assert!(cm["data"]["cds.yaml"].as_str().unwrap_or_default().contains("hz"), "{:#}", cm["data"]["cds.yaml"]);
+}
+
+#[test]
 fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
     let mut tb = Testbed::new("op-leader");
     tb.start_backend("pay-1");

@@ -10,13 +10,13 @@
 //! - One Event per status change that moves a condition's status or reason ([`status::event`]).
 //! - Nothing is reconciled while this instance is not the leader ([`Context::leader`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crds::{ChannelContract, ChannelStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -36,6 +36,9 @@ use crate::translate::{ProxyOptions, TranslateError};
 pub const INVALID_INPUT_REQUEUE: Duration = Duration::from_secs(5 * 60);
 /// How often a programmed contract is looked at again without a change (a safety net for missed events).
 pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+/// How long a status this instance wrote is trusted to be the API server's while the cache does not show
+/// it yet (the watch is normally milliseconds behind; someone else may write the status meanwhile).
+pub const WRITTEN_TRUST: Duration = Duration::from_secs(30);
 /// The longest back-off after transient failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
@@ -122,33 +125,43 @@ impl Caches {
     pub fn index(&self) -> std::sync::MutexGuard<'_, ContractIndex> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The contracts with an endpoint on `node`: those of the Services whose EndpointSlices name it. A
+    /// scan of every cached EndpointSlice, made only when a Node's region changes (or a Node comes or
+    /// goes), which is rare; keeping a Node -> contracts map up to date instead cost memory on every
+    /// contract and work on every reconcile.
+    pub fn contracts_on_node(&self, node: &str) -> Vec<ContractKey> {
+        let slices = self.slices.state();
+        let index = self.index();
+        let mut keys: Vec<ContractKey> = slices
+            .iter()
+            .filter(|s| s.endpoints.iter().any(|e| e.node.as_deref() == Some(node)))
+            .filter_map(|s| Some(index.contracts_of_service(s.metadata.namespace.as_deref()?, s.service.as_deref()?)))
+            .flatten()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
 }
 
-/// The caches as one contract's reconcile sees them: reading a Node's region first notes the Node in the
-/// index (see [`crate::index`]).
-struct ContractView<'a> {
-    caches: &'a Caches,
-    contract: &'a ContractKey,
-}
-
-impl ClusterView for ContractView<'_> {
+impl ClusterView for Caches {
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<CachedService>> {
-        self.caches.services.get(&ObjectRef::new(name).within(namespace))
+        self.services.get(&ObjectRef::new(name).within(namespace))
     }
 
     fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<CachedSlice>> {
-        let names = self.caches.index().slices_of(namespace, service);
+        let names = self.index().slices_of(namespace, service);
         names
             .iter()
-            .filter_map(|n| self.caches.slices.get(&ObjectRef::new(n).within(namespace)))
+            .filter_map(|n| self.slices.get(&ObjectRef::new(n).within(namespace)))
             // The index may lag the cache by an event: trust the slice's own label.
             .filter(|s| s.service.as_deref() == Some(service))
             .collect()
     }
 
     fn node_region(&self, node: &str) -> Option<String> {
-        self.caches.index().note_node(self.contract, node);
-        self.caches.nodes.get(&ObjectRef::new(node)).and_then(|n| n.labels().get(crds::REGION_LABEL).cloned())
+        self.nodes.get(&ObjectRef::new(node)).and_then(|n| n.labels().get(crds::REGION_LABEL).cloned())
     }
 }
 
@@ -174,6 +187,10 @@ pub struct Context {
     pub synced: watch::Receiver<bool>,
     /// Consecutive transient failures per contract.
     failures: Mutex<BTreeMap<ContractKey, u32>>,
+    /// The status this instance last wrote per contract ([`status::fingerprint`]) and when: a reconcile
+    /// that runs before the contract's cache has seen that write (the ConfigMap's watch event comes
+    /// first) would otherwise write the same status, and publish the same Event, a second time.
+    written: Mutex<HashMap<ContractKey, (u64, Instant)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -193,16 +210,45 @@ impl Context {
         leader: watch::Receiver<bool>,
         synced: watch::Receiver<bool>,
     ) -> Self {
-        Self { client, reporter, metrics, caches, proxy, leader, synced, failures: Mutex::default() }
+        Self {
+            client,
+            reporter,
+            metrics,
+            caches,
+            proxy,
+            leader,
+            synced,
+            failures: Mutex::default(),
+            written: Mutex::default(),
+        }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContractKey, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<ContractKey, (u64, Instant)>> {
+        self.written.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this instance wrote a status like `next` for `key` less than [`WRITTEN_TRUST`] ago, so
+    /// that the API server has it even if the cache does not show it yet.
+    fn wrote_recently(&self, key: &ContractKey, next: &crds::ChannelContractStatus) -> bool {
+        self.written()
+            .get(key)
+            .is_some_and(|(fingerprint, at)| at.elapsed() < WRITTEN_TRUST && *fingerprint == status::fingerprint(next))
+    }
+
+    /// Forgets the statuses written so far: another instance may have written since (on becoming the
+    /// leader).
+    pub fn forget_written(&self) {
+        self.written().clear();
+    }
+
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
         self.failures().remove(key);
+        self.written().remove(key);
         self.metrics.forget(key);
     }
 }
@@ -238,26 +284,25 @@ pub enum Plan {
 
 /// Decides what to publish for a contract, reading Services, EndpointSlices and Nodes through `view`.
 /// Also returns the Nodes of the contract's endpoints.
-pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> (Plan, BTreeSet<String>) {
+pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> Plan {
     let hold = |invalid: bool, reason: &'static str, message: String| Plan::Hold {
         invalid_spec: invalid.then(|| message.clone()),
         reason,
         message,
     };
     if let Err(e) = crds::validate::contract(&contract.spec) {
-        return (hold(true, reason::INVALID_SPEC, e.to_string()), BTreeSet::new());
+        return hold(true, reason::INVALID_SPEC, e.to_string());
     }
     let namespace = contract.namespace().unwrap_or_default();
     let gathered = match gather(&namespace, &contract.spec, view) {
         Ok(g) => g,
         Err(e @ GatherError::ServiceNotFound { .. }) => {
-            return (hold(false, reason::SERVICE_NOT_FOUND, e.to_string()), BTreeSet::new());
+            return hold(false, reason::SERVICE_NOT_FOUND, e.to_string());
         }
         Err(e @ GatherError::ServicePortNotFound { .. }) => {
-            return (hold(false, reason::SERVICE_PORT_NOT_FOUND, e.to_string()), BTreeSet::new());
+            return hold(false, reason::SERVICE_PORT_NOT_FOUND, e.to_string());
         }
     };
-    let nodes = gathered.nodes.clone();
     let resources = match crate::desired(contract, &gathered.endpoints, proxy) {
         Ok(r) => r,
         Err(e) => {
@@ -270,10 +315,10 @@ pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOp
                     hold(false, reason::INTERNAL_ERROR, format!("{e} (a bug of the operator: please report it)"))
                 }
             };
-            return (plan, nodes);
+            return plan;
         }
     };
-    let plan = match configmap::desired(contract, &resources) {
+    match configmap::desired(contract, &resources) {
         Ok(cm) => Plan::Publish {
             config_map: Box::new(cm),
             config_version: resources.config_version.clone(),
@@ -281,8 +326,7 @@ pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOp
         },
         Err(e @ ConfigMapError::NameTooLong(_)) => hold(true, reason::INVALID_SPEC, e.to_string()),
         Err(e @ ConfigMapError::NoUid) => hold(false, reason::INTERNAL_ERROR, e.to_string()),
-    };
-    (plan, nodes)
+    }
 }
 
 /// Reconciles one contract (the controller calls it).
@@ -327,9 +371,7 @@ async fn reconcile_contract(
     key: &ContractKey,
     ctx: &Context,
 ) -> Result<(Action, bool), Error> {
-    let view = ContractView { caches: &ctx.caches, contract: key };
-    let (plan, nodes) = plan(contract, &view, &ctx.proxy);
-    ctx.caches.index().set_nodes(key, nodes);
+    let plan = plan(contract, &ctx.caches, &ctx.proxy);
 
     let (observation, failure) = match plan {
         Plan::Publish { config_map, config_version, channels } => {
@@ -339,8 +381,12 @@ async fn reconcile_contract(
                 .config_maps
                 .get(&ObjectRef::new(&name).within(&key.namespace))
                 .is_some_and(|existing| configmap::is_published(&existing, &config_map));
-            let applied =
-                if published { Ok(()) } else { apply_config_map(&ctx.client, &key.namespace, &config_map).await };
+            let exists = ctx.caches.config_maps.get(&ObjectRef::new(&name).within(&key.namespace)).is_some();
+            let applied = if published {
+                Ok(())
+            } else {
+                publish_config_map(&ctx.client, &key.namespace, &config_map, exists).await
+            };
             match applied {
                 Ok(()) => {
                     if !published {
@@ -368,12 +414,13 @@ async fn reconcile_contract(
 
     let previous = contract.status.as_ref();
     let next = status::status(&observation, contract.metadata.generation, previous, &status::now());
-    if previous != Some(&next) {
+    if previous != Some(&next) && !ctx.wrote_recently(key, &next) {
         let written = write_status(&ctx.client, key, &next).await;
         if let Err(source) = written {
             // A failed ConfigMap write is the error worth reporting; otherwise this one.
             return Err(failure.unwrap_or(Error::WriteStatus { contract: key.to_string(), source }));
         }
+        ctx.written().insert(key.clone(), (status::fingerprint(&next), Instant::now()));
         publish_event(ctx, contract, previous, &next).await;
     }
     ctx.metrics.record_conditions(key, &next.conditions);
@@ -386,25 +433,40 @@ async fn reconcile_contract(
     })
 }
 
-async fn apply_config_map(client: &Client, namespace: &str, config_map: &ConfigMap) -> Result<(), kube::Error> {
+/// Writes the ConfigMap: created with a plain POST when the cache has none (JSON that the API server
+/// decodes cheaply; most ConfigMaps are written once), else, or if it turns out to exist, with
+/// server-side apply (forced: the operator owns these fields). An apply body is parsed as YAML, which on
+/// ~10 KiB of files costs the API server several times a JSON create.
+async fn publish_config_map(
+    client: &Client,
+    namespace: &str,
+    config_map: &ConfigMap,
+    exists: bool,
+) -> Result<(), kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    if !exists {
+        let params = PostParams { dry_run: false, field_manager: Some(configmap::MANAGER.to_owned()) };
+        match api.create(&params, config_map).await {
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            other => return other.map(|_| ()),
+        }
+    }
     let params = PatchParams::apply(configmap::MANAGER).force();
     api.patch(&config_map.name_any(), &params, &Patch::Apply(config_map)).await.map(|_| ())
 }
 
+/// Writes the status with a JSON merge patch that sets every field the operator writes (those it no
+/// longer sets become null, so they are removed). The operator is the status's only writer, so
+/// server-side apply's field ownership buys nothing here, and its YAML-parsed body made status writes
+/// the largest cost of a contract to the API server.
 async fn write_status(
     client: &Client,
     key: &ContractKey,
     next: &crds::ChannelContractStatus,
 ) -> Result<(), kube::Error> {
     let api: Api<ChannelContract> = Api::namespaced(client.clone(), &key.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
-        "kind": "ChannelContract",
-        "status": next,
-    });
-    let params = PatchParams::apply(configmap::MANAGER).force();
-    api.patch_status(&key.name, &params, &Patch::Apply(&patch)).await.map(|_| ())
+    let params = PatchParams { field_manager: Some(configmap::MANAGER.to_owned()), ..PatchParams::default() };
+    api.patch_status(&key.name, &params, &Patch::Merge(status::merge_patch(next))).await.map(|_| ())
 }
 
 async fn publish_event(
@@ -482,13 +544,12 @@ mod tests {
 
     #[test]
     fn a_good_contract_publishes_its_config_map() {
-        let (plan, nodes) = plan(&contract(good_spec()), &view(), &ProxyOptions::default());
+        let plan = plan(&contract(good_spec()), &view(), &ProxyOptions::default());
         let Plan::Publish { config_map, config_version, channels } = plan else { panic!("{plan:?}") };
         assert_eq!(config_map.metadata.name.as_deref(), Some("pv-envoy"));
         assert!(config_version.starts_with("sha256:"));
         assert_eq!(crate::endpoints::summary(&channels), "primary:2,cache:1");
         assert_eq!(channels[0].regions, ["gz", "sz"]);
-        assert_eq!(nodes, ["n-gz", "n-sz"].map(String::from).into());
         let cds = &config_map.data.as_ref().expect("data")["cds.yaml"];
         assert!(cds.contains("10.0.0.1") && cds.contains("9000"), "{cds}");
     }
@@ -531,7 +592,7 @@ mod tests {
         for (spec, change, expected, invalid_spec) in cases {
             let mut v = view();
             change(&mut v);
-            let (plan, _) = plan(&contract(spec), &v, &ProxyOptions::default());
+            let plan = plan(&contract(spec), &v, &ProxyOptions::default());
             let Plan::Hold { reason, invalid_spec: why, message } = &plan else { panic!("{plan:?}") };
             assert_eq!((*reason, why.is_some()), (expected, invalid_spec), "{message}");
             assert!(!message.is_empty());
@@ -542,7 +603,7 @@ mod tests {
     fn the_missing_cache_service_is_named() {
         let mut v = view();
         v.services.remove(&("ns".into(), "pv-cache".into()));
-        let (plan, _) = plan(&contract(good_spec()), &v, &ProxyOptions::default());
+        let plan = plan(&contract(good_spec()), &v, &ProxyOptions::default());
         let Plan::Hold { message, .. } = plan else { panic!("{plan:?}") };
         assert!(message.contains("Service \"pv-cache\" (channel \"cache\", spec.channels[1].service)"), "{message}");
     }

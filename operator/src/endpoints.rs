@@ -14,7 +14,7 @@
 //!   on the EndpointSlice (endpoints imported from other clusters);
 //! - an `ExternalName` Service is one endpoint: its DNS name on the channel's port.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crds::ChannelContractSpec;
@@ -36,14 +36,11 @@ pub trait ClusterView {
     fn node_region(&self, node: &str) -> Option<String>;
 }
 
-/// The endpoints of every channel, and the Nodes they sit on (so that a change to those Nodes' regions
-/// reconciles the contract again).
+/// The endpoints of every channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gathered {
     /// Ready endpoints by channel name (every channel has an entry, possibly empty).
     pub endpoints: ChannelEndpoints,
-    /// The Nodes of the ready endpoints.
-    pub nodes: BTreeSet<String>,
 }
 
 /// A Service that a contract needs and does not exist.
@@ -118,7 +115,7 @@ pub fn gather(namespace: &str, spec: &ChannelContractSpec, view: &impl ClusterVi
             // Checked above; a Service deleted in between is seen at the next reconcile.
             continue;
         };
-        let endpoints = channel_endpoints(namespace, channel, &service, view, &mut gathered.nodes)?;
+        let endpoints = channel_endpoints(namespace, channel, &service, view)?;
         gathered.endpoints.channels.insert(channel.name.clone(), endpoints);
     }
     Ok(gathered)
@@ -157,7 +154,6 @@ fn channel_endpoints(
     channel: &ResolvedChannel,
     service: &CachedService,
     view: &impl ClusterView,
-    nodes: &mut BTreeSet<String>,
 ) -> Result<Vec<Endpoint>, GatherError> {
     let port_not_found = |ports: String| GatherError::ServicePortNotFound {
         namespace: namespace.to_owned(),
@@ -191,10 +187,7 @@ fn channel_endpoints(
         };
         let Ok(port) = u16::try_from(slice_port) else { continue };
         for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
-            let node_region = endpoint.node.as_deref().and_then(|node| {
-                nodes.insert(node.to_owned());
-                view.node_region(node)
-            });
+            let node_region = endpoint.node.as_deref().and_then(|node| view.node_region(node));
             endpoints.push(Endpoint {
                 address: endpoint.address.to_string(),
                 port,
@@ -332,8 +325,6 @@ mod tests {
             vec![ep("10.0.0.1", 9000, Some("gz")), ep("10.0.0.2", 9000, Some("sz")), ep("10.0.0.4", 9000, None)]
         );
         assert_eq!(g.endpoints.channels["cache"], vec![ep("10.0.1.1", 7000, None)]);
-        // Only the nodes of ready endpoints; the unknown node too, so that its appearance reconciles.
-        assert_eq!(g.nodes, ["node-gz", "node-sz", "node-unknown"].map(String::from).into());
     }
 
     #[test]

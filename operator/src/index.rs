@@ -4,15 +4,15 @@
 //!
 //! - A contract uses the Services its spec names (`spec.service` and each channel's Service): recorded
 //!   when the contract's watch event is handled, so before any reconcile of that generation starts.
-//! - A contract uses the Nodes its ready endpoints sit on: recorded by the reconciler *before* it reads
-//!   each Node's region ([`ContractIndex::note_node`]), and pruned after ([`ContractIndex::set_nodes`]);
-//!   a Node event updates the cache before it asks the index, so either the reconcile reads the new
-//!   region or the event finds the contract and reconciles it again.
+//! - A contract uses the Nodes its endpoints sit on; those are not indexed per contract: a Node whose
+//!   region changes is rare, and then the controller finds its contracts through the EndpointSlices
+//!   that name it (`Caches::contracts_on_node`). The Node's cache is updated before that scan, so either
+//!   a running reconcile read the new region or the scan finds its contract and reconciles it again.
 //! - EndpointSlices are indexed by their Service (label `kubernetes.io/service-name`), both to find a
 //!   Service's slices without scanning every slice and to map a slice change to the Service's contracts
 //!   (also when a slice moves from one Service to another, or is deleted).
 //! - A Node change concerns its contracts only when its region label changed (or the Node came or went):
-//!   Node status heartbeats never reconcile anything.
+//!   Node status heartbeats never reconcile anything ([`ContractIndex::node_applied`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,12 +58,9 @@ pub struct ContractIndex {
     services_of: BTreeMap<ContractKey, BTreeSet<String>>,
     /// (namespace, Service) -> contracts.
     by_service: BTreeMap<NamespacedName, BTreeSet<ContractKey>>,
-    /// contract -> Nodes of its endpoints.
-    nodes_of: BTreeMap<ContractKey, BTreeSet<String>>,
-    /// Node -> contracts.
-    by_node: BTreeMap<String, BTreeSet<ContractKey>>,
-    /// (namespace, Service) -> names of its EndpointSlices.
-    slices: BTreeMap<NamespacedName, BTreeSet<String>>,
+    /// (namespace, Service) -> names of its EndpointSlices, sorted (most Services have one or two: a
+    /// vector costs a fraction of a set's node).
+    slices: BTreeMap<NamespacedName, Vec<String>>,
     /// (namespace, EndpointSlice) -> its Service.
     slice_service: BTreeMap<NamespacedName, String>,
     /// Node -> its region label, as last seen.
@@ -99,27 +96,6 @@ impl ContractIndex {
         for old in self.services_of.remove(key).unwrap_or_default() {
             remove_from(&mut self.by_service, &(key.namespace.clone(), old), key);
         }
-        self.set_nodes(key, BTreeSet::new());
-        self.nodes_of.remove(key);
-    }
-
-    /// The reconciler is about to read `node`'s region for `contract`.
-    pub fn note_node(&mut self, contract: &ContractKey, node: &str) {
-        self.nodes_of.entry(contract.clone()).or_default().insert(node.to_owned());
-        self.by_node.entry(node.to_owned()).or_default().insert(contract.clone());
-    }
-
-    /// The Nodes of `contract`'s endpoints are now exactly `nodes`.
-    pub fn set_nodes(&mut self, contract: &ContractKey, nodes: BTreeSet<String>) {
-        for old in self.nodes_of.get(contract).cloned().unwrap_or_default() {
-            if !nodes.contains(&old) {
-                remove_from(&mut self.by_node, &old, contract);
-            }
-        }
-        for node in &nodes {
-            self.by_node.entry(node.clone()).or_default().insert(contract.clone());
-        }
-        self.nodes_of.insert(contract.clone(), nodes);
     }
 
     /// The contracts that use the Service `namespace/name`.
@@ -132,7 +108,10 @@ impl ContractIndex {
     pub fn slice_applied(&mut self, namespace: &str, slice: &str, service: Option<&str>) -> Vec<ContractKey> {
         let mut affected = self.slice_deleted(namespace, slice);
         if let Some(service) = service.filter(|s| !s.is_empty()) {
-            self.slices.entry((namespace.to_owned(), service.to_owned())).or_default().insert(slice.to_owned());
+            let names = self.slices.entry((namespace.to_owned(), service.to_owned())).or_default();
+            if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(slice)) {
+                names.insert(at, slice.to_owned());
+            }
             self.slice_service.insert((namespace.to_owned(), slice.to_owned()), service.to_owned());
             affected.extend(self.contracts_of_service(namespace, service));
         }
@@ -146,29 +125,35 @@ impl ContractIndex {
         let Some(service) = self.slice_service.remove(&(namespace.to_owned(), slice.to_owned())) else {
             return Vec::new();
         };
-        remove_from(&mut self.slices, &(namespace.to_owned(), service.clone()), &slice.to_owned());
+        let key = (namespace.to_owned(), service.clone());
+        if let Some(names) = self.slices.get_mut(&key) {
+            names.retain(|n| n != slice);
+            if names.is_empty() {
+                self.slices.remove(&key);
+            }
+        }
         self.contracts_of_service(namespace, &service)
     }
 
     /// The names of the EndpointSlices of the Service `namespace/service`.
     pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<String> {
-        self.slices.get(&(namespace.to_owned(), service.to_owned())).into_iter().flatten().cloned().collect()
+        self.slices.get(&(namespace.to_owned(), service.to_owned())).cloned().unwrap_or_default()
     }
 
-    /// A Node was created or changed. Returns the contracts with endpoints on it if its region changed.
-    pub fn node_applied(&mut self, node: &str, region: Option<&str>) -> Vec<ContractKey> {
+    /// A Node was created or changed. Returns whether that concerns contracts: its region label is not
+    /// the one last seen (or the Node is new).
+    pub fn node_applied(&mut self, node: &str, region: Option<&str>) -> bool {
         let region = region.map(str::to_owned);
         if self.node_regions.get(node) == Some(&region) {
-            return Vec::new();
+            return false;
         }
         self.node_regions.insert(node.to_owned(), region);
-        self.by_node.get(node).into_iter().flatten().cloned().collect()
+        true
     }
 
-    /// A Node was deleted. Returns the contracts with endpoints on it.
-    pub fn node_deleted(&mut self, node: &str) -> Vec<ContractKey> {
-        self.node_regions.remove(node);
-        self.by_node.get(node).into_iter().flatten().cloned().collect()
+    /// A Node was deleted. Returns whether it was known.
+    pub fn node_deleted(&mut self, node: &str) -> bool {
+        self.node_regions.remove(node).is_some()
     }
 }
 
@@ -235,27 +220,13 @@ mod tests {
     #[test]
     fn nodes_concern_contracts_only_when_their_region_changes() {
         let mut index = ContractIndex::default();
-        index.contract_applied(&contract("a", "pv", None));
-        assert_eq!(index.node_applied("n1", Some("gz")), [], "no contract has endpoints there yet");
-        index.note_node(&key("a"), "n1");
-        index.set_nodes(&key("a"), ["n1".to_owned()].into());
-        assert_eq!(index.node_applied("n1", Some("gz")), [], "same region: a heartbeat");
-        assert_eq!(index.node_applied("n1", Some("sz")), [key("a")]);
-        assert_eq!(index.node_applied("n1", None), [key("a")]);
-        assert_eq!(index.node_deleted("n1"), [key("a")]);
-        // The endpoints moved off n1: its changes no longer concern a.
-        index.set_nodes(&key("a"), ["n2".to_owned()].into());
-        assert_eq!(index.node_applied("n1", Some("hz")), []);
-        assert_eq!(index.node_applied("n2", Some("hz")), [key("a")]);
-    }
-
-    #[test]
-    fn a_node_noted_before_its_region_is_read_is_watched_even_if_the_reconcile_fails_later() {
-        let mut index = ContractIndex::default();
-        index.note_node(&key("a"), "n1");
-        index.node_applied("n1", Some("gz"));
-        assert_eq!(index.node_applied("n1", Some("sz")), [key("a")]);
-        index.contract_deleted(&key("a"));
-        assert_eq!(index.node_applied("n1", Some("hz")), []);
+        assert!(index.node_applied("n1", Some("gz")), "a new Node");
+        assert!(!index.node_applied("n1", Some("gz")), "same region: a heartbeat");
+        assert!(index.node_applied("n1", Some("sz")));
+        assert!(index.node_applied("n1", None));
+        assert!(!index.node_applied("n1", None));
+        assert!(index.node_deleted("n1"));
+        assert!(!index.node_deleted("n1"), "already gone");
+        assert!(index.node_applied("n1", None), "back again");
     }
 }

@@ -245,6 +245,12 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
             .flatten()
     };
     let node_triggers = {
+        let (scan, synced) = (caches.clone(), ctx.synced.clone());
+        // Before the caches have synced no reconcile has read a region, and every contract is reconciled
+        // once they have: the first list of Nodes only records regions.
+        let contracts_on = move |changed: bool, node: &str| {
+            refs(if changed && *synced.borrow() { scan.contracts_on_node(node) } else { Vec::new() })
+        };
         let caches = caches.clone();
         watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
             .default_backoff()
@@ -253,9 +259,13 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
             .map(move |event| match event {
                 Ok(Event::Apply(n) | Event::InitApply(n)) => {
                     let region = n.labels().get(crds::REGION_LABEL).cloned();
-                    refs(caches.index().node_applied(&n.name_any(), region.as_deref()))
+                    let changed = caches.index().node_applied(&n.name_any(), region.as_deref());
+                    contracts_on(changed, &n.name_any())
                 }
-                Ok(Event::Delete(n)) => refs(caches.index().node_deleted(&n.name_any())),
+                Ok(Event::Delete(n)) => {
+                    let known = caches.index().node_deleted(&n.name_any());
+                    contracts_on(known, &n.name_any())
+                }
                 Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
                 Err(e) => {
                     watch_failed("Node", &e);
@@ -331,7 +341,10 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     let controller = Controller::for_stream(contract_stream, contracts)
         .owns_stream(config_map_stream)
         .reconcile_on(stream::select_all([service_triggers.boxed(), slice_triggers.boxed(), node_triggers.boxed()]))
-        .reconcile_all_on(became_leader)
+        .reconcile_all_on(became_leader.map({
+            let ctx = ctx.clone();
+            move |()| ctx.forget_written()
+        }))
         .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

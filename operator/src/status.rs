@@ -184,6 +184,36 @@ pub fn transitions<'a>(
         .collect()
 }
 
+/// A fingerprint of a status, its conditions' `lastTransitionTime` left out: two statuses with the same
+/// fingerprint say the same thing (a status computed from a cache that lags behind gets new transition
+/// times for the conditions it thinks flipped, and nothing else different).
+pub fn fingerprint(status: &ChannelContractStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut timeless = status.clone();
+    for c in &mut timeless.conditions {
+        c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&timeless).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The status fields the operator writes (`proxies` is not among them).
+pub const WRITTEN_FIELDS: [&str; 5] =
+    ["observedGeneration", "configVersion", "conditions", "channels", "channelSummary"];
+
+/// The JSON merge patch that makes the status `next`: `{"status": …}` with every field of
+/// [`WRITTEN_FIELDS`] that `next` leaves out set to null (a merge patch removes a field only when told to).
+pub fn merge_patch(next: &ChannelContractStatus) -> serde_json::Value {
+    let mut status = serde_json::to_value(next).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(fields) = status.as_object_mut() {
+        for field in WRITTEN_FIELDS {
+            fields.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": status })
+}
+
 /// The most an Event's note may hold (the API server refuses longer notes).
 pub const EVENT_NOTE_LIMIT: usize = 1024;
 
@@ -418,5 +448,31 @@ mod tests {
         assert!(e.note.len() <= EVENT_NOTE_LIMIT, "{}", e.note.len());
         assert!(e.note.ends_with('…'));
         assert_eq!((e.warning, e.reason.as_str()), (true, "InvalidSpec"));
+    }
+
+    #[test]
+    fn the_status_patch_sets_every_written_field_and_clears_the_unset_ones() {
+        let s = status(&programmed(&[("primary", 2)]), Some(3), None, &at(100));
+        let patch = merge_patch(&s);
+        assert_eq!(patch["status"]["observedGeneration"], 3);
+        assert_eq!(patch["status"]["channelSummary"], "primary:2");
+        assert_eq!(patch["status"]["conditions"].as_array().map(Vec::len), Some(3));
+        let cleared = merge_patch(&ChannelContractStatus::default());
+        let fields = cleared["status"].as_object().expect("object");
+        assert_eq!(fields.len(), WRITTEN_FIELDS.len());
+        assert!(fields.values().all(serde_json::Value::is_null), "{cleared}");
+        assert!(!fields.contains_key("proxies"), "the operator does not write proxies");
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_transition_times_only() {
+        let s1 = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
+        let later = status(&programmed(&[("primary", 2)]), Some(1), None, &at(200));
+        assert_ne!(s1, later);
+        assert_eq!(fingerprint(&s1), fingerprint(&later), "only the times differ");
+        let other = status(&programmed(&[("primary", 3)]), Some(1), None, &at(100));
+        assert_ne!(fingerprint(&s1), fingerprint(&other));
+        let next_generation = status(&programmed(&[("primary", 2)]), Some(2), None, &at(100));
+        assert_ne!(fingerprint(&s1), fingerprint(&next_generation));
     }
 }
