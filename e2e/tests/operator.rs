@@ -479,6 +479,41 @@ fn a_node_that_changes_region_moves_its_endpoints_to_that_region() {
 }
 
 #[test]
+fn a_config_map_edited_or_deleted_by_hand_is_restored() {
+    let mut tb = Testbed::new("op-restore");
+    tb.start_backend("pay-1");
+    service_with(&tb, "pay", &["pay-1"]);
+    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    let version = tb.wait_programmed("pay");
+    let original = tb.get_json("configmap", "pay-envoy").expect("published");
+    let ns = tb.ns.name.clone();
+    let restored = |what: &str| {
+        wait_until(what, Duration::from_secs(30), || {
+            let cm = tb.get_json("configmap", "pay-envoy")?;
+            (cm["data"] == original["data"]
+                && cm["metadata"]["annotations"]["csp.contracts.dev/config-version"] == version.as_str())
+            .then_some(cm)
+        })
+    };
+
+    let started = Instant::now();
+    kubectl(
+        &["patch", "configmap", "pay-envoy", "-n", &ns, "--type", "merge", "-p", r#"{"data":{"cds.yaml":"edited"}}"#],
+        None,
+    )
+    .ok();
+    let back = restored("the edited ConfigMap restored");
+    assert_ne!(back["metadata"]["resourceVersion"], original["metadata"]["resourceVersion"], "it was rewritten");
+    println!("hand edit -> restored: {:.2} s", secs(started.elapsed()));
+
+    let started = Instant::now();
+    kubectl(&["delete", "configmap", "pay-envoy", "-n", &ns], None).ok();
+    let back = restored("the deleted ConfigMap recreated");
+    assert_ne!(back["metadata"]["uid"], original["metadata"]["uid"], "a new object");
+    println!("deletion -> recreated: {:.2} s", secs(started.elapsed()));
+}
+
+#[test]
 fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
     let mut tb = Testbed::new("op-leader");
     tb.start_backend("pay-1");

@@ -105,6 +105,22 @@ fn digest(value: &str) -> String {
     out
 }
 
+/// A fingerprint of what the operator publishes in a ConfigMap whose data went through [`digest_data`]:
+/// the files' digests, the version annotation and the owners. Two ConfigMaps with the same fingerprint
+/// need no reconcile between them: the watch event of the operator's own write (its echo) is recognised
+/// by it ([`crate::controller::Context::is_own_echo`]), while any edit of the files, the annotation or the
+/// owner is not.
+pub fn fingerprint(digested: &ConfigMap) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    digested.data.hash(&mut hasher);
+    digested.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_VERSION_ANNOTATION)).hash(&mut hasher);
+    for owner in digested.metadata.owner_references.iter().flatten() {
+        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// [`is_current`] for a ConfigMap from the operator's cache, whose data went through [`digest_data`].
 pub fn is_published(cached: &ConfigMap, desired: &ConfigMap) -> bool {
     let mut want = desired.clone();
@@ -203,5 +219,26 @@ mod tests {
         let mut other = desired(&contract("pv", Some("other-uid")), &resources(&c)).expect("config map");
         digest_data(&mut other);
         assert!(!is_published(&other, &want), "another owner");
+    }
+
+    #[test]
+    fn the_fingerprint_tells_the_operators_own_write_from_an_edit() {
+        let c = contract("pv", Some("u"));
+        let mut published = desired(&c, &resources(&c)).expect("config map");
+        digest_data(&mut published);
+        let mut echo = published.clone();
+        echo.metadata.resource_version = Some("42".into());
+        echo.metadata.labels.get_or_insert_default().insert("team".into(), "x".into());
+        assert_eq!(fingerprint(&echo), fingerprint(&published), "server fields and extra labels do not count");
+
+        let mut edited = published.clone();
+        edited.data.get_or_insert_default().insert("cds.yaml".into(), "sha256:other".into());
+        assert_ne!(fingerprint(&edited), fingerprint(&published));
+        let mut unannotated = published.clone();
+        unannotated.metadata.annotations = None;
+        assert_ne!(fingerprint(&unannotated), fingerprint(&published));
+        let mut orphaned = published.clone();
+        orphaned.metadata.owner_references = None;
+        assert_ne!(fingerprint(&orphaned), fingerprint(&published));
     }
 }

@@ -191,6 +191,8 @@ pub struct Context {
     /// that runs before the contract's cache has seen that write (the ConfigMap's watch event comes
     /// first) would otherwise write the same status, and publish the same Event, a second time.
     written: Mutex<HashMap<ContractKey, (u64, Instant)>>,
+    /// The ConfigMaps this instance published, by (namespace, name): their [`configmap::fingerprint`].
+    published: Mutex<HashMap<(String, String), u64>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -220,6 +222,7 @@ impl Context {
             synced,
             failures: Mutex::default(),
             written: Mutex::default(),
+            published: Mutex::default(),
         }
     }
 
@@ -245,10 +248,27 @@ impl Context {
         self.written().clear();
     }
 
+    fn published(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
+        self.published.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a ConfigMap from the watch (digested, as cached) is what this instance last published
+    /// under its name: the echo of its own write, which needs no reconcile.
+    pub fn is_own_echo(&self, cached: &ConfigMap) -> bool {
+        let name = (cached.namespace().unwrap_or_default(), cached.name_any());
+        self.published().get(&name) == Some(&configmap::fingerprint(cached))
+    }
+
+    /// A ConfigMap is gone: what was published under its name no longer is.
+    pub fn forget_published(&self, namespace: &str, name: &str) {
+        self.published().remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
         self.failures().remove(key);
         self.written().remove(key);
+        self.forget_published(&key.namespace, &configmap::name(&key.name));
         self.metrics.forget(key);
     }
 }
@@ -390,6 +410,10 @@ async fn reconcile_contract(
             match applied {
                 Ok(()) => {
                     if !published {
+                        let mut digested = (*config_map).clone();
+                        configmap::digest_data(&mut digested);
+                        ctx.published()
+                            .insert((key.namespace.clone(), name.clone()), configmap::fingerprint(&digested));
                         tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
                     }
                     let programming = Programming::Programmed { config_version };

@@ -7,7 +7,7 @@
 //! - `csp_operator_contracts{condition,status}`: contracts by condition type and status;
 //! - `csp_operator_leader`: 1 while this instance reconciles (leader, or leader election off).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -65,8 +65,9 @@ pub struct Metrics {
     duration: Histogram,
     contracts: Family<ConditionLabels, Gauge>,
     leader: Gauge,
-    /// The condition statuses of every contract, to count them.
-    statuses: Mutex<BTreeMap<ContractKey, Vec<(String, String)>>>,
+    /// The condition statuses of every contract, to count them: per type of [`condition::ALL`], the
+    /// index of its status in [`STATUSES`] ([`NOT_COUNTED`] for none or another).
+    statuses: Mutex<HashMap<ContractKey, [u8; 3]>>,
     registry: Registry,
 }
 
@@ -77,6 +78,8 @@ impl Default for Metrics {
 }
 
 const STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+/// A condition that is missing or has another status than [`STATUSES`].
+const NOT_COUNTED: u8 = u8::MAX;
 
 impl Metrics {
     /// Registers every metric.
@@ -124,14 +127,21 @@ impl Metrics {
     /// thousands of contracts, recounting them all on every reconcile was quadratic), under the same lock
     /// as the map, so that they always equal a count over it.
     pub fn record_conditions(&self, key: &ContractKey, conditions: &[Condition]) {
-        let statuses: Vec<(String, String)> = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let statuses = condition::ALL.map(|type_| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .and_then(|c| STATUSES.iter().position(|s| *s == c.status))
+                .and_then(|i| u8::try_from(i).ok())
+                .unwrap_or(NOT_COUNTED)
+        });
         let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if all.get(key) == Some(&statuses) {
             return;
         }
-        self.count(&statuses, 1);
+        self.count(statuses, 1);
         if let Some(old) = all.insert(key.clone(), statuses) {
-            self.count(&old, -1);
+            self.count(old, -1);
         }
     }
 
@@ -139,16 +149,15 @@ impl Metrics {
     pub fn forget(&self, key: &ContractKey) {
         let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = all.remove(key) {
-            self.count(&old, -1);
+            self.count(old, -1);
         }
     }
 
-    /// Adds `by` to the gauge of each (condition, status) of one contract; other types and statuses than
-    /// [`condition::ALL`] and True/False/Unknown are not counted.
-    fn count(&self, statuses: &[(String, String)], by: i64) {
-        for (type_, status) in statuses {
-            if condition::ALL.contains(&type_.as_str()) && STATUSES.contains(&status.as_str()) {
-                let labels = ConditionLabels { condition: type_.clone(), status: status.clone() };
+    /// Adds `by` to the gauge of each (condition, status) of one contract.
+    fn count(&self, statuses: [u8; 3], by: i64) {
+        for (type_, status) in condition::ALL.iter().zip(statuses) {
+            if let Some(status) = STATUSES.get(usize::from(status)) {
+                let labels = ConditionLabels { condition: (*type_).to_owned(), status: (*status).to_owned() };
                 self.contracts.get_or_create(&labels).inc_by(by);
             }
         }
@@ -171,6 +180,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;

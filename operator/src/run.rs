@@ -282,13 +282,25 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
             configmap::digest_data(cm);
         })
         .reflect(config_maps_w)
-        .touched_objects()
-        .filter(|r| {
-            if let Err(e) = r {
-                watch_failed("ConfigMap", e);
+        .map({
+            // Every change reconciles the owner (so that an edit or a deletion is undone), except the
+            // echo of the operator's own write.
+            let ctx = ctx.clone();
+            move |event| match event {
+                Ok(Event::Apply(cm)) if ctx.is_own_echo(&cm) => Vec::new(),
+                Ok(Event::Apply(cm) | Event::InitApply(cm)) => vec![Ok(cm)],
+                Ok(Event::Delete(cm)) => {
+                    ctx.forget_published(&cm.namespace().unwrap_or_default(), &cm.name_any());
+                    vec![Ok(cm)]
+                }
+                Ok(Event::Init | Event::InitDone) => Vec::new(),
+                Err(e) => {
+                    watch_failed("ConfigMap", &e);
+                    Vec::new()
+                }
             }
-            future::ready(r.is_ok())
-        });
+        })
+        .flat_map(stream::iter);
 
     // Ready once every cache has listed.
     let ready = Arc::new(AtomicBool::new(false));
