@@ -9,7 +9,8 @@
 //! objects the API serves) and keep:
 //!
 //! - of both: `metadata.name`, `metadata.namespace` and `metadata.resourceVersion` (the reflector's key
-//!   and the watcher's bookmark), in an otherwise empty `ObjectMeta`;
+//!   and the watcher's bookmark), in an otherwise empty `ObjectMeta` (the controller drops the
+//!   resourceVersion once the watcher has read it);
 //! - of a Service: its ports (name, port, numeric targetPort), or its `externalName` when its type is
 //!   `ExternalName`;
 //! - of an EndpointSlice: its Service (label `kubernetes.io/service-name`), its region label
@@ -17,6 +18,9 @@
 //!   ready condition and the Node.
 //!
 //! Strings are `Box<str>` and lists boxed slices: nothing here grows after it is read.
+//!
+//! The operator's own ConfigMaps are cached the same way ([`CachedConfigMap`]): their name, owners and a
+//! fingerprint of what they publish, instead of ~10 KiB of files each.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::Deserialize;
 
+use crate::configmap;
 use crate::endpoints::SERVICE_NAME_LABEL;
 
 /// A Service, as cached.
@@ -56,6 +61,36 @@ pub struct ServicePort {
     pub port: i32,
     /// `targetPort` when it is a number.
     pub target_port: Option<i32>,
+}
+
+/// One of the operator's ConfigMaps, as cached: its name, owners and [`configmap::fingerprint`], not its
+/// ~10 KiB of files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "wire::ConfigMap")]
+pub struct CachedConfigMap {
+    /// Name, namespace, resourceVersion and owner references (the controller maps it to its contract).
+    pub metadata: ObjectMeta,
+    /// What it publishes.
+    pub fingerprint: u64,
+}
+
+impl From<wire::ConfigMap> for CachedConfigMap {
+    fn from(cm: wire::ConfigMap) -> Self {
+        let wire::ConfigMap { metadata, data } = cm;
+        let owners = metadata.owner_references.unwrap_or_default();
+        let fingerprint =
+            configmap::fingerprint_of(data.as_ref(), metadata.labels.as_ref(), metadata.annotations.as_ref(), &owners);
+        Self {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                resource_version: metadata.resource_version,
+                owner_references: (!owners.is_empty()).then_some(owners),
+                ..ObjectMeta::default()
+            },
+            fingerprint,
+        }
+    }
 }
 
 /// An EndpointSlice, as cached.
@@ -150,6 +185,8 @@ impl From<wire::EndpointSlice> for CachedSlice {
 /// The JSON the API serves, read field by field: everything else is skipped by the parser, never
 /// allocated.
 mod wire {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
     use super::{BTreeMap, Deserialize, IntOrString};
 
     #[derive(Debug, Deserialize)]
@@ -159,6 +196,23 @@ mod wire {
         pub namespace: Option<String>,
         pub resource_version: Option<String>,
         pub labels: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ConfigMapMeta {
+        pub name: Option<String>,
+        pub namespace: Option<String>,
+        pub resource_version: Option<String>,
+        pub labels: Option<BTreeMap<String, String>>,
+        pub annotations: Option<BTreeMap<String, String>>,
+        pub owner_references: Option<Vec<OwnerReference>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct ConfigMap {
+        pub metadata: ConfigMapMeta,
+        pub data: Option<BTreeMap<String, String>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -241,6 +295,7 @@ macro_rules! same_resource_as {
 
 same_resource_as!(CachedService, k8s_openapi::api::core::v1::Service);
 same_resource_as!(CachedSlice, k8s_openapi::api::discovery::v1::EndpointSlice);
+same_resource_as!(CachedConfigMap, k8s_openapi::api::core::v1::ConfigMap);
 
 #[cfg(test)]
 mod tests {
@@ -353,6 +408,25 @@ mod tests {
         let no_spec: CachedService =
             serde_json::from_value(json!({"metadata": {"name": "x", "namespace": "ns"}})).expect("reads");
         assert_eq!(no_spec.shape, ServiceShape::Ports([].into()));
+    }
+
+    #[test]
+    fn a_config_map_keeps_its_name_owners_and_fingerprint_only() {
+        let value = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "pv-envoy", "namespace": "ns", "resourceVersion": "9", "uid": "cm-1",
+                "labels": {configmap::MANAGED_BY_LABEL: configmap::MANAGER, configmap::CONTRACT_LABEL: "pv"},
+                "annotations": {configmap::CONFIG_VERSION_ANNOTATION: "sha256:abc"},
+                "ownerReferences": [{"apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
+                    "name": "pv", "uid": "u-1", "controller": true, "blockOwnerDeletion": true}]},
+            "data": {"cds.yaml": "resources: []", "lds.yaml": "resources: []", "rds.yaml": "resources: []"},
+        });
+        let full: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(value.clone()).expect("valid");
+        let cached: CachedConfigMap = serde_json::from_value(value).expect("reads a ConfigMap");
+        assert_eq!(cached.fingerprint, configmap::fingerprint(&full), "the same fingerprint as the full object");
+        assert_eq!(cached.metadata.owner_references, full.metadata.owner_references);
+        assert_eq!((cached.metadata.labels.as_ref(), cached.metadata.annotations.as_ref()), (None, None));
+        assert_eq!(cached.metadata.name.as_deref(), Some("pv-envoy"));
     }
 
     #[test]

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 
 use crds::ChannelContract;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 
 use crate::translate::EnvoyResources;
 
@@ -67,65 +66,45 @@ pub fn desired(contract: &ChannelContract, resources: &EnvoyResources) -> Result
     })
 }
 
-/// Whether `existing` already carries everything `desired` says (so that applying it would change
-/// nothing): the files, the version annotation, the labels and the owner reference. What others added
-/// (more keys, labels) does not count: server-side apply would leave it anyway.
-pub fn is_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
-    let has_all = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    has_all(&existing.data, &desired.data)
-        && has_all(&existing.metadata.labels, &desired.metadata.labels)
-        && has_all(&existing.metadata.annotations, &desired.metadata.annotations)
-        && desired
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .all(|o| existing.metadata.owner_references.iter().flatten().any(|e| e == o))
+/// The files a ConfigMap carries (its `data` keys), as [`crate::translate`] names them.
+pub const FILES: [&str; 3] = ["cds.yaml", "lds.yaml", "rds.yaml"];
+
+/// A fingerprint of what the operator publishes in a ConfigMap: the files, the version annotation, its two
+/// labels and the owners. Two ConfigMaps with the same fingerprint are the same publication: a cached
+/// ConfigMap ([`crate::cache::CachedConfigMap`], which keeps only this of the ~10 KiB of files) is current
+/// when its fingerprint is the desired one's, and the watch event of the operator's own write (its echo)
+/// is recognised by it ([`crate::controller::Context::is_own_echo`]). What others add (more keys,
+/// labels, annotations) does not count: server-side apply would leave it anyway.
+pub fn fingerprint(config_map: &ConfigMap) -> u64 {
+    let meta = &config_map.metadata;
+    fingerprint_of(
+        config_map.data.as_ref(),
+        meta.labels.as_ref(),
+        meta.annotations.as_ref(),
+        meta.owner_references.as_deref().unwrap_or_default(),
+    )
 }
 
-/// Replaces every value of `data` by `sha256:<hex>` of it, and drops `binaryData`: what the operator's
-/// cache of its ConfigMaps keeps. A contract's files take ~10 KiB; their digests are all that
-/// [`is_published`] needs to tell whether they are current.
-pub fn digest_data(config_map: &mut ConfigMap) {
-    for value in config_map.data.iter_mut().flat_map(|d| d.values_mut()) {
-        *value = digest(value);
-    }
-    config_map.binary_data = None;
-}
-
-fn digest(value: &str) -> String {
-    let hash = Sha256::digest(value.as_bytes());
-    let mut out = String::with_capacity(7 + 2 * hash.len());
-    out.push_str("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-/// A fingerprint of what the operator publishes in a ConfigMap whose data went through [`digest_data`]:
-/// the files' digests, the version annotation and the owners. Two ConfigMaps with the same fingerprint
-/// need no reconcile between them: the watch event of the operator's own write (its echo) is recognised
-/// by it ([`crate::controller::Context::is_own_echo`]), while any edit of the files, the annotation or the
-/// owner is not.
-pub fn fingerprint(digested: &ConfigMap) -> u64 {
+/// [`fingerprint`] from the parts of a ConfigMap.
+pub fn fingerprint_of(
+    data: Option<&BTreeMap<String, String>>,
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+    owners: &[OwnerReference],
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    digested.data.hash(&mut hasher);
-    digested.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_VERSION_ANNOTATION)).hash(&mut hasher);
-    for owner in digested.metadata.owner_references.iter().flatten() {
-        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
+    for file in FILES {
+        data.and_then(|d| d.get(file)).hash(&mut hasher);
+    }
+    for label in [MANAGED_BY_LABEL, CONTRACT_LABEL] {
+        labels.and_then(|l| l.get(label)).hash(&mut hasher);
+    }
+    annotations.and_then(|a| a.get(CONFIG_VERSION_ANNOTATION)).hash(&mut hasher);
+    for owner in owners {
+        (&owner.api_version, &owner.kind, &owner.name, &owner.uid, owner.controller).hash(&mut hasher);
     }
     hasher.finish()
-}
-
-/// [`is_current`] for a ConfigMap from the operator's cache, whose data went through [`digest_data`].
-pub fn is_published(cached: &ConfigMap, desired: &ConfigMap) -> bool {
-    let mut want = desired.clone();
-    digest_data(&mut want);
-    is_current(cached, &want)
 }
 
 #[cfg(test)]
@@ -166,7 +145,6 @@ mod tests {
         assert_eq!(cm.data.as_ref().expect("data").keys().collect::<Vec<_>>(), ["cds.yaml", "lds.yaml", "rds.yaml"]);
         assert_eq!(cm.metadata.annotations.as_ref().expect("annotations")[CONFIG_VERSION_ANNOTATION], r.config_version);
         assert_eq!(cm.metadata.labels.as_ref().expect("labels")[CONTRACT_LABEL], "payment-verify");
-        assert!(is_current(&cm, &cm));
     }
 
     #[test]
@@ -178,67 +156,37 @@ mod tests {
     }
 
     #[test]
-    fn is_current_notices_data_and_metadata_drift_but_not_extra_fields() {
+    fn the_fingerprint_notices_drift_of_what_the_operator_publishes_but_not_extra_fields() {
         let c = contract("pv", Some("u"));
         let want = desired(&c, &resources(&c)).expect("config map");
+        assert_eq!(want.data.as_ref().expect("data").keys().collect::<Vec<_>>(), FILES);
         let mut have = want.clone();
         have.metadata.labels.get_or_insert_default().insert("extra".into(), "x".into());
+        have.metadata.annotations.get_or_insert_default().insert("extra".into(), "x".into());
+        have.data.get_or_insert_default().insert("extra.txt".into(), "x".into());
         have.metadata.resource_version = Some("42".into());
-        assert!(is_current(&have, &want), "extra labels and server fields do not matter");
-        let mut drift = have.clone();
-        drift.data.get_or_insert_default().insert("cds.yaml".into(), "edited".into());
-        assert!(!is_current(&drift, &want));
-        let mut drift = have.clone();
-        drift.metadata.annotations = None;
-        assert!(!is_current(&drift, &want));
-        let mut drift = have;
-        drift.metadata.owner_references = None;
-        assert!(!is_current(&drift, &want));
-    }
+        assert_eq!(fingerprint(&have), fingerprint(&want), "extra keys, labels and server fields do not matter");
 
-    #[test]
-    fn a_cached_config_map_keeps_digests_and_still_tells_drift() {
-        let c = contract("pv", Some("u"));
-        let want = desired(&c, &resources(&c)).expect("config map");
-        let mut cached = want.clone();
-        digest_data(&mut cached);
-        let data = cached.data.as_ref().expect("data");
-        assert!(data.values().all(|v| v.starts_with("sha256:") && v.len() == 7 + 64), "{data:?}");
-        assert_eq!(data.keys().collect::<Vec<_>>(), ["cds.yaml", "lds.yaml", "rds.yaml"]);
-        assert!(is_published(&cached, &want));
-        assert!(!is_current(&cached, &want), "digests are not the files");
-
-        let mut drift = want.clone();
-        drift.data.get_or_insert_default().insert("cds.yaml".into(), "edited".into());
-        digest_data(&mut drift);
-        assert!(!is_published(&drift, &want));
-        let mut missing = want.clone();
-        missing.data.get_or_insert_default().remove("rds.yaml");
-        digest_data(&mut missing);
-        assert!(!is_published(&missing, &want));
-        let mut other = desired(&contract("pv", Some("other-uid")), &resources(&c)).expect("config map");
-        digest_data(&mut other);
-        assert!(!is_published(&other, &want), "another owner");
-    }
-
-    #[test]
-    fn the_fingerprint_tells_the_operators_own_write_from_an_edit() {
-        let c = contract("pv", Some("u"));
-        let mut published = desired(&c, &resources(&c)).expect("config map");
-        digest_data(&mut published);
-        let mut echo = published.clone();
-        echo.metadata.resource_version = Some("42".into());
-        echo.metadata.labels.get_or_insert_default().insert("team".into(), "x".into());
-        assert_eq!(fingerprint(&echo), fingerprint(&published), "server fields and extra labels do not count");
-
-        let mut edited = published.clone();
-        edited.data.get_or_insert_default().insert("cds.yaml".into(), "sha256:other".into());
-        assert_ne!(fingerprint(&edited), fingerprint(&published));
-        let mut unannotated = published.clone();
-        unannotated.metadata.annotations = None;
-        assert_ne!(fingerprint(&unannotated), fingerprint(&published));
-        let mut orphaned = published.clone();
-        orphaned.metadata.owner_references = None;
-        assert_ne!(fingerprint(&orphaned), fingerprint(&published));
+        type Change = Box<dyn Fn(&mut ConfigMap)>;
+        let changes: Vec<(&str, Change)> = vec![
+            (
+                "an edited file",
+                Box::new(|cm| drop(cm.data.get_or_insert_default().insert("cds.yaml".into(), "x".into()))),
+            ),
+            ("a missing file", Box::new(|cm| drop(cm.data.get_or_insert_default().remove("rds.yaml")))),
+            ("no version annotation", Box::new(|cm| cm.metadata.annotations = None)),
+            (
+                "no contract label",
+                Box::new(|cm| drop(cm.metadata.labels.get_or_insert_default().remove(CONTRACT_LABEL))),
+            ),
+            ("no owner", Box::new(|cm| cm.metadata.owner_references = None)),
+        ];
+        for (what, change) in changes {
+            let mut drift = have.clone();
+            change(&mut drift);
+            assert_ne!(fingerprint(&drift), fingerprint(&want), "{what}");
+        }
+        let other = desired(&contract("pv", Some("other-uid")), &resources(&c)).expect("config map");
+        assert_ne!(fingerprint(&other), fingerprint(&want), "another owner");
     }
 }

@@ -24,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store, store::WriterDropped};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::cache::{CachedService, CachedSlice};
+use crate::cache::{CachedConfigMap, CachedService, CachedSlice};
 use crate::configmap::{self, ConfigMapError};
 use crate::endpoints::{ClusterView, GatherError, gather};
 use crate::index::{ContractIndex, ContractKey};
@@ -80,8 +80,8 @@ pub struct Caches {
     pub slices: Store<CachedSlice>,
     /// Nodes (metadata: their labels).
     pub nodes: Store<PartialObjectMeta<Node>>,
-    /// The ConfigMaps the operator manages, their data digested ([`configmap::digest_data`]).
-    pub config_maps: Store<ConfigMap>,
+    /// The ConfigMaps the operator manages, as their fingerprints.
+    pub config_maps: Store<CachedConfigMap>,
     /// Which contracts use what.
     pub index: Arc<Mutex<ContractIndex>>,
 }
@@ -252,11 +252,11 @@ impl Context {
         self.published.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a ConfigMap from the watch (digested, as cached) is what this instance last published
-    /// under its name: the echo of its own write, which needs no reconcile.
-    pub fn is_own_echo(&self, cached: &ConfigMap) -> bool {
+    /// Whether a ConfigMap from the watch is what this instance last published under its name: the echo
+    /// of its own write, which needs no reconcile.
+    pub fn is_own_echo(&self, cached: &CachedConfigMap) -> bool {
         let name = (cached.namespace().unwrap_or_default(), cached.name_any());
-        self.published().get(&name) == Some(&configmap::fingerprint(cached))
+        self.published().get(&name) == Some(&cached.fingerprint)
     }
 
     /// A ConfigMap is gone: what was published under its name no longer is.
@@ -396,12 +396,10 @@ async fn reconcile_contract(
     let (observation, failure) = match plan {
         Plan::Publish { config_map, config_version, channels } => {
             let name = config_map.name_any();
-            let published = ctx
-                .caches
-                .config_maps
-                .get(&ObjectRef::new(&name).within(&key.namespace))
-                .is_some_and(|existing| configmap::is_published(&existing, &config_map));
-            let exists = ctx.caches.config_maps.get(&ObjectRef::new(&name).within(&key.namespace)).is_some();
+            let fingerprint = configmap::fingerprint(&config_map);
+            let existing = ctx.caches.config_maps.get(&ObjectRef::new(&name).within(&key.namespace));
+            let exists = existing.is_some();
+            let published = existing.is_some_and(|existing| existing.fingerprint == fingerprint);
             let applied = if published {
                 Ok(())
             } else {
@@ -410,10 +408,7 @@ async fn reconcile_contract(
             match applied {
                 Ok(()) => {
                     if !published {
-                        let mut digested = (*config_map).clone();
-                        configmap::digest_data(&mut digested);
-                        ctx.published()
-                            .insert((key.namespace.clone(), name.clone()), configmap::fingerprint(&digested));
+                        ctx.published().insert((key.namespace.clone(), name.clone()), fingerprint);
                         tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
                     }
                     let programming = Programming::Programmed { config_version };

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crds::ChannelContract;
 use futures::{Stream, StreamExt, future, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cache::{CachedService, CachedSlice};
+use crate::cache::{CachedConfigMap, CachedService, CachedSlice};
 use crate::configmap;
 use crate::controller::{Caches, Context, error_policy, reconcile};
 use crate::index::{ContractIndex, ContractKey};
@@ -126,6 +126,12 @@ fn slim<K: ResourceExt>(object: &mut K) {
     }
 }
 
+/// The watcher has taken the resourceVersion it resumes from by the time an object reaches `modify`;
+/// nothing downstream reads it, and the cache would keep it twice (in the object and in its key).
+fn forget_resource_version<K: ResourceExt>(object: &mut K) {
+    object.meta_mut().resource_version = None;
+}
+
 /// What the cache keeps of a Node: its name and region label (a Node has dozens of labels and
 /// annotations, and a cluster thousands of Nodes).
 fn slim_node(node: &mut PartialObjectMeta<Node>) {
@@ -162,7 +168,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     let (services, services_w) = reflector::store::<CachedService>();
     let (slices, slices_w) = reflector::store::<CachedSlice>();
     let (nodes, nodes_w) = reflector::store();
-    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
+    let (config_maps, config_maps_w) = reflector::store::<CachedConfigMap>();
     let index = Arc::new(Mutex::new(ContractIndex::default()));
     let caches = Caches { contracts: contracts.clone(), services, slices, nodes, config_maps, index };
     let identity = args.leader_election.identity();
@@ -209,6 +215,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<CachedService>::all(client.clone()), cfg.clone())
             .default_backoff()
+            .modify(forget_resource_version)
             .reflect(services_w)
             .map(move |event| match event {
                 Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => {
@@ -226,6 +233,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         let caches = caches.clone();
         watcher(Api::<CachedSlice>::all(client.clone()), cfg.clone())
             .default_backoff()
+            .modify(forget_resource_version)
             .reflect(slices_w)
             .map(move |event| match event {
                 Ok(Event::Apply(s) | Event::InitApply(s)) => refs(caches.index().slice_applied(
@@ -275,12 +283,9 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
             .flatten()
     };
     let managed = format!("{}={}", configmap::MANAGED_BY_LABEL, configmap::MANAGER);
-    let config_map_stream = watcher(Api::<ConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
+    let config_map_stream = watcher(Api::<CachedConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
         .default_backoff()
-        .modify(|cm| {
-            slim(cm);
-            configmap::digest_data(cm);
-        })
+        .modify(forget_resource_version)
         .reflect(config_maps_w)
         .map({
             // Every change reconciles the owner (so that an edit or a deletion is undone), except the
@@ -411,6 +416,8 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
     use super::*;
 
     #[test]
