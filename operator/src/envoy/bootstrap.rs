@@ -109,5 +109,5 @@ fn with_inline_routes(resources: &EnvoyResources) -> Result<Listener, BootstrapE
 
 /// The bootstrap as YAML (proto3 JSON mapping).
 pub fn to_yaml(bootstrap: &Bootstrap) -> Result<String, BootstrapError> {
-    yaml_serde::to_string(&json::to_value(bootstrap)?).map_err(|e| BootstrapError::Yaml(e.to_string()))
+    yaml_serde::to_string(&json::to_value_any_api(bootstrap)?).map_err(|e| BootstrapError::Yaml(e.to_string()))
 }

@@ -1,7 +1,8 @@
 //! Typed Envoy messages to the proto3 JSON mapping, the form Envoy reads from YAML and JSON files.
 //!
 //! A message is encoded with prost, decoded as a `prost_reflect::DynamicMessage` against the descriptors
-//! of the whole xDS API (shipped by `xds-api`, plus [`super::upstream_http`]) and serialized by
+//! of the xDS API (shipped by `xds-api`, plus [`super::upstream_http`]; for the operator's resources only
+//! the files they need) and serialized by
 //! prost-reflect, which follows the proto3 JSON mapping to the letter:
 //! - `google.protobuf.Any` becomes `{"@type": "type.googleapis.com/…", <the message's fields inline>}`,
 //!   at any depth (resources of a DiscoveryResponse, `typed_config` of filters and cluster types,
@@ -14,8 +15,11 @@
 //! keys are sorted, so the same message always gives the same text, whatever the order in which protobuf
 //! map fields were filled.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
 
+use prost::{Message, Name};
+use prost_reflect::prost_types::{FileDescriptorProto, FileDescriptorSet};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
@@ -32,21 +36,70 @@ pub struct JsonError {
     pub reason: String,
 }
 
-static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
-    let mut pool = DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
-    pool.add_file_descriptor_proto(upstream_http::file_descriptor()).map_err(|e| e.to_string())?;
-    Ok(pool)
-});
-
-fn pool() -> Result<&'static DescriptorPool, String> {
-    POOL.as_ref().map_err(|e| format!("the Envoy descriptor pool does not load: {e}"))
+/// The messages the operator's resources are made of, and those they embed in an `Any`: the descriptor
+/// pool for them holds only their files and those files' imports (73 of the 152 files `xds-api` ships;
+/// the bootstrap and its imports are most of the rest), loaded without their options.
+fn resource_roots() -> Vec<String> {
+    use xds_api::pb::envoy;
+    vec![
+        envoy::service::discovery::v3::DiscoveryResponse::full_name(),
+        envoy::config::cluster::v3::Cluster::full_name(),
+        envoy::config::listener::v3::Listener::full_name(),
+        envoy::config::route::v3::RouteConfiguration::full_name(),
+        envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::full_name(),
+        envoy::extensions::filters::http::router::v3::Router::full_name(),
+        envoy::extensions::clusters::aggregate::v3::ClusterConfig::full_name(),
+        upstream_http::HttpProtocolOptions::full_name(),
+    ]
 }
 
-/// The proto3 JSON of a message, with sorted object keys.
+/// The descriptors of the files that define `roots` (all files when `None`) and of everything they import.
+fn load_pool(roots: Option<&[String]>) -> Result<DescriptorPool, String> {
+    let set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+    let mut files = set.file;
+    files.push(upstream_http::file_descriptor());
+    if let Some(roots) = roots {
+        let defines_root = |f: &FileDescriptorProto| {
+            f.message_type.iter().any(|m| roots.contains(&format!("{}.{}", f.package(), m.name())))
+        };
+        let by_name: HashMap<&str, &FileDescriptorProto> = files.iter().map(|f| (f.name(), f)).collect();
+        let mut keep: BTreeSet<&str> = BTreeSet::new();
+        let mut pending: Vec<&str> = files.iter().filter(|f| defines_root(f)).map(|f| f.name()).collect();
+        while let Some(name) = pending.pop() {
+            if keep.insert(name) {
+                let file = by_name.get(name).ok_or_else(|| format!("{name} is imported but missing"))?;
+                pending.extend(file.dependency.iter().map(String::as_str));
+            }
+        }
+        let keep: BTreeSet<String> = keep.into_iter().map(str::to_owned).collect();
+        files.retain(|f| keep.contains(f.name()));
+    }
+    DescriptorPool::from_file_descriptor_set(FileDescriptorSet { file: files }).map_err(|e| e.to_string())
+}
+
+static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| load_pool(Some(&resource_roots())));
+static FULL_POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| load_pool(None));
+
+fn pool(full: bool) -> Result<&'static DescriptorPool, String> {
+    let pool = if full { &*FULL_POOL } else { &*POOL };
+    pool.as_ref().map_err(|e| format!("the Envoy descriptor pool does not load: {e}"))
+}
+
+/// The proto3 JSON of a message of the operator's resources (see [`resource_roots`]), with sorted object
+/// keys.
 pub fn to_value<M: prost::Message + prost::Name>(message: &M) -> Result<Value, JsonError> {
+    to_value_in(message, false)
+}
+
+/// [`to_value`] for any message of the xDS API (a bootstrap, say), against the descriptors of all of it.
+pub fn to_value_any_api<M: prost::Message + prost::Name>(message: &M) -> Result<Value, JsonError> {
+    to_value_in(message, true)
+}
+
+fn to_value_in<M: prost::Message + prost::Name>(message: &M, full: bool) -> Result<Value, JsonError> {
     let name = M::full_name();
     let fail = |reason: String| JsonError { message: name.clone(), reason };
-    let descriptor = pool()
+    let descriptor = pool(full)
         .map_err(fail)?
         .get_message_by_name(&name)
         .ok_or_else(|| fail("no descriptor for this message type".to_owned()))?;
@@ -175,5 +228,18 @@ mod tests {
             serde_json::to_string(&value).expect("text"),
             r#"{"a":{"@type":"t","c":[{"x":2,"y":1}],"z":1},"b":1}"#
         );
+    }
+
+    #[test]
+    fn the_resource_pool_holds_only_what_the_resources_need() {
+        let (small, full) = (pool(false).expect("pool"), pool(true).expect("full pool"));
+        for root in resource_roots() {
+            assert!(small.get_message_by_name(&root).is_some(), "{root} missing");
+        }
+        assert!(small.get_message_by_name("google.protobuf.Any").is_some());
+        let (n, all) = (small.files().len(), full.files().len());
+        assert!(n * 2 < all, "{n} of {all} files");
+        assert!(small.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_none());
+        assert!(full.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_some());
     }
 }
