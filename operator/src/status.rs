@@ -324,17 +324,21 @@ mod tests {
         assert_eq!(triple(&s, "Programmed"), ("True".into(), "Programmed".into()));
     }
 
-    #[test]
-    fn a_missing_service_keeps_the_last_published_version_and_says_so() {
-        let good = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
-        let missing = Observation {
+    fn service_missing(channels: Option<Vec<ChannelStatus>>) -> Observation {
+        Observation {
             invalid_spec: None,
             programming: Programming::NotProgrammed {
                 reason: reason::SERVICE_NOT_FOUND,
                 message: "Service \"pv\" (spec.service) not found".into(),
             },
-            channels: Some(channels(&[("primary", 0)])),
-        };
+            channels,
+        }
+    }
+
+    #[test]
+    fn a_missing_service_keeps_the_last_published_version_and_says_so() {
+        let good = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
+        let missing = service_missing(Some(channels(&[("primary", 0)])));
         let s = status(&missing, Some(2), Some(&good), &at(200));
         assert_eq!(triple(&s, "Accepted"), ("True".into(), "Valid".into()));
         assert_eq!(triple(&s, "Programmed"), ("False".into(), "ServiceNotFound".into()));
@@ -415,14 +419,7 @@ mod tests {
     #[test]
     fn a_failure_event_is_a_warning_named_after_its_cause() {
         let good = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
-        let missing = Observation {
-            invalid_spec: None,
-            programming: Programming::NotProgrammed {
-                reason: reason::SERVICE_NOT_FOUND,
-                message: "Service \"pv\" (spec.service) not found".into(),
-            },
-            channels: None,
-        };
+        let missing = service_missing(None);
         let s2 = status(&missing, Some(2), Some(&good), &at(200));
         let e = event(Some(&good), &s2).expect("an event");
         assert!(e.warning);
