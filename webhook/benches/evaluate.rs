@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crds::{ContractPolicy, ContractPolicySpec, FAILOVER_REGIONS_ANNOTATION};
@@ -29,14 +30,14 @@ const POLICY_COUNTS: [usize; 3] = [1, 10, 100];
 
 /// What the caches would hold, in memory.
 struct Memory {
-    policies: Vec<ContractPolicy>,
+    policies: Vec<Arc<ContractPolicy>>,
     contracts: BTreeMap<String, Vec<ContractRef>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Index for Memory {
-    fn policies(&self) -> Vec<ContractPolicy> {
-        // The real index clones every cached policy too.
+    fn policies(&self) -> Vec<Arc<ContractPolicy>> {
+        // The real index hands out the cache's shared handles too.
         self.policies.clone()
     }
 
@@ -126,7 +127,7 @@ fn memory(policies: usize) -> Memory {
         namespaces.insert(format!("team-{i}"), BTreeMap::from([("tier".to_owned(), "staging".to_owned())]));
     }
     Memory {
-        policies: (0..policies).map(policy).collect(),
+        policies: (0..policies).map(policy).map(Arc::new).collect(),
         contracts: BTreeMap::from([(NAMESPACE.to_owned(), contracts())]),
         namespaces,
     }

@@ -2,6 +2,7 @@
 //! malformed input gets a typed [`BadRequest`] (HTTP 400) or a well-formed denial, never an allow.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crds::{ChannelContract, ContractPolicy};
 use kube::core::DynamicObject;
@@ -12,8 +13,8 @@ use crate::evaluate::{self, ContractRef, Decision, Kind, Subject};
 
 /// What the caches know, as the evaluation needs it.
 pub trait Index {
-    /// Every ContractPolicy.
-    fn policies(&self) -> Vec<ContractPolicy>;
+    /// Every ContractPolicy, as shared handles (a request must not copy every policy).
+    fn policies(&self) -> Vec<Arc<ContractPolicy>>;
     /// The ChannelContracts of a namespace.
     fn contracts_in(&self, namespace: &str) -> Vec<ContractRef>;
     /// A namespace's labels; `None` when the namespace is unknown.
@@ -209,8 +210,8 @@ mod tests {
     }
 
     impl Index for Fixed {
-        fn policies(&self) -> Vec<ContractPolicy> {
-            self.policies.clone()
+        fn policies(&self) -> Vec<Arc<ContractPolicy>> {
+            self.policies.iter().cloned().map(Arc::new).collect()
         }
         fn contracts_in(&self, _: &str) -> Vec<ContractRef> {
             self.contracts.clone()

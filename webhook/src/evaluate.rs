@@ -333,15 +333,15 @@ pub fn message(policy: &str, action: EnforcementAction, subject: &Subject, probl
     )
 }
 
-/// Judges a subject against every policy.
-pub fn evaluate(
+/// Judges a subject against every policy (owned, or shared handles from the cache).
+pub fn evaluate<P: std::borrow::Borrow<ContractPolicy>>(
     subject: &Subject,
-    policies: &[ContractPolicy],
+    policies: &[P],
     namespace_labels: Option<&BTreeMap<String, String>>,
     exempt_namespaces: &[String],
 ) -> Decision {
     let mut decision = Decision::default();
-    let mut sorted: Vec<&ContractPolicy> = policies.iter().collect();
+    let mut sorted: Vec<&ContractPolicy> = policies.iter().map(std::borrow::Borrow::borrow).collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for policy in sorted {
         let name = policy.metadata.name.clone().unwrap_or_default();

@@ -137,8 +137,8 @@ pub fn contract_ref(c: &ChannelContract) -> ContractRef {
 }
 
 impl admission::Index for View<'_> {
-    fn policies(&self) -> Vec<ContractPolicy> {
-        self.caches.policies.state().iter().map(|p| (**p).clone()).collect()
+    fn policies(&self) -> Vec<Arc<ContractPolicy>> {
+        self.caches.policies.state()
     }
 
     fn contracts_in(&self, namespace: &str) -> Vec<ContractRef> {

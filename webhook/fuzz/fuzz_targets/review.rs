@@ -3,15 +3,16 @@
 #![no_main]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use webhook::admission::{Index, Settings, review};
 use webhook::evaluate::ContractRef;
 
-struct Fixed(Vec<crds::ContractPolicy>);
+struct Fixed(Vec<Arc<crds::ContractPolicy>>);
 
 impl Index for Fixed {
-    fn policies(&self) -> Vec<crds::ContractPolicy> {
+    fn policies(&self) -> Vec<Arc<crds::ContractPolicy>> {
         self.0.clone()
     }
     fn contracts_in(&self, _: &str) -> Vec<ContractRef> {
@@ -28,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         "match": {"namespaceSelector": {"matchLabels": {"tier": "production"}}}
     }))
     .expect("policy");
-    let index = Fixed(vec![crds::ContractPolicy::new("p", spec)]);
+    let index = Fixed(vec![Arc::new(crds::ContractPolicy::new("p", spec))]);
     if let Ok((answer, outcome)) = review(data, &index, &Settings::default()) {
         let response = &answer["response"];
         assert!(response["uid"].as_str().is_some_and(|u| !u.is_empty()));
