@@ -5,7 +5,7 @@
 //! serving certificate while admissions go on.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::webhook::{AdmissionStream, served_serial};
@@ -61,8 +61,20 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = helm(&["uninstall", RELEASE, "-n", &self.namespace, "--wait=false"]);
-        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"], None);
+        // Best effort and never a panic: this runs while a failed test unwinds, where a second panic (a
+        // missing tool or kubeconfig) would abort the whole test binary and hide the first failure.
+        let kubeconfig = repo_root().join("e2e/.run/kubeconfig");
+        let quietly = |name: &str, args: &[&str]| {
+            let _ = Command::new(tool(name))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        quietly("helm", &["uninstall", RELEASE, "-n", &self.namespace, "--wait=false"]);
+        quietly("kubectl", &["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"]);
     }
 }
 
