@@ -1,8 +1,8 @@
 //! In-memory caches of what the evaluation reads, fed by watches: ContractPolicies, ChannelContracts,
 //! Namespaces and Services (metadata only). Ready once every watch has listed.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crds::{ChannelContract, ContractPolicy};
 use futures::{Stream, StreamExt};
@@ -23,6 +23,8 @@ pub struct Caches {
     pub policies: Store<ContractPolicy>,
     /// ChannelContracts.
     pub contracts: Store<ChannelContract>,
+    /// The same contracts by namespace, as a review reads them.
+    pub contracts_by_namespace: ContractsByNamespace,
     /// Namespaces (metadata).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Services (metadata).
@@ -71,8 +73,18 @@ pub fn start(
             }
             event
         });
-    let contract_stream =
-        watcher(Api::<ChannelContract>::all(client.clone()), cfg.clone()).default_backoff().reflect(contracts_w);
+    let contracts_by_namespace = ContractsByNamespace::default();
+    let contract_stream = {
+        let by_namespace = contracts_by_namespace.clone();
+        watcher(Api::<ChannelContract>::all(client.clone()), cfg.clone()).default_backoff().reflect(contracts_w).map(
+            move |event| {
+                if let Ok(event) = &event {
+                    by_namespace.apply(event);
+                }
+                event
+            },
+        )
+    };
     let namespace_stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cfg.clone())
         .default_backoff()
         .reflect(namespaces_w);
@@ -87,7 +99,67 @@ pub fn start(
             drain("Service", service_stream),
         );
     };
-    (Caches { policies, contracts, namespaces, services }, run)
+    (Caches { policies, contracts, contracts_by_namespace, namespaces, services }, run)
+}
+
+/// The ChannelContracts of each namespace as [`ContractRef`]s, kept from the contracts' watch: a Service's
+/// review reads its own namespace's contracts instead of scanning every contract of the cluster.
+#[derive(Clone, Default)]
+pub struct ContractsByNamespace(Arc<RwLock<ByNamespace>>);
+
+#[derive(Default)]
+struct ByNamespace {
+    /// namespace -> contract name -> what the review needs of it.
+    live: HashMap<String, BTreeMap<String, ContractRef>>,
+    /// A relist in progress (after a watch had to start over): it replaces `live` once complete, so that
+    /// contracts deleted while the watch was down go too.
+    relisting: Option<HashMap<String, BTreeMap<String, ContractRef>>>,
+}
+
+impl std::fmt::Debug for ContractsByNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("ContractsByNamespace").field("namespaces", &inner.live.len()).finish()
+    }
+}
+
+impl ContractsByNamespace {
+    /// Follows one event of the contracts' watch.
+    pub fn apply(&self, event: &watcher::Event<ChannelContract>) {
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        match event {
+            watcher::Event::Init => inner.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(c) => insert(inner.relisting.get_or_insert_default(), c),
+            watcher::Event::InitDone => {
+                if let Some(fresh) = inner.relisting.take() {
+                    inner.live = fresh;
+                }
+            }
+            watcher::Event::Apply(c) => insert(&mut inner.live, c),
+            watcher::Event::Delete(c) => {
+                let namespace = c.namespace().unwrap_or_default();
+                if let Some(contracts) = inner.live.get_mut(&namespace) {
+                    contracts.remove(&c.name_any());
+                    if contracts.is_empty() {
+                        inner.live.remove(&namespace);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The contracts of `namespace`, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<ContractRef> {
+        let inner = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        inner.live.get(namespace).map(|contracts| contracts.values().cloned().collect()).unwrap_or_default()
+    }
+}
+
+fn insert(map: &mut HashMap<String, BTreeMap<String, ContractRef>>, contract: &ChannelContract) {
+    map.entry(contract.namespace().unwrap_or_default())
+        .or_default()
+        .insert(contract.name_any(), contract_ref(contract));
 }
 
 async fn drain<K, S>(what: &'static str, stream: S)
@@ -142,16 +214,65 @@ impl admission::Index for View<'_> {
     }
 
     fn contracts_in(&self, namespace: &str) -> Vec<ContractRef> {
-        self.caches
-            .contracts
-            .state()
-            .iter()
-            .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
-            .map(|c| contract_ref(c))
-            .collect()
+        self.caches.contracts_by_namespace.in_namespace(namespace)
     }
 
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.caches.cached_namespace_labels(namespace).or_else(|| self.fetched.get(namespace).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn contract(namespace: &str, name: &str, service: &str) -> ChannelContract {
+        serde_json::from_value(json!({
+            "apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"service": service, "port": 8080, "sla": {"maxLatency": "1s"},
+                "failover": {"regions": ["gz", "sz"]}},
+        }))
+        .expect("contract")
+    }
+
+    fn names(index: &ContractsByNamespace, namespace: &str) -> Vec<String> {
+        index.in_namespace(namespace).into_iter().map(|c| c.name).collect()
+    }
+
+    #[test]
+    fn a_namespace_sees_only_its_own_contracts_as_the_watch_moves() {
+        let index = ContractsByNamespace::default();
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(contract("pay", "b", "pv")));
+        index.apply(&watcher::Event::InitApply(contract("pay", "a", "pv")));
+        index.apply(&watcher::Event::InitApply(contract("shop", "c", "cart")));
+        assert_eq!(names(&index, "pay"), Vec::<String>::new(), "nothing before the list is complete");
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&index, "pay"), ["a", "b"]);
+        assert_eq!(
+            index.in_namespace("shop"),
+            [ContractRef { name: "c".into(), service: "cart".into(), regions: vec!["gz".into(), "sz".into()] }]
+        );
+        assert!(index.in_namespace("elsewhere").is_empty());
+
+        index.apply(&watcher::Event::Apply(contract("pay", "a", "pv-2")));
+        assert_eq!(index.in_namespace("pay")[0].service, "pv-2", "an update replaces the contract");
+        index.apply(&watcher::Event::Delete(contract("pay", "b", "pv")));
+        assert_eq!(names(&index, "pay"), ["a"]);
+    }
+
+    #[test]
+    fn a_relist_drops_contracts_deleted_while_the_watch_was_down() {
+        let index = ContractsByNamespace::default();
+        index.apply(&watcher::Event::Apply(contract("pay", "a", "pv")));
+        index.apply(&watcher::Event::Apply(contract("pay", "gone", "pv")));
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(contract("pay", "a", "pv")));
+        assert_eq!(names(&index, "pay"), ["a", "gone"], "the old view serves until the relist completes");
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&index, "pay"), ["a"]);
     }
 }
