@@ -323,7 +323,7 @@ pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOp
             return hold(false, reason::SERVICE_PORT_NOT_FOUND, e.to_string());
         }
     };
-    let resources = match crate::desired(contract, &gathered.endpoints, proxy) {
+    let resources = match crate::desired(contract, &gathered, proxy) {
         Ok(r) => r,
         Err(e) => {
             let plan = match &e {

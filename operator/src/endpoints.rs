@@ -36,13 +36,6 @@ pub trait ClusterView {
     fn node_region(&self, node: &str) -> Option<String>;
 }
 
-/// The endpoints of every channel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gathered {
-    /// Ready endpoints by channel name (every channel has an entry, possibly empty).
-    pub endpoints: ChannelEndpoints,
-}
-
 /// A Service that a contract needs and does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingService {
@@ -103,20 +96,26 @@ fn list(missing: &[MissingService]) -> String {
 }
 
 /// The ready endpoints of each channel of a contract in `namespace`.
-pub fn gather(namespace: &str, spec: &ChannelContractSpec, view: &impl ClusterView) -> Result<Gathered, GatherError> {
+///
+/// Every channel has an entry, possibly empty.
+pub fn gather(
+    namespace: &str,
+    spec: &ChannelContractSpec,
+    view: &impl ClusterView,
+) -> Result<ChannelEndpoints, GatherError> {
     let channels = resolve_channels(spec);
     let missing = missing_services(namespace, spec, &channels, view);
     if !missing.is_empty() {
         return Err(GatherError::ServiceNotFound { namespace: namespace.to_owned(), missing });
     }
-    let mut gathered = Gathered::default();
+    let mut gathered = ChannelEndpoints::default();
     for channel in &channels {
         let Some(service) = view.service(namespace, &channel.service) else {
             // Checked above; a Service deleted in between is seen at the next reconcile.
             continue;
         };
         let endpoints = channel_endpoints(namespace, channel, &service, view)?;
-        gathered.endpoints.channels.insert(channel.name.clone(), endpoints);
+        gathered.channels.insert(channel.name.clone(), endpoints);
     }
     Ok(gathered)
 }
@@ -321,10 +320,10 @@ mod tests {
         ));
         let g = gather("ns", &two_channels(), &v).expect("gathers");
         assert_eq!(
-            g.endpoints.channels["primary"],
+            g.channels["primary"],
             vec![ep("10.0.0.1", 9000, Some("gz")), ep("10.0.0.2", 9000, Some("sz")), ep("10.0.0.4", 9000, None)]
         );
-        assert_eq!(g.endpoints.channels["cache"], vec![ep("10.0.1.1", 7000, None)]);
+        assert_eq!(g.channels["cache"], vec![ep("10.0.1.1", 7000, None)]);
     }
 
     #[test]
@@ -338,11 +337,8 @@ mod tests {
             json!([{"addresses": ["10.0.2.1"]}, {"addresses": ["10.0.2.2"], "nodeName": "node-gz"}]),
         ));
         let g = gather("ns", &two_channels(), &v).expect("gathers");
-        assert_eq!(
-            g.endpoints.channels["primary"],
-            vec![ep("10.0.2.1", 9000, Some("hz")), ep("10.0.2.2", 9000, Some("gz"))]
-        );
-        assert_eq!(g.endpoints.channels["cache"], vec![]);
+        assert_eq!(g.channels["primary"], vec![ep("10.0.2.1", 9000, Some("hz")), ep("10.0.2.2", 9000, Some("gz"))]);
+        assert_eq!(g.channels["cache"], vec![]);
     }
 
     #[test]
@@ -373,7 +369,7 @@ mod tests {
         elsewhere.metadata.namespace = Some("other-ns".into());
         v.slices.push(Arc::new(elsewhere));
         let g = gather("ns", &two_channels(), &v).expect("gathers");
-        assert!(g.endpoints.channels["primary"].is_empty(), "{g:?}");
+        assert!(g.channels["primary"].is_empty(), "{g:?}");
     }
 
     #[test]
@@ -381,7 +377,7 @@ mod tests {
         let mut v = view();
         v.slices.push(slice("pv-all", "pv", None, json!([{"name": "http"}]), json!([{"addresses": ["10.0.3.1"]}])));
         let g = gather("ns", &two_channels(), &v).expect("gathers");
-        assert_eq!(g.endpoints.channels["primary"], vec![ep("10.0.3.1", 9000, None)]);
+        assert_eq!(g.channels["primary"], vec![ep("10.0.3.1", 9000, None)]);
     }
 
     #[test]
@@ -440,7 +436,7 @@ mod tests {
         .expect("service");
         v.services.insert(("ns".into(), "pv-cache".into()), Arc::new(external));
         let g = gather("ns", &two_channels(), &v).expect("gathers");
-        assert_eq!(g.endpoints.channels["cache"], vec![ep("cache.example.org", 8080, None)]);
+        assert_eq!(g.channels["cache"], vec![ep("cache.example.org", 8080, None)]);
     }
 
     #[test]
@@ -455,8 +451,8 @@ mod tests {
         ));
         let s = spec(json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "1s"}}));
         let g = gather("ns", &s, &v).expect("gathers");
-        assert_eq!(g.endpoints.channels.keys().collect::<Vec<_>>(), ["primary"]);
-        assert_eq!(g.endpoints.channels["primary"], vec![ep("10.0.0.1", 9000, Some("sz"))]);
+        assert_eq!(g.channels.keys().collect::<Vec<_>>(), ["primary"]);
+        assert_eq!(g.channels["primary"], vec![ep("10.0.0.1", 9000, Some("sz"))]);
     }
 
     #[test]
