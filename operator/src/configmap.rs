@@ -27,6 +27,11 @@ pub fn name(contract: &str) -> String {
     format!("{contract}{NAME_SUFFIX}")
 }
 
+/// The contract whose ConfigMap has this name, if it is one of the operator's names.
+pub fn contract_name(config_map: &str) -> Option<&str> {
+    config_map.strip_suffix(NAME_SUFFIX).filter(|contract| !contract.is_empty())
+}
+
 /// Why the ConfigMap cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigMapError {
@@ -145,6 +150,13 @@ mod tests {
         assert_eq!(cm.data.as_ref().expect("data").keys().collect::<Vec<_>>(), ["cds.yaml", "lds.yaml", "rds.yaml"]);
         assert_eq!(cm.metadata.annotations.as_ref().expect("annotations")[CONFIG_VERSION_ANNOTATION], r.config_version);
         assert_eq!(cm.metadata.labels.as_ref().expect("labels")[CONTRACT_LABEL], "payment-verify");
+    }
+
+    #[test]
+    fn the_contract_name_comes_back_from_the_config_map_name() {
+        assert_eq!(contract_name(&name("payment-verify")), Some("payment-verify"));
+        assert_eq!(contract_name("payment-verify"), None);
+        assert_eq!(contract_name(NAME_SUFFIX), None);
     }
 
     #[test]

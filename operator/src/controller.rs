@@ -10,7 +10,7 @@
 //! - One Event per status change that moves a condition's status or reason ([`status::event`]).
 //! - Nothing is reconciled while this instance is not the leader ([`Context::leader`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -185,14 +185,22 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Whether every cache has listed once.
     pub synced: watch::Receiver<bool>,
-    /// Consecutive transient failures per contract.
-    failures: Mutex<BTreeMap<ContractKey, u32>>,
-    /// The status this instance last wrote per contract ([`status::fingerprint`]) and when: a reconcile
-    /// that runs before the contract's cache has seen that write (the ConfigMap's watch event comes
-    /// first) would otherwise write the same status, and publish the same Event, a second time.
-    written: Mutex<HashMap<ContractKey, (u64, Instant)>>,
-    /// The ConfigMaps this instance published, by (namespace, name): their [`configmap::fingerprint`].
-    published: Mutex<HashMap<(String, String), u64>>,
+    /// What this instance remembers of each contract between reconciles.
+    memory: Mutex<HashMap<ContractKey, Memory>>,
+}
+
+/// What the operator remembers of one contract between its reconciles.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Consecutive transient failures (the back-off).
+    failures: u32,
+    /// The status this instance last wrote ([`status::fingerprint`]) and when: a reconcile that runs
+    /// before the contract's cache has seen that write would otherwise write the same status, and publish
+    /// the same Event, a second time.
+    written: Option<(u64, Instant)>,
+    /// What this instance last published in the contract's ConfigMap ([`configmap::fingerprint`]): the
+    /// watch event of that write (its echo) reconciles nothing.
+    published: Option<u64>,
 }
 
 impl std::fmt::Debug for Context {
@@ -212,63 +220,55 @@ impl Context {
         leader: watch::Receiver<bool>,
         synced: watch::Receiver<bool>,
     ) -> Self {
-        Self {
-            client,
-            reporter,
-            metrics,
-            caches,
-            proxy,
-            leader,
-            synced,
-            failures: Mutex::default(),
-            written: Mutex::default(),
-            published: Mutex::default(),
-        }
+        Self { client, reporter, metrics, caches, proxy, leader, synced, memory: Mutex::default() }
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContractKey, u32>> {
-        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ContractKey, Memory>> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<ContractKey, (u64, Instant)>> {
-        self.written.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether this instance wrote a status like `next` for `key` less than [`WRITTEN_TRUST`] ago, so
-    /// that the API server has it even if the cache does not show it yet.
-    fn wrote_recently(&self, key: &ContractKey, next: &crds::ChannelContractStatus) -> bool {
-        self.written()
+    /// Whether this instance wrote a status with this [`status::fingerprint`] for `key` less than
+    /// [`WRITTEN_TRUST`] ago, so that the API server has it even if the cache does not show it yet.
+    fn wrote_recently(&self, key: &ContractKey, fingerprint: u64) -> bool {
+        self.memory()
             .get(key)
-            .is_some_and(|(fingerprint, at)| at.elapsed() < WRITTEN_TRUST && *fingerprint == status::fingerprint(next))
+            .and_then(|m| m.written)
+            .is_some_and(|(written, at)| at.elapsed() < WRITTEN_TRUST && written == fingerprint)
     }
 
     /// Forgets the statuses written so far: another instance may have written since (on becoming the
     /// leader).
     pub fn forget_written(&self) {
-        self.written().clear();
+        for memory in self.memory().values_mut() {
+            memory.written = None;
+        }
     }
 
-    fn published(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
-        self.published.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The contract whose ConfigMap this is (`<contract>-envoy` in its namespace).
+    fn owner_key(cached: &CachedConfigMap) -> Option<ContractKey> {
+        let name = configmap::contract_name(cached.metadata.name.as_deref()?)?;
+        Some(ContractKey { namespace: cached.namespace().unwrap_or_default(), name: name.to_owned() })
     }
 
     /// Whether a ConfigMap from the watch is what this instance last published under its name: the echo
     /// of its own write, which needs no reconcile.
     pub fn is_own_echo(&self, cached: &CachedConfigMap) -> bool {
-        let name = (cached.namespace().unwrap_or_default(), cached.name_any());
-        self.published().get(&name) == Some(&cached.fingerprint)
+        Self::owner_key(cached)
+            .is_some_and(|key| self.memory().get(&key).and_then(|m| m.published) == Some(cached.fingerprint))
     }
 
     /// A ConfigMap is gone: what was published under its name no longer is.
-    pub fn forget_published(&self, namespace: &str, name: &str) {
-        self.published().remove(&(namespace.to_owned(), name.to_owned()));
+    pub fn forget_published(&self, cached: &CachedConfigMap) {
+        if let Some(key) = Self::owner_key(cached)
+            && let Some(memory) = self.memory().get_mut(&key)
+        {
+            memory.published = None;
+        }
     }
 
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
-        self.failures().remove(key);
-        self.written().remove(key);
-        self.forget_published(&key.namespace, &configmap::name(&key.name));
+        self.memory().remove(key);
         self.metrics.forget(key);
     }
 }
@@ -363,7 +363,9 @@ pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Res
     let result = reconcile_contract(&contract, &key, &ctx).await;
     let (metric, outcome) = match result {
         Ok((action, programmed)) => {
-            ctx.failures().remove(&key);
+            if let Some(memory) = ctx.memory().get_mut(&key) {
+                memory.failures = 0;
+            }
             (if programmed { ReconcileResult::Ok } else { ReconcileResult::InvalidInput }, Ok(action))
         }
         Err(e) => (ReconcileResult::Error, Err(e)),
@@ -376,10 +378,10 @@ pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Res
 pub fn error_policy(contract: Arc<ChannelContract>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ContractKey::of(&contract);
     let failures = {
-        let mut all = ctx.failures();
-        let n = all.entry(key.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        let mut all = ctx.memory();
+        let memory = all.entry(key.clone()).or_default();
+        memory.failures = memory.failures.saturating_add(1);
+        memory.failures
     };
     let delay = backoff_delay(failures);
     tracing::warn!(contract = %key.name, namespace = %key.namespace, %error, failures, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
@@ -408,7 +410,7 @@ async fn reconcile_contract(
             match applied {
                 Ok(()) => {
                     if !published {
-                        ctx.published().insert((key.namespace.clone(), name.clone()), fingerprint);
+                        ctx.memory().entry(key.clone()).or_default().published = Some(fingerprint);
                         tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
                     }
                     let programming = Programming::Programmed { config_version };
@@ -433,13 +435,14 @@ async fn reconcile_contract(
 
     let previous = contract.status.as_ref();
     let next = status::status(&observation, contract.metadata.generation, previous, &status::now());
-    if previous != Some(&next) && !ctx.wrote_recently(key, &next) {
+    let fingerprint = (previous != Some(&next)).then(|| status::fingerprint(&next));
+    if let Some(fingerprint) = fingerprint.filter(|f| !ctx.wrote_recently(key, *f)) {
         let written = write_status(&ctx.client, key, &next).await;
         if let Err(source) = written {
             // A failed ConfigMap write is the error worth reporting; otherwise this one.
             return Err(failure.unwrap_or(Error::WriteStatus { contract: key.to_string(), source }));
         }
-        ctx.written().insert(key.clone(), (status::fingerprint(&next), Instant::now()));
+        ctx.memory().entry(key.clone()).or_default().written = Some((fingerprint, Instant::now()));
         publish_event(ctx, contract, previous, &next).await;
     }
     ctx.metrics.record_conditions(key, &next.conditions);
@@ -510,6 +513,8 @@ async fn publish_event(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use serde_json::json;
 
     use super::*;

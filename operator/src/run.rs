@@ -295,7 +295,7 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
                 Ok(Event::Apply(cm)) if ctx.is_own_echo(&cm) => Vec::new(),
                 Ok(Event::Apply(cm) | Event::InitApply(cm)) => vec![Ok(cm)],
                 Ok(Event::Delete(cm)) => {
-                    ctx.forget_published(&cm.namespace().unwrap_or_default(), &cm.name_any());
+                    ctx.forget_published(&cm);
                     vec![Ok(cm)]
                 }
                 Ok(Event::Init | Event::InitDone) => Vec::new(),
