@@ -106,9 +106,27 @@ pub enum Error {
     Leader(#[from] LeaderError),
 }
 
-/// The contracts to reconcile, as the controller's trigger items.
-fn refs(keys: Vec<ContractKey>) -> impl Stream<Item = ObjectRef<ChannelContract>> {
-    stream::iter(keys.into_iter().map(|k| k.object_ref()))
+/// The contracts that a watch's changes concern, as the controller's triggers: `concerns(object, deleted)`
+/// says which; the list markers concern none, and a failed watch is logged (it retries with back-off).
+fn triggers<K>(
+    kind: &'static str,
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    mut concerns: impl FnMut(&K, bool) -> Vec<ContractKey>,
+) -> impl Stream<Item = ObjectRef<ChannelContract>> {
+    events
+        .map(move |event| {
+            let keys = match event {
+                Ok(Event::Apply(object) | Event::InitApply(object)) => concerns(&object, false),
+                Ok(Event::Delete(object)) => concerns(&object, true),
+                Ok(Event::Init | Event::InitDone) => Vec::new(),
+                Err(e) => {
+                    watch_failed(kind, &e);
+                    Vec::new()
+                }
+            };
+            stream::iter(keys.into_iter().map(|k| k.object_ref()))
+        })
+        .flatten()
 }
 
 /// kubectl's copy of what was last applied with client-side apply.
@@ -213,74 +231,46 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
     };
     let service_triggers = {
         let caches = caches.clone();
-        watcher(Api::<CachedService>::all(client.clone()), cfg.clone())
+        let events = watcher(Api::<CachedService>::all(client.clone()), cfg.clone())
             .default_backoff()
             .modify(forget_resource_version)
-            .reflect(services_w)
-            .map(move |event| match event {
-                Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => {
-                    refs(caches.index().contracts_of_service(&s.namespace().unwrap_or_default(), &s.name_any()))
-                }
-                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
-                Err(e) => {
-                    watch_failed("Service", &e);
-                    refs(Vec::new())
-                }
-            })
-            .flatten()
+            .reflect(services_w);
+        triggers("Service", events, move |s, _| {
+            caches.index().contracts_of_service(&s.namespace().unwrap_or_default(), &s.name_any())
+        })
     };
     let slice_triggers = {
         let caches = caches.clone();
-        watcher(Api::<CachedSlice>::all(client.clone()), cfg.clone())
+        let events = watcher(Api::<CachedSlice>::all(client.clone()), cfg.clone())
             .default_backoff()
             .modify(forget_resource_version)
-            .reflect(slices_w)
-            .map(move |event| match event {
-                Ok(Event::Apply(s) | Event::InitApply(s)) => refs(caches.index().slice_applied(
-                    &s.namespace().unwrap_or_default(),
-                    &s.name_any(),
-                    s.service.as_deref(),
-                )),
-                Ok(Event::Delete(s)) => {
-                    refs(caches.index().slice_deleted(&s.namespace().unwrap_or_default(), &s.name_any()))
-                }
-                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
-                Err(e) => {
-                    watch_failed("EndpointSlice", &e);
-                    refs(Vec::new())
-                }
-            })
-            .flatten()
+            .reflect(slices_w);
+        triggers("EndpointSlice", events, move |s, deleted| {
+            let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
+            if deleted {
+                caches.index().slice_deleted(&namespace, &name)
+            } else {
+                caches.index().slice_applied(&namespace, &name, s.service.as_deref())
+            }
+        })
     };
     let node_triggers = {
-        let (scan, synced) = (caches.clone(), ctx.synced.clone());
-        // Before the caches have synced no reconcile has read a region, and every contract is reconciled
-        // once they have: the first list of Nodes only records regions.
-        let contracts_on = move |changed: bool, node: &str| {
-            refs(if changed && *synced.borrow() { scan.contracts_on_node(node) } else { Vec::new() })
-        };
-        let caches = caches.clone();
-        watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
+        let (caches, synced) = (caches.clone(), ctx.synced.clone());
+        let events = watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
             .default_backoff()
             .modify(slim_node)
-            .reflect(nodes_w)
-            .map(move |event| match event {
-                Ok(Event::Apply(n) | Event::InitApply(n)) => {
-                    let region = n.labels().get(crds::REGION_LABEL).cloned();
-                    let changed = caches.index().node_applied(&n.name_any(), region.as_deref());
-                    contracts_on(changed, &n.name_any())
-                }
-                Ok(Event::Delete(n)) => {
-                    let known = caches.index().node_deleted(&n.name_any());
-                    contracts_on(known, &n.name_any())
-                }
-                Ok(Event::Init | Event::InitDone) => refs(Vec::new()),
-                Err(e) => {
-                    watch_failed("Node", &e);
-                    refs(Vec::new())
-                }
-            })
-            .flatten()
+            .reflect(nodes_w);
+        triggers("Node", events, move |n, deleted| {
+            let name = n.name_any();
+            let changed = if deleted {
+                caches.index().node_deleted(&name)
+            } else {
+                caches.index().node_applied(&name, n.labels().get(crds::REGION_LABEL).map(String::as_str))
+            };
+            // Before the caches have synced no reconcile has read a region, and every contract is
+            // reconciled once they have: the first list of Nodes only records regions.
+            if changed && *synced.borrow() { caches.contracts_on_node(&name) } else { Vec::new() }
+        })
     };
     let managed = format!("{}={}", configmap::MANAGED_BY_LABEL, configmap::MANAGER);
     let config_map_stream = watcher(Api::<CachedConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
