@@ -26,6 +26,13 @@ fn service_with(tb: &Testbed, name: &str, backends: &[&str]) {
     tb.endpoint_slice(&format!("{name}-1"), name, None, &endpoints);
 }
 
+/// A backend behind the Service "pay" (on the gz Node) and the contract "pay" over it, with `spec`.
+fn pay_over(tb: &mut Testbed, backend: &str, spec: &str) {
+    tb.start_backend(backend);
+    service_with(tb, "pay", &[backend]);
+    tb.contract("pay", spec);
+}
+
 /// Sends requests back to back until `backend` answers one with 200: how long that took, and every reply
 /// seen on the way.
 fn traffic_moves_to(tb: &mut Testbed, backend: &str) -> (Duration, Vec<e2e::testbed::Reply>) {
@@ -64,9 +71,7 @@ fn stat_sum(tb: &Testbed, suffix: &str) -> u64 {
 #[test]
 fn a_slow_backend_gets_a_504_at_the_latency_sla() {
     let mut tb = Testbed::new("op-slow");
-    tb.start_backend("slow-1");
-    service_with(&tb, "pay", &["slow-1"]);
-    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 400ms}\n");
+    pay_over(&mut tb, "slow-1", "  service: pay\n  port: 18000\n  sla: {maxLatency: 400ms}\n");
     tb.start_envoy("pay", PORT);
     tb.wait_served_by("slow-1", &[], Duration::from_secs(30));
 
@@ -85,10 +90,9 @@ fn a_slow_backend_gets_a_504_at_the_latency_sla() {
 #[test]
 fn a_flaky_backend_is_retried_with_back_off_and_the_client_sees_success() {
     let mut tb = Testbed::new("op-flaky");
-    tb.start_backend("flaky-1");
-    service_with(&tb, "pay", &["flaky-1"]);
-    tb.contract(
-        "pay",
+    pay_over(
+        &mut tb,
+        "flaky-1",
         "  service: pay\n  port: 18000\n  sla: {maxLatency: 3s}\n  retry:\n    strategy: ExponentialBackoff\n    maxRetries: 3\n    retryOn: [5xx]\n    backoff: {baseInterval: 25ms, maxInterval: 250ms}\n",
     );
     tb.start_envoy("pay", PORT);
@@ -216,9 +220,11 @@ fn with_gz_endpoints_down_traffic_fails_over_to_sz_then_hz() {
 #[test]
 fn editing_the_contract_changes_envoys_behaviour_without_a_restart() {
     let mut tb = Testbed::new("op-edit");
-    tb.start_backend("slow-1");
-    service_with(&tb, "pay", &["slow-1"]);
-    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 300ms}\n  retry: {strategy: None}\n");
+    pay_over(
+        &mut tb,
+        "slow-1",
+        "  service: pay\n  port: 18000\n  sla: {maxLatency: 300ms}\n  retry: {strategy: None}\n",
+    );
     tb.start_envoy("pay", PORT);
     tb.wait_served_by("slow-1", &[], Duration::from_secs(30));
     let version = tb.wait_programmed("pay");
@@ -273,9 +279,7 @@ fn editing_the_contract_changes_envoys_behaviour_without_a_restart() {
 #[test]
 fn deleting_the_contract_garbage_collects_its_config_map() {
     let mut tb = Testbed::new("op-gc");
-    tb.start_backend("pay-1");
-    service_with(&tb, "pay", &["pay-1"]);
-    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    pay_over(&mut tb, "pay-1", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
     tb.wait_programmed("pay");
     let contract = tb.get_json("channelcontract", "pay").expect("the contract");
     let cm = tb.get_json("configmap", "pay-envoy").expect("the ConfigMap is published");
@@ -455,9 +459,7 @@ fn a_good_contract_is_ready_programmed_and_shows_its_channels_in_kubectl_get() {
 #[test]
 fn a_node_that_changes_region_moves_its_endpoints_to_that_region() {
     let mut tb = Testbed::new("op-relabel");
-    tb.start_backend("pay-1");
-    service_with(&tb, "pay", &["pay-1"]);
-    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    pay_over(&mut tb, "pay-1", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
     let before = tb.wait_channels("pay", "primary:1");
     assert_eq!(before["status"]["channels"][0]["regions"], serde_json::json!(["gz"]));
     let version = before["status"]["configVersion"].as_str().expect("a configVersion").to_owned();
@@ -481,9 +483,7 @@ fn a_node_that_changes_region_moves_its_endpoints_to_that_region() {
 #[test]
 fn a_config_map_edited_or_deleted_by_hand_is_restored() {
     let mut tb = Testbed::new("op-restore");
-    tb.start_backend("pay-1");
-    service_with(&tb, "pay", &["pay-1"]);
-    tb.contract("pay", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    pay_over(&mut tb, "pay-1", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
     let version = tb.wait_programmed("pay");
     let original = tb.get_json("configmap", "pay-envoy").expect("published");
     let ns = tb.ns.name.clone();
