@@ -1,5 +1,8 @@
 //! How the operator and the webhook start and stop, the same way: `tracing` logs in JSON (production)
-//! or text, and one cancellation token that SIGTERM or Ctrl-C cancels (a second signal exits at once).
+//! or text, one cancellation token that SIGTERM or Ctrl-C cancels (a second signal exits at once), and
+//! leader election on a Lease ([`leader`]) where only one replica may write.
+
+pub mod leader;
 
 use tokio_util::sync::CancellationToken;
 

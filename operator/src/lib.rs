@@ -8,11 +8,11 @@
 //! - [`index`]: which contracts a Service, EndpointSlice or Node change concerns;
 //! - [`status`]: the conditions (Accepted, Programmed, Ready) and the rest of a contract's status;
 //! - [`configmap`]: the ConfigMap a contract publishes; [`controller::plan`]: what a reconcile does;
-//! - [`leader::decide`]: the leader election's decision on a Lease.
+//! - [`lifecycle::leader::decide`]: the leader election's decision on a Lease.
 //!
 //! The shells around them:
 //! - [`run`]: `operator run`, the controller (kube-runtime) with its watches, the admin server
-//!   ([`admin`]: `/healthz`, `/readyz`, `/metrics` of [`metrics`]) and leader election ([`leader`]);
+//!   ([`admin`]: `/healthz`, `/readyz`, `/metrics` of [`metrics`]) and leader election ([`lifecycle::leader`]);
 //! - [`controller`]: the reconciler, which reads the caches, writes the ConfigMap, status and Events;
 //! - [`render`]: the offline `operator render` command;
 //! - [`envoy`]: the typed Envoy messages, their proto3 JSON, bootstraps that use them.
@@ -24,7 +24,6 @@ pub mod controller;
 pub mod endpoints;
 pub mod envoy;
 pub mod index;
-pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod run;

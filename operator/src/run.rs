@@ -39,9 +39,9 @@ use crate::cache::{CachedConfigMap, CachedService, CachedSlice};
 use crate::configmap;
 use crate::controller::{Caches, Context, error_policy, reconcile};
 use crate::index::{ContractIndex, ContractKey};
-use crate::leader::{self, LeaderElectionArgs, LeaderError};
 use crate::metrics::Metrics;
 use crate::translate::{DEFAULT_CONFIG_DIR, ProxyOptions};
+use lifecycle::leader::{self, LeaderElectionArgs, LeaderError};
 
 /// Arguments of `operator run`.
 #[derive(clap::Args, Debug, Clone)]
