@@ -21,5 +21,10 @@ pub const VERSION: &str = "v1alpha1";
 pub const FAILOVER_REGIONS_ANNOTATION: &str = "csp.contracts.dev/failover-regions";
 /// Annotation on a Service that names the ChannelContract that governs it.
 pub const CONTRACT_ANNOTATION: &str = "csp.contracts.dev/contract";
+/// The namespace label that opts a namespace out of the webhook (value [`WEBHOOK_OPT_OUT_VALUE`]): the
+/// chart's ValidatingWebhookConfiguration does not send its requests, and the audit skips it too.
+pub const WEBHOOK_OPT_OUT_LABEL: &str = "csp.contracts.dev/webhook";
+/// The value of [`WEBHOOK_OPT_OUT_LABEL`] that opts out.
+pub const WEBHOOK_OPT_OUT_VALUE: &str = "disabled";
 /// The Node (or EndpointSlice) label that gives an endpoint's region.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{conditions_schema, namespace_list_schema, region_list_schema};
+use crate::schema::{conditions_schema, label_selector_schema, namespace_list_schema, region_list_schema};
 
 /// A governance baseline that the admission webhook enforces on Services and ChannelContracts. Apply the
 /// same policy in every cluster of a federation.
@@ -83,10 +83,12 @@ pub struct PolicyMatch {
 
     /// Only namespaces whose labels match. Omitted: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_selector_schema")]
     pub namespace_selector: Option<LabelSelector>,
 
     /// Only objects whose labels match. Omitted: every object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_selector_schema")]
     pub label_selector: Option<LabelSelector>,
 }
 

@@ -5,6 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::schema::SELECTOR_OPERATORS;
 use crate::{ChannelContractSpec, ContractPolicySpec, duration};
 
 /// One broken rule: the field and what is wrong with it.
@@ -45,6 +48,61 @@ fn is_label_value(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
         && s.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A label value that may be empty (selector values, matchLabels values).
+fn is_label_value_or_empty(s: &str) -> bool {
+    s.is_empty() || is_label_value(s)
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS subdomain of at most 253 characters, the name a label
+/// value of at most 63.
+fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+    prefix_ok && is_label_value(name)
+}
+
+/// Every broken rule of a label selector at `field`: the same rules the CRD states in its schema and CEL
+/// (an unknown operator, In/NotIn without values, Exists/DoesNotExist with values, malformed keys and
+/// values), so that a selector stored before those rules existed is recognised as unreadable.
+pub fn selector(field: &str, selector: &LabelSelector) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if !is_label_key(key) {
+            errors.push(err(&format!("{field}.matchLabels"), format!("{key:?} is not a label key")));
+        }
+        if !is_label_value_or_empty(value) {
+            errors.push(err(&format!("{field}.matchLabels[{key}]"), format!("{value:?} is not a label value")));
+        }
+    }
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        if !is_label_key(&e.key) {
+            errors.push(err(&format!("{at}.key"), format!("{:?} is not a label key", e.key)));
+        }
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                errors.push(err(&format!("{at}.values"), format!("operator {} needs at least one value", e.operator)))
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                errors.push(err(&format!("{at}.values"), format!("operator {} takes no values", e.operator)))
+            }
+            op if !SELECTOR_OPERATORS.contains(&op) => errors.push(err(
+                &format!("{at}.operator"),
+                format!("{op:?} is not an operator: use one of {}", SELECTOR_OPERATORS.join(", ")),
+            )),
+            _ => {}
+        }
+        for v in values.iter().filter(|v| !is_label_value_or_empty(v)) {
+            errors.push(err(&format!("{at}.values"), format!("{v:?} is not a label value")));
+        }
+    }
+    errors
 }
 
 /// A positive duration, or an error naming the field.
@@ -250,6 +308,14 @@ pub fn policy(spec: &ContractPolicySpec) -> Result<(), InvalidSpec> {
     {
         errors.push(err("spec.failover.minRegions", "spec.failover.minRegions must be at least 1"));
     }
+    let m = &spec.r#match;
+    for (field, sel) in
+        [("spec.match.namespaceSelector", &m.namespace_selector), ("spec.match.labelSelector", &m.label_selector)]
+    {
+        if let Some(sel) = sel {
+            errors.extend(selector(field, sel));
+        }
+    }
     if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
 }
 
@@ -331,6 +397,57 @@ mod tests {
         assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
         s.sla = Sla { max_latency: "0s".into() };
         assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
+    }
+
+    #[test]
+    fn selectors_are_judged_as_the_crd_judges_them() {
+        let sel = |v: serde_json::Value| -> LabelSelector { serde_json::from_value(v).expect("selector") };
+        let good = sel(serde_json::json!({
+            "matchLabels": {"tier": "production", "example.com/team": "", "a.b-c/x_y.z": "v-1"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+                {"key": "zone", "operator": "Exists", "values": []},
+            ],
+        }));
+        assert_eq!(selector("s", &good), []);
+        let cases = [
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "in", "values": ["a"]}]}),
+                "s.matchExpressions[0].operator",
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In"}]}),
+                "s.matchExpressions[0].values",
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": []}]}),
+                "s.matchExpressions[0].values",
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]}),
+                "s.matchExpressions[0].values",
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "bad key", "operator": "Exists"}]}),
+                "s.matchExpressions[0].key",
+            ),
+            (serde_json::json!({"matchLabels": {"-bad": "x"}}), "s.matchLabels"),
+            (serde_json::json!({"matchLabels": {"ok": "not ok"}}), "s.matchLabels[ok]"),
+        ];
+        for (v, field) in cases {
+            let found = selector("s", &sel(v.clone()));
+            assert_eq!(found.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), [field], "{v}");
+        }
+        let mut p: ContractPolicySpec = serde_json::from_value(serde_json::json!({})).expect("empty policy");
+        p.r#match.namespace_selector =
+            Some(sel(serde_json::json!({"matchExpressions": [{"key": "t", "operator": "Equals"}]})));
+        let e = policy(&p).expect_err("an unknown operator");
+        assert!(
+            e.to_string()
+                .contains("spec.match.namespaceSelector.matchExpressions[0].operator: \"Equals\" is not an operator"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -175,8 +175,10 @@ fn bench_review(c: &mut Criterion) {
     for n in POLICY_COUNTS {
         let index = memory(n);
         let (answer, _) = review(&allow, &index, &settings).expect("answered");
+        let answer = serde_json::to_value(answer).expect("answer");
         assert_eq!(answer["response"]["allowed"], true, "{answer}");
         let (answer, outcome) = review(&deny, &index, &settings).expect("answered");
+        let answer = serde_json::to_value(answer).expect("answer");
         assert_eq!(answer["response"]["allowed"], false, "{answer}");
         assert_eq!(outcome.evaluation.map(|d| d.matched.len()), Some(n.div_ceil(5) + (n + 2) / 5));
         group.bench_with_input(BenchmarkId::new("allow", n), &index, |b, index| {

@@ -1,15 +1,24 @@
-//! Reading an AdmissionReview and writing its answer. Pure over an [`Index`] of what the caches hold:
-//! malformed input gets a typed [`BadRequest`] (HTTP 400) or a well-formed denial, never an allow.
+//! Reading an AdmissionReview and writing its answer, on kube's typed `admission` types from the body to
+//! the answer. Pure over an [`Index`] of what the caches hold: malformed input gets a typed [`BadRequest`]
+//! (HTTP 400) or a well-formed denial, never an allow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crds::{ChannelContract, ContractPolicy};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
-use serde_json::Value;
+use crds::{ChannelContractSpec, ContractPolicy};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+use serde::Deserialize;
 
 use crate::evaluate::{self, ContractRef, Decision, Kind, Subject};
+
+/// A review as it arrives and as it is answered.
+pub type Review = AdmissionReview<DynamicObject>;
+/// The request inside a review.
+pub type Request = AdmissionRequest<DynamicObject>;
+
+/// The AdmissionReview version the webhook speaks.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// What the caches know, as the evaluation needs it.
 pub trait Index {
@@ -45,6 +54,21 @@ pub enum BadRequest {
     NoUid,
 }
 
+/// A body that is not a readable request: either nothing can be answered ([`BadRequest`]), or the review
+/// names its request's uid and is answered with a denial that says what is wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Answered with HTTP 400.
+    Bad(BadRequest),
+    /// Answered with a denial.
+    Malformed {
+        /// The request's uid.
+        uid: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 /// What happened to a request, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -76,51 +100,103 @@ fn operation_name(op: &Operation) -> &'static str {
     }
 }
 
-/// Answers one AdmissionReview body.
-pub fn review(body: &[u8], index: &impl Index, settings: &Settings) -> Result<(Value, Outcome), BadRequest> {
-    review_value(&parse(body)?, index, settings)
-}
-
-/// Reads a request body as JSON (the first step of [`review`], for callers that look into the body
-/// before answering it).
-pub fn parse(body: &[u8]) -> Result<Value, BadRequest> {
-    serde_json::from_slice(body).map_err(|e| BadRequest::NotJson(e.to_string()))
-}
-
-/// Answers one AdmissionReview already read as JSON.
-pub fn review_value(value: &Value, index: &impl Index, settings: &Settings) -> Result<(Value, Outcome), BadRequest> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
-        return Err(BadRequest::WrongType { api_version: api_version.to_owned(), kind: kind.to_owned() });
+/// Reads a request body: one typed parse. Only when that fails is the body looked at again, to say
+/// precisely what is wrong (and to find the uid that a denial must carry).
+pub fn read(body: &[u8]) -> Result<Request, Unreadable> {
+    match serde_json::from_slice::<Review>(body) {
+        Ok(review) => {
+            let (api_version, kind) = (&review.types.api_version, &review.types.kind);
+            if api_version != API_VERSION || kind != "AdmissionReview" {
+                let (api_version, kind) = (api_version.clone(), kind.clone());
+                return Err(Unreadable::Bad(BadRequest::WrongType { api_version, kind }));
+            }
+            let request: Request = review.try_into().map_err(|_| Unreadable::Bad(BadRequest::NoRequest))?;
+            if request.uid.is_empty() {
+                return Err(Unreadable::Bad(BadRequest::NoUid));
+            }
+            Ok(request)
+        }
+        Err(typed) => Err(diagnose(body, &typed)),
     }
-    let request = value.get("request").filter(|r| r.is_object()).ok_or(BadRequest::NoRequest)?;
-    let uid = request.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty()).ok_or(BadRequest::NoUid)?;
+}
 
-    let deny = |reason: &'static str, message: String| {
-        let outcome = Outcome { kind: "other", operation: "unknown", decision: "deny", reason, evaluation: None };
-        (answer(uid, false, &message, &[]), outcome)
+/// What is wrong with a body that is not a readable AdmissionReview.
+fn diagnose(body: &[u8], typed: &serde_json::Error) -> Unreadable {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(rename = "apiVersion", default)]
+        api_version: serde_json::Value,
+        #[serde(default)]
+        kind: serde_json::Value,
+        #[serde(default)]
+        request: Option<serde_json::Value>,
+    }
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let envelope: Envelope = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(e) if e.is_data() => {
+            // JSON, but not an object.
+            return Unreadable::Bad(BadRequest::WrongType { api_version: String::new(), kind: String::new() });
+        }
+        Err(e) => return Unreadable::Bad(BadRequest::NotJson(e.to_string())),
     };
-    let req: AdmissionRequest<DynamicObject> = match serde_json::from_value(request.clone()) {
-        Ok(r) => r,
-        Err(e) => return Ok(deny("malformed", format!("the admission request is malformed: {e}"))),
+    let (api_version, kind) = (text(&envelope.api_version), text(&envelope.kind));
+    if api_version != API_VERSION || kind != "AdmissionReview" {
+        let api_version = if envelope.api_version.is_null() { String::new() } else { api_version };
+        let kind = if envelope.kind.is_null() { String::new() } else { kind };
+        return Unreadable::Bad(BadRequest::WrongType { api_version, kind });
+    }
+    let Some(request) = envelope.request.filter(serde_json::Value::is_object) else {
+        return Unreadable::Bad(BadRequest::NoRequest);
     };
-    Ok(decide(&req, index, settings))
+    match request.get("uid").and_then(serde_json::Value::as_str).filter(|u| !u.is_empty()) {
+        Some(uid) => Unreadable::Malformed {
+            uid: uid.to_owned(),
+            message: format!("the admission request is malformed: {typed}"),
+        },
+        None => Unreadable::Bad(BadRequest::NoUid),
+    }
 }
 
-/// The AdmissionReview v1 answer.
-fn answer(uid: &str, allowed: bool, message: &str, warnings: &[String]) -> Value {
-    let mut response = serde_json::json!({"uid": uid, "allowed": allowed});
-    if !allowed {
-        response["status"] = serde_json::json!({"code": 403, "reason": "Forbidden", "message": message});
+/// Answers one AdmissionReview body: [`read`], then [`decide`].
+pub fn review(body: &[u8], index: &impl Index, settings: &Settings) -> Result<(Review, Outcome), BadRequest> {
+    match read(body) {
+        Ok(request) => {
+            let (response, outcome) = decide(&request, index, settings);
+            Ok((response.into_review(), outcome))
+        }
+        Err(unreadable) => answer_unreadable(unreadable),
     }
-    if !warnings.is_empty() {
-        response["warnings"] = serde_json::json!(warnings);
-    }
-    serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
-fn decide(req: &AdmissionRequest<DynamicObject>, index: &impl Index, settings: &Settings) -> (Value, Outcome) {
+/// The answer to a body that [`read`] refused: a denial when it has a uid, else the [`BadRequest`].
+pub fn answer_unreadable(unreadable: Unreadable) -> Result<(Review, Outcome), BadRequest> {
+    match unreadable {
+        Unreadable::Bad(bad) => Err(bad),
+        Unreadable::Malformed { uid, message } => {
+            let outcome = Outcome {
+                kind: "other",
+                operation: "unknown",
+                decision: "deny",
+                reason: "malformed",
+                evaluation: None,
+            };
+            Ok((denial(uid, &message, Vec::new()).into_review(), outcome))
+        }
+    }
+}
+
+/// A denial: HTTP-style 403 Forbidden with the message, and any warnings.
+fn denial(uid: String, message: &str, warnings: Vec<String>) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid(message);
+    response.uid = uid;
+    response.result = Status::failure(message, "Forbidden").with_code(403);
+    response.warnings = (!warnings.is_empty()).then_some(warnings);
+    response
+}
+
+/// Decides one request.
+pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (AdmissionResponse, Outcome) {
     let operation = operation_name(&req.operation);
     let kind = match (req.kind.group.as_str(), req.kind.kind.as_str()) {
         ("", "Service") => Some(Kind::Service),
@@ -129,8 +205,8 @@ fn decide(req: &AdmissionRequest<DynamicObject>, index: &impl Index, settings: &
     };
     let kind_name = kind.map_or("other", Kind::as_str);
     let outcome = |decision, reason, evaluation| Outcome { kind: kind_name, operation, decision, reason, evaluation };
-    let allow = |reason| (answer(&req.uid, true, "", &[]), outcome("allow", reason, None));
-    let deny = |reason, message: String| (answer(&req.uid, false, &message, &[]), outcome("deny", reason, None));
+    let allow = |reason| (AdmissionResponse::from(req), outcome("allow", reason, None));
+    let deny = |reason, message: String| (denial(req.uid.clone(), &message, Vec::new()), outcome("deny", reason, None));
 
     // DELETE, CONNECT and subresources (status, scale …) are never blocked.
     if matches!(req.operation, Operation::Delete | Operation::Connect) {
@@ -151,54 +227,97 @@ fn decide(req: &AdmissionRequest<DynamicObject>, index: &impl Index, settings: &
     let Some(object) = &req.object else {
         return deny("no-object", format!("the admission request for {operation} {kind} has no object"));
     };
+    // An object being deleted only waits for its finalizers to go: removing them must always work.
+    if object.metadata.deletion_timestamp.is_some() {
+        return allow("being-deleted");
+    }
     let Some(namespace) = req.namespace.clone().or_else(|| object.metadata.namespace.clone()) else {
         return deny("no-namespace", format!("the admission request for {kind} has no namespace"));
     };
     if evaluate::is_exempt(&namespace, &settings.exempt_namespaces) {
         return allow("exempt-namespace");
     }
-    let name = object.metadata.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| req.name.clone());
+    let namespace_labels = index.namespace_labels(&namespace);
+    if evaluate::opted_out(namespace_labels.as_ref()) {
+        return allow("opted-out");
+    }
+    let subject = match subject(kind, &namespace, &req.name, object, index) {
+        Ok(s) => s,
+        Err(message) => return deny("malformed", message),
+    };
+    let policies = index.policies();
+    let exempt = &settings.exempt_namespaces;
+    let mut decision = evaluate::evaluate(&subject, &policies, namespace_labels.as_ref(), exempt);
+    if req.operation == Operation::Update
+        && !decision.allowed()
+        && let Some(old) = req.old_object.as_ref().and_then(|o| subject_of_old(kind, &namespace, &req.name, o, index))
+    {
+        let before = evaluate::evaluate(&old, &policies, namespace_labels.as_ref(), exempt);
+        evaluate::tolerate_existing(&mut decision, &subject, &old, &before);
+    }
+    let warnings = decision.warnings();
+    if let Some(message) = decision.denial() {
+        (denial(req.uid.clone(), &message, warnings), outcome("deny", "policy", Some(decision)))
+    } else {
+        let mut response = AdmissionResponse::from(req);
+        let verdict = if warnings.is_empty() { "allow" } else { "warn" };
+        response.warnings = (!warnings.is_empty()).then_some(warnings);
+        (response, outcome(verdict, "policy", Some(decision)))
+    }
+}
+
+/// The object under judgement, as the evaluation sees it.
+fn subject(
+    kind: Kind,
+    namespace: &str,
+    request_name: &str,
+    object: &DynamicObject,
+    index: &impl Index,
+) -> Result<Subject, String> {
+    let meta = &object.metadata;
+    let name = meta.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| request_name.to_owned());
     let name = if name.is_empty() {
-        object.metadata.generate_name.as_ref().map_or_else(|| "<unnamed>".to_owned(), |g| format!("{g}*"))
+        meta.generate_name.as_ref().map_or_else(|| "<unnamed>".to_owned(), |g| format!("{g}*"))
     } else {
         name
     };
-    let labels = object.metadata.labels.clone().unwrap_or_default();
-    let declaration = match kind {
+    let empty = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    match kind {
         Kind::Service => {
-            let annotations = object.metadata.annotations.clone().unwrap_or_default();
-            evaluate::service_declaration(&name, &annotations, &index.contracts_in(&namespace))
+            let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+            Ok(Subject::service(namespace, &name, labels, annotations, &index.contracts_in(namespace)))
         }
         Kind::ChannelContract => {
-            let contract: ChannelContract = match serde_json::to_value(object).and_then(serde_json::from_value) {
-                Ok(c) => c,
-                Err(e) => return deny("malformed", format!("ChannelContract {namespace}/{name} cannot be read: {e}")),
-            };
-            let regions = contract.spec.failover.map(|f| f.regions).unwrap_or_default();
-            evaluate::contract_declaration(&regions)
+            let spec =
+                object.data.get("spec").ok_or_else(|| format!("ChannelContract {namespace}/{name} has no spec"))?;
+            let spec = ChannelContractSpec::deserialize(spec)
+                .map_err(|e| format!("ChannelContract {namespace}/{name} cannot be read: {e}"))?;
+            let regions = spec.failover.map(|f| f.regions).unwrap_or_default();
+            Ok(Subject::contract(namespace, &name, labels, &regions))
         }
-    };
-    let subject = Subject { kind, namespace: namespace.clone(), name, labels, declaration };
-    let labels = index.namespace_labels(&namespace);
-    let decision = evaluate::evaluate(&subject, &index.policies(), labels.as_ref(), &settings.exempt_namespaces);
-    let warnings = decision.warnings();
-    if let Some(message) = decision.denial() {
-        (answer(&req.uid, false, &message, &warnings), outcome("deny", "policy", Some(decision)))
-    } else {
-        let verdict = if warnings.is_empty() { "allow" } else { "warn" };
-        (answer(&req.uid, true, "", &warnings), outcome(verdict, "policy", Some(decision)))
     }
+}
+
+/// The old object of an UPDATE, if it can be read (an unreadable old object tolerates nothing).
+fn subject_of_old(
+    kind: Kind,
+    namespace: &str,
+    request_name: &str,
+    old: &DynamicObject,
+    index: &impl Index,
+) -> Option<Subject> {
+    subject(kind, namespace, request_name, old, index).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::admission::{AdmissionResponse, AdmissionReview};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// The answer parses as kube's AdmissionReview type, with a uid.
     fn kube_shape_check(v: &Value) -> bool {
-        serde_json::from_value::<AdmissionReview<DynamicObject>>(v.clone())
+        serde_json::from_value::<Review>(v.clone())
             .ok()
             .and_then(|r| r.response)
             .is_some_and(|r: AdmissionResponse| !r.uid.is_empty())
@@ -207,6 +326,7 @@ mod tests {
     struct Fixed {
         policies: Vec<ContractPolicy>,
         contracts: Vec<ContractRef>,
+        labels: BTreeMap<String, String>,
     }
 
     impl Index for Fixed {
@@ -217,13 +337,17 @@ mod tests {
             self.contracts.clone()
         }
         fn namespace_labels(&self, _: &str) -> Option<BTreeMap<String, String>> {
-            Some(BTreeMap::new())
+            Some(self.labels.clone())
         }
     }
 
     fn index() -> Fixed {
         let spec = serde_json::from_value(json!({"failover": {"requiredRegions": ["gz", "sz", "hz"]}})).expect("spec");
-        Fixed { policies: vec![ContractPolicy::new("national-baseline", spec)], contracts: vec![] }
+        Fixed {
+            policies: vec![ContractPolicy::new("national-baseline", spec)],
+            contracts: vec![],
+            labels: BTreeMap::new(),
+        }
     }
 
     fn service_review(op: &str, annotation: Option<&str>, namespace: &str) -> Value {
@@ -247,8 +371,110 @@ mod tests {
         })
     }
 
+    fn run_with(body: &Value, index: &Fixed) -> Result<(Value, Outcome), BadRequest> {
+        let (review, outcome) = review(&serde_json::to_vec(body).expect("json"), index, &Settings::default())?;
+        Ok((serde_json::to_value(review).expect("answer"), outcome))
+    }
+
     fn run(body: &Value) -> Result<(Value, Outcome), BadRequest> {
-        review(&serde_json::to_vec(body).expect("json"), &index(), &Settings::default())
+        run_with(body, &index())
+    }
+
+    /// An UPDATE of the Service from `old` to `new` failover-regions annotations (and labels).
+    fn update(old: Option<&str>, new: Option<&str>) -> Value {
+        let mut r = service_review("UPDATE", new, "payments");
+        let mut old_object = r["request"]["object"].clone();
+        match old {
+            Some(a) => old_object["metadata"]["annotations"] = json!({"csp.contracts.dev/failover-regions": a}),
+            None => old_object["metadata"]["annotations"] = json!({}),
+        }
+        r["request"]["oldObject"] = old_object;
+        r
+    }
+
+    fn message_of(v: &Value) -> String {
+        v["response"]["status"]["message"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn warnings_of(v: &Value) -> Vec<String> {
+        serde_json::from_value(v["response"]["warnings"].clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_update_of_an_object_being_deleted_is_allowed_even_when_it_falls_short() {
+        let mut r = update(None, None);
+        r["request"]["object"]["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+        r["request"]["object"]["metadata"]["finalizers"] = json!([]);
+        let (v, o) = run(&r).expect("answered");
+        assert_eq!((v["response"]["allowed"].clone(), o.reason), (json!(true), "being-deleted"));
+    }
+
+    #[test]
+    fn an_update_that_leaves_the_declaration_alone_is_allowed_with_a_warning_naming_the_violation() {
+        let mut r = update(Some("gz,sz"), Some("gz,sz"));
+        r["request"]["object"]["metadata"]["labels"] = json!({"team": "pay"});
+        r["request"]["object"]["spec"]["ports"] = json!([{"port": 8080}, {"port": 9090}]);
+        let (v, o) = run(&r).expect("answered");
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        assert_eq!(o.decision, "warn");
+        let warnings = warnings_of(&v);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("ContractPolicy \"national-baseline\" would deny Service payments/payment-verify: missing failover regions [hz]; required [gz, sz, hz], declared [gz, sz]."),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("the audit keeps reporting it"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn an_update_that_makes_the_object_fall_short_or_touches_a_short_declaration_is_denied() {
+        for (old, new) in [(Some("gz,sz,hz"), Some("gz,sz")), (Some("gz"), Some("gz,sz")), (None, Some("gz"))] {
+            let (v, o) = run(&update(old, new)).expect("answered");
+            assert_eq!(v["response"]["allowed"], false, "{old:?} -> {new:?}: {v}");
+            assert_eq!(o.decision, "deny");
+            assert!(message_of(&v).starts_with("ContractPolicy \"national-baseline\" denied Service"), "{v}");
+        }
+        // An update whose old object was not matched (a label brings it under a policy) makes it fall short.
+        let spec = serde_json::from_value(json!({
+            "failover": {"requiredRegions": ["gz"]},
+            "match": {"labelSelector": {"matchLabels": {"tier": "gold"}}},
+        }))
+        .expect("spec");
+        let idx =
+            Fixed { policies: vec![ContractPolicy::new("gold", spec)], contracts: vec![], labels: BTreeMap::new() };
+        let mut r = update(None, None);
+        r["request"]["object"]["metadata"]["labels"] = json!({"tier": "gold"});
+        let (v, _) = run_with(&r, &idx).expect("answered");
+        assert_eq!(v["response"]["allowed"], false, "{v}");
+    }
+
+    #[test]
+    fn a_namespace_that_opted_out_is_not_judged() {
+        let mut idx = index();
+        idx.labels.insert("csp.contracts.dev/webhook".into(), "disabled".into());
+        let (v, o) = run_with(&service_review("CREATE", None, "payments"), &idx).expect("answered");
+        assert_eq!((v["response"]["allowed"].clone(), o.reason), (json!(true), "opted-out"));
+        idx.labels.insert("csp.contracts.dev/webhook".into(), "enabled".into());
+        let (v, _) = run_with(&service_review("CREATE", None, "payments"), &idx).expect("answered");
+        assert_eq!(v["response"]["allowed"], false);
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_read_never_denies() {
+        for selector in [
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "tier", "operator": "in", "values": ["x"]}]}}),
+            json!({"labelSelector": {"matchExpressions": [{"key": "tier", "operator": "In"}]}}),
+            json!({"labelSelector": {"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]}}),
+        ] {
+            let spec = serde_json::from_value(json!({"failover": {"requiredRegions": ["gz"]}, "match": selector}))
+                .expect("spec");
+            let idx =
+                Fixed { policies: vec![ContractPolicy::new("typo", spec)], contracts: vec![], labels: BTreeMap::new() };
+            let (v, o) = run_with(&service_review("CREATE", None, "payments"), &idx).expect("answered");
+            assert_eq!(v["response"]["allowed"], true, "{selector}: {v}");
+            assert_eq!(o.evaluation.map(|d| d.matched), Some(vec![]), "{selector}");
+        }
     }
 
     #[test]

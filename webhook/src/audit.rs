@@ -9,12 +9,11 @@ use crds::conditions::condition;
 use crds::{ContractPolicy, ContractPolicyStatus, ViolationSample};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::evaluate::{self, Kind, Subject};
+use crate::evaluate::{self, Subject};
 use crate::index::{Caches, contract_ref};
 use crate::metrics::{Metrics, PolicyLabels, ReasonLabels};
 
@@ -22,6 +21,9 @@ use crate::metrics::{Metrics, PolicyLabels, ReasonLabels};
 pub const FIELD_MANAGER: &str = "channel-contracts-webhook-audit";
 /// At most this many violation samples are kept in a policy's status.
 pub const MAX_SAMPLES: usize = 20;
+/// An audit whose result is what the policy's status already says writes nothing, unless the status's
+/// `auditTime` is older than this: `auditTime` then still shows, at this resolution, that the audit runs.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(10 * 60);
 
 /// What the audit found for one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,6 +58,9 @@ pub fn audit_policy(
     exempt_namespaces: &[String],
 ) -> Report {
     let mut report = Report::default();
+    if evaluate::unreadable(&policy.spec).is_some() {
+        return report;
+    }
     let mut samples = Vec::new();
     let name = policy.name_any();
     for s in subjects {
@@ -81,7 +86,8 @@ pub fn audit_policy(
     report
 }
 
-/// Every existing Service and ChannelContract as the evaluation sees them.
+/// Every existing Service and ChannelContract as admission would see them: objects being deleted are left
+/// out, as admission never judges them.
 pub fn subjects(caches: &Caches) -> Vec<Subject> {
     let contracts = caches.contracts.state();
     let mut by_namespace: BTreeMap<String, Vec<evaluate::ContractRef>> = BTreeMap::new();
@@ -89,49 +95,23 @@ pub fn subjects(caches: &Caches) -> Vec<Subject> {
         by_namespace.entry(c.namespace().unwrap_or_default()).or_default().push(contract_ref(c));
     }
     let mut out = Vec::new();
-    for svc in caches.services.state() {
+    for svc in caches.services.state().iter().filter(|s| s.metadata.deletion_timestamp.is_none()) {
         let namespace = svc.namespace().unwrap_or_default();
-        let name = svc.name_any();
         let refs = by_namespace.get(&namespace).map(Vec::as_slice).unwrap_or_default();
-        let declaration = evaluate::service_declaration(&name, svc.annotations(), refs);
-        out.push(Subject { kind: Kind::Service, namespace, name, labels: svc.labels().clone(), declaration });
+        out.push(Subject::service(&namespace, &svc.name_any(), svc.labels(), svc.annotations(), refs));
     }
-    for c in &contracts {
-        let regions = c.spec.failover.as_ref().map(|f| f.regions.clone()).unwrap_or_default();
-        out.push(Subject {
-            kind: Kind::ChannelContract,
-            namespace: c.namespace().unwrap_or_default(),
-            name: c.name_any(),
-            labels: c.labels().clone(),
-            declaration: evaluate::contract_declaration(&regions),
-        });
+    for c in contracts.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
+        let regions = c.spec.failover.as_ref().map(|f| f.regions.as_slice()).unwrap_or_default();
+        out.push(Subject::contract(&c.namespace().unwrap_or_default(), &c.name_any(), c.labels(), regions));
     }
     out
-}
-
-/// Why a policy is not Accepted, if it is not: a selector that cannot be read, or an invalid spec.
-pub fn acceptance_problem(policy: &ContractPolicy) -> Option<String> {
-    if let Err(e) = crds::validate::policy(&policy.spec) {
-        return Some(e.to_string());
-    }
-    let m = &policy.spec.r#match;
-    for (field, sel) in
-        [("spec.match.namespaceSelector", &m.namespace_selector), ("spec.match.labelSelector", &m.label_selector)]
-    {
-        if let Some(sel) = sel
-            && let Err(e) = Selector::try_from(sel.clone())
-        {
-            return Some(format!("{field} cannot be read ({e}); the policy applies everywhere until it is fixed"));
-        }
-    }
-    None
 }
 
 /// The status the audit writes for a policy.
 pub fn status_for(policy: &ContractPolicy, report: &Report, now: &Time) -> ContractPolicyStatus {
     let previous = policy.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = policy.metadata.generation;
-    let accepted = match acceptance_problem(policy) {
+    let accepted = match evaluate::unreadable(&policy.spec) {
         None => condition("Accepted", true, "Valid", "the policy is valid".into(), generation, previous, now),
         Some(why) => condition("Accepted", false, "InvalidSpec", why, generation, previous, now),
     };
@@ -160,7 +140,20 @@ pub fn status_for(policy: &ContractPolicy, report: &Report, now: &Time) -> Contr
     }
 }
 
-/// Runs one audit over the caches and writes every policy's status.
+/// Whether `next` needs writing over the policy's current status: what it says differs (anything but
+/// `auditTime`), or the current `auditTime` is older than [`STATUS_REFRESH`] at `now`.
+pub fn needs_write(current: Option<&ContractPolicyStatus>, next: &ContractPolicyStatus, now: &Time) -> bool {
+    let Some(current) = current else { return true };
+    let stale = current
+        .audit_time
+        .as_ref()
+        .is_none_or(|t| now.0.duration_since(t.0).as_secs_f64() >= STATUS_REFRESH.as_secs_f64());
+    stale
+        || ContractPolicyStatus { audit_time: None, ..current.clone() }
+            != ContractPolicyStatus { audit_time: None, ..next.clone() }
+}
+
+/// Runs one audit over the caches and writes the status of every policy whose result changed.
 pub async fn run_once(
     client: &Client,
     caches: &Caches,
@@ -181,6 +174,9 @@ pub async fn run_once(
         metrics.policy_violations.get_or_create(&labels).set(report.violations);
         metrics.policy_compliance.get_or_create(&labels).set(report.ratio());
         let status = status_for(policy, &report, &now);
+        if !needs_write(policy.status.as_ref(), &status, &now) {
+            continue;
+        }
         let patch = serde_json::json!({
             "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
             "kind": "ContractPolicy",
@@ -198,8 +194,9 @@ pub async fn run_once(
     }
 }
 
-/// Audits periodically and whenever `policy_changed` is notified, until cancelled. Call it once the
-/// caches have synced.
+/// Audits periodically and whenever `policy_changed` is notified, until cancelled, while `leader` says
+/// this replica is the one that writes audit status. Call it once the caches have synced.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_loop(
     client: Client,
     caches: Caches,
@@ -207,10 +204,20 @@ pub async fn run_loop(
     exempt: Vec<String>,
     interval: Duration,
     policy_changed: Arc<Notify>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let mut known: Vec<String> = Vec::new();
     loop {
+        if !*leader.borrow_and_update() {
+            metrics.forget_policies(&known);
+            known.clear();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = leader.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
         let start = std::time::Instant::now();
         let result = run_once(&client, &caches, &metrics, &exempt).await;
         let reason = if result.is_ok() { "ok" } else { "error" };
@@ -227,6 +234,7 @@ pub async fn run_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {},
+            _ = leader.changed() => {},
             _ = policy_changed.notified() => {
                 // Let a burst of policy edits settle into one audit.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -238,6 +246,7 @@ pub async fn run_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evaluate::Kind;
 
     fn svc(ns: &str, name: &str, regions: &[&str]) -> Subject {
         Subject {
@@ -266,6 +275,59 @@ mod tests {
         assert!(r.samples[0].message.contains("missing failover regions [sz]"));
         let all_ok = audit_policy(&p, &subjects[..3], &BTreeMap::new(), &[]);
         assert_eq!(all_ok.compliance(), "100%");
+    }
+
+    #[test]
+    fn the_audit_skips_what_admission_skips_and_broken_policies() {
+        let spec = serde_json::from_value(serde_json::json!({"failover": {"requiredRegions": ["gz"]}})).expect("spec");
+        let p = ContractPolicy::new("p", spec);
+        let subjects = vec![svc("opted-out", "a", &[]), svc("kept", "b", &[]), svc("csp-system", "c", &[])];
+        let labels = BTreeMap::from([
+            ("opted-out".to_owned(), BTreeMap::from([("csp.contracts.dev/webhook".to_owned(), "disabled".to_owned())])),
+            ("kept".to_owned(), BTreeMap::from([("csp.contracts.dev/webhook".to_owned(), "enabled".to_owned())])),
+        ]);
+        let r = audit_policy(&p, &subjects, &labels, &["csp-system".to_owned()]);
+        assert_eq!((r.matched, r.violations), (1, 1));
+        assert_eq!(r.samples[0].namespace, "kept");
+
+        let broken = serde_json::from_value(serde_json::json!({
+            "failover": {"requiredRegions": ["gz"]},
+            "match": {"labelSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}},
+        }))
+        .expect("spec");
+        let mut broken = ContractPolicy::new("broken", broken);
+        let r = audit_policy(&broken, &subjects, &labels, &[]);
+        assert_eq!((r.matched, r.violations), (0, 0), "a policy that cannot be read enforces nothing");
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).expect("ts"));
+        let status = status_for(&broken, &r, &now);
+        let accepted = &status.conditions[0];
+        assert_eq!(
+            (accepted.type_.as_str(), accepted.status.as_str(), accepted.reason.as_str()),
+            ("Accepted", "False", "InvalidSpec")
+        );
+        assert!(
+            accepted.message.contains("\"Equals\" is not an operator") && accepted.message.contains("enforces nothing"),
+            "{}",
+            accepted.message
+        );
+        broken.status = Some(status);
+    }
+
+    #[test]
+    fn an_unchanged_result_writes_nothing_until_the_refresh() {
+        let spec = serde_json::from_value(serde_json::json!({"failover": {"requiredRegions": ["gz"]}})).expect("spec");
+        let mut p = ContractPolicy::new("p", spec);
+        let at = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"));
+        let report = Report { matched: 2, violations: 1, samples: vec![] };
+        let first = status_for(&p, &report, &at(1_000));
+        assert!(needs_write(None, &first, &at(1_000)));
+        p.status = Some(first.clone());
+        let again = status_for(&p, &report, &at(1_060));
+        assert!(!needs_write(Some(&first), &again, &at(1_060)), "same result a minute later");
+        let later = status_for(&p, &report, &at(1_000 + STATUS_REFRESH.as_secs() as i64));
+        assert!(needs_write(Some(&first), &later, &at(1_000 + STATUS_REFRESH.as_secs() as i64)), "auditTime refresh");
+        let changed = status_for(&p, &Report { matched: 2, violations: 0, samples: vec![] }, &at(1_060));
+        assert!(needs_write(Some(&first), &changed, &at(1_060)), "a new result");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt;
 
 use crds::{
     CONTRACT_ANNOTATION, ContractPolicy, ContractPolicySpec, EnforcementAction, FAILOVER_REGIONS_ANNOTATION, MatchKind,
+    WEBHOOK_OPT_OUT_LABEL, WEBHOOK_OPT_OUT_VALUE,
 };
 use kube::core::{Selector, SelectorExt};
 
@@ -79,6 +80,38 @@ pub struct Subject {
     pub declaration: Declaration,
 }
 
+impl Subject {
+    /// A Service: what it declares comes from its annotations and from the ChannelContracts of its
+    /// namespace that govern it ([`service_declaration`]). Admission and the audit both build Services
+    /// here, so they cannot judge one differently.
+    pub fn service(
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        contracts_in_namespace: &[ContractRef],
+    ) -> Self {
+        Self {
+            kind: Kind::Service,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: labels.clone(),
+            declaration: service_declaration(name, annotations, contracts_in_namespace),
+        }
+    }
+
+    /// A ChannelContract: what it declares is its `spec.failover.regions`.
+    pub fn contract(namespace: &str, name: &str, labels: &BTreeMap<String, String>, regions: &[String]) -> Self {
+        Self {
+            kind: Kind::ChannelContract,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: labels.clone(),
+            declaration: contract_declaration(regions),
+        }
+    }
+}
+
 /// Splits a region list as users write it in the annotation: commas, any whitespace, duplicates and
 /// empty items are all fine.
 pub fn parse_regions(text: &str) -> Vec<String> {
@@ -133,18 +166,30 @@ pub fn contract_declaration(regions: &[String]) -> Declaration {
     decl
 }
 
+/// Why a policy enforces nothing, if it does not: a spec that breaks the API's rules, such as a selector
+/// that cannot be read (stored before the CRD's rules refused it). Such a policy is `Accepted=False` and
+/// is skipped by admission and the audit alike: a typo in a policy never blocks the cluster.
+pub fn unreadable(spec: &ContractPolicySpec) -> Option<String> {
+    crds::validate::policy(spec).err().map(|e| format!("{e}; the policy enforces nothing until it is fixed"))
+}
+
+/// Whether a namespace opted out of the webhook (label `csp.contracts.dev/webhook: disabled`).
+pub fn opted_out(namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
+    namespace_labels.and_then(|l| l.get(WEBHOOK_OPT_OUT_LABEL)).is_some_and(|v| v == WEBHOOK_OPT_OUT_VALUE)
+}
+
 /// Whether a policy applies to a subject.
 ///
 /// `namespace_labels` is `None` when the namespace is unknown; a policy with a namespace selector then
-/// applies (fail closed). A selector that cannot be read also applies (fail closed): the audit marks
-/// such a policy as not Accepted.
+/// applies (fail closed). A policy whose selectors cannot be read applies nowhere ([`unreadable`]; the
+/// evaluation skips such policies before it asks).
 pub fn matches(
     spec: &ContractPolicySpec,
     subject: &Subject,
     namespace_labels: Option<&BTreeMap<String, String>>,
     exempt_namespaces: &[String],
 ) -> bool {
-    if is_exempt(&subject.namespace, exempt_namespaces) {
+    if is_exempt(&subject.namespace, exempt_namespaces) || opted_out(namespace_labels) {
         return false;
     }
     let m = &spec.r#match;
@@ -159,15 +204,16 @@ pub fn matches(
     }
     if let Some(selector) = &m.namespace_selector {
         match (Selector::try_from(selector.clone()), namespace_labels) {
+            (Err(_), _) => return false,
             (Ok(sel), Some(labels)) if !sel.matches(labels) => return false,
             _ => {}
         }
     }
-    if let Some(selector) = &m.label_selector
-        && let Ok(sel) = Selector::try_from(selector.clone())
-        && !sel.matches(&subject.labels)
-    {
-        return false;
+    if let Some(selector) = &m.label_selector {
+        match Selector::try_from(selector.clone()) {
+            Ok(sel) if sel.matches(&subject.labels) => {}
+            _ => return false,
+        }
     }
     true
 }
@@ -287,6 +333,11 @@ pub struct Verdict {
     pub action: EnforcementAction,
     /// The full message, naming the policy, the object, what is missing and how to fix it.
     pub message: String,
+    /// What the object lacks.
+    pub problems: Vec<Problem>,
+    /// A Deny that this UPDATE does not enforce: the object already fell short of the policy, and the update
+    /// leaves what it declares as it was ([`tolerate_existing`]). Admitted with a warning.
+    pub tolerated: bool,
 }
 
 /// The outcome of a request.
@@ -299,21 +350,54 @@ pub struct Decision {
 }
 
 impl Decision {
+    fn denying(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| v.action == EnforcementAction::Deny && !v.tolerated)
+    }
+
     /// Whether the request is admitted.
     pub fn allowed(&self) -> bool {
-        !self.verdicts.iter().any(|v| v.action == EnforcementAction::Deny)
+        self.denying().next().is_none()
     }
 
     /// The denial message: every denying policy, one per line.
     pub fn denial(&self) -> Option<String> {
-        let lines: Vec<&str> =
-            self.verdicts.iter().filter(|v| v.action == EnforcementAction::Deny).map(|v| v.message.as_str()).collect();
+        let lines: Vec<&str> = self.denying().map(|v| v.message.as_str()).collect();
         (!lines.is_empty()).then(|| lines.join("\n"))
     }
 
-    /// Admission warnings: one per Warn policy.
+    /// Admission warnings: one per Warn policy, and one per tolerated Deny.
     pub fn warnings(&self) -> Vec<String> {
-        self.verdicts.iter().filter(|v| v.action == EnforcementAction::Warn).map(|v| v.message.clone()).collect()
+        self.verdicts
+            .iter()
+            .filter(|v| v.action == EnforcementAction::Warn || (v.action == EnforcementAction::Deny && v.tolerated))
+            .map(|v| v.message.clone())
+            .collect()
+    }
+}
+
+/// Lets an UPDATE through the Deny policies that the object already fell short of, as Kyverno's
+/// `allowExistingViolations` does, when the update leaves what the object declares (its failover regions
+/// and the contracts that govern it) as it was: an old non-compliant object can still be labelled,
+/// scaled or given a port, with a warning that names the violation, and the audit keeps reporting it.
+/// An update that makes the object fall short of a policy it met, or that touches the declaration while
+/// still falling short, stays denied. `before` is the old object's decision under the same policies.
+pub fn tolerate_existing(decision: &mut Decision, new: &Subject, old: &Subject, before: &Decision) {
+    if new.declaration != old.declaration {
+        return;
+    }
+    for verdict in &mut decision.verdicts {
+        let already = before.verdicts.iter().any(|b| b.policy == verdict.policy && b.action == EnforcementAction::Deny);
+        if verdict.action == EnforcementAction::Deny && already {
+            verdict.tolerated = true;
+            verdict.message = format!(
+                "ContractPolicy {:?} would deny {} {}/{}: {} Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.",
+                verdict.policy,
+                new.kind,
+                new.namespace,
+                new.name,
+                describe(new, &verdict.problems)
+            );
+        }
     }
 }
 
@@ -345,7 +429,7 @@ pub fn evaluate<P: std::borrow::Borrow<ContractPolicy>>(
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for policy in sorted {
         let name = policy.metadata.name.clone().unwrap_or_default();
-        if !matches(&policy.spec, subject, namespace_labels, exempt_namespaces) {
+        if unreadable(&policy.spec).is_some() || !matches(&policy.spec, subject, namespace_labels, exempt_namespaces) {
             continue;
         }
         decision.matched.push(name.clone());
@@ -354,7 +438,8 @@ pub fn evaluate<P: std::borrow::Borrow<ContractPolicy>>(
             continue;
         }
         let action = policy.spec.enforcement_action;
-        decision.verdicts.push(Verdict { message: message(&name, action, subject, &found), policy: name, action });
+        let message = message(&name, action, subject, &found);
+        decision.verdicts.push(Verdict { message, policy: name, action, problems: found, tolerated: false });
     }
     decision
 }

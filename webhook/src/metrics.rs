@@ -65,6 +65,8 @@ pub struct Metrics {
     pub policy_compliance: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     /// `csp_audit_runs_total`.
     pub audit_runs: Family<ReasonLabels, Counter>,
+    /// `csp_audit_leader`: 1 while this replica is the one that audits and writes audit status.
+    pub audit_leader: Gauge,
     registry: Registry,
 }
 
@@ -86,6 +88,7 @@ impl Metrics {
         let policy_violations = Family::<PolicyLabels, Gauge>::default();
         let policy_compliance = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
         let audit_runs = Family::<ReasonLabels, Counter>::default();
+        let audit_leader = Gauge::default();
         let mut registry = Registry::with_prefix("csp");
         registry.register("admission_requests", "Admission requests by kind, operation and decision", requests.clone());
         registry.register(
@@ -115,6 +118,11 @@ impl Metrics {
             policy_compliance.clone(),
         );
         registry.register("audit_runs", "Audit runs by result", audit_runs.clone());
+        registry.register(
+            "audit_leader",
+            "1 while this replica is the one that audits and writes policies' audit status",
+            audit_leader.clone(),
+        );
         Self {
             requests,
             verdicts,
@@ -124,6 +132,7 @@ impl Metrics {
             policy_violations,
             policy_compliance,
             audit_runs,
+            audit_leader,
             registry,
         }
     }
@@ -135,6 +144,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Forgets the gauges of policies this replica no longer audits.
+    pub fn forget_policies(&self, policies: &[String]) {
+        for p in policies {
+            self.forget_policy(p);
+        }
     }
 
     /// Forgets the gauges of a policy that no longer exists.

@@ -1,6 +1,11 @@
 //! The HTTPS server: `POST /validate`, `/healthz`, `/readyz`, `/metrics`. TLS credentials are read from
 //! files and reloaded when they change (new handshakes use the new pair; connections in flight keep
 //! theirs, so no request fails during a swap). A plain-HTTP request on the TLS port gets a 400.
+//!
+//! Memory is bounded ([`Limits`]): a body over the size limit gets 413 before it is read, and the reviews
+//! in flight share a budget, each charged [`PARSE_FACTOR`] times its body (what reading it may take); a
+//! review that finds no room within the queue timeout gets 429. The API server applies the
+//! failurePolicy to both, so an overload is never an allow.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_server::accept::Accept;
@@ -24,15 +30,58 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Settings};
+use crate::admission::{self, Settings, Unreadable};
 use crate::index::{Caches, View};
 use crate::metrics::{Metrics, ReasonLabels, RequestLabels, VerdictLabels};
 
-/// The largest AdmissionReview body accepted (Kubernetes objects are at most ~1.5 MiB; a review holds
-/// the object and the old object).
+/// The largest AdmissionReview body accepted by default (Kubernetes objects are at most ~1.5 MiB; a review
+/// holds the object and the old object).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How many times its body a review is charged against the in-flight budget: what reading it into typed
+/// objects may take at worst (measured with bodies made of many small labels).
+pub const PARSE_FACTOR: usize = 8;
+
+/// The bounds on what requests in flight may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest body accepted; larger ones get 413 before they are read.
+    pub max_body_bytes: usize,
+    /// The memory that reviews in flight may take together, each charged [`PARSE_FACTOR`] × its body.
+    pub inflight_bytes: usize,
+    /// How long a review waits for room in the budget before it gets 429.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: MAX_BODY_BYTES, inflight_bytes: 64 * 1024 * 1024, queue_timeout: Duration::from_secs(1) }
+    }
+}
+
+/// The in-flight budget, in bytes.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limits: Limits,
+    room: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// A budget of `limits.inflight_bytes`; at least one maximum-size review always fits.
+    pub fn new(limits: Limits) -> Self {
+        let total =
+            limits.inflight_bytes.max(limits.max_body_bytes.saturating_mul(PARSE_FACTOR)).min(Semaphore::MAX_PERMITS);
+        Self { limits, room: Arc::new(Semaphore::new(total)) }
+    }
+
+    /// What a review with a body of `len` bytes (unknown: the maximum) is charged.
+    fn cost(&self, len: Option<usize>) -> u32 {
+        let body = len.unwrap_or(self.limits.max_body_bytes).clamp(1024, self.limits.max_body_bytes);
+        u32::try_from(body.saturating_mul(PARSE_FACTOR)).unwrap_or(u32::MAX)
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -45,8 +94,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Set once the caches have synced.
     pub ready: Arc<AtomicBool>,
-    /// For namespaces that the cache does not have yet.
-    pub client: Client,
+    /// For namespaces that the cache does not have yet (None: unknown namespaces stay unknown).
+    pub client: Option<Client>,
+    /// The bounds on requests in flight.
+    pub budget: Budget,
 }
 
 impl std::fmt::Debug for AppState {
@@ -57,13 +108,54 @@ impl std::fmt::Debug for AppState {
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let reviews = Router::new()
         .route("/validate", post(validate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), within_budget))
+        .layer(DefaultBodyLimit::max(state.budget.limits.max_body_bytes));
+    Router::new()
+        .merge(reviews)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+fn too_large(state: &AppState) -> Response {
+    state.metrics.bad_requests.get_or_create(&ReasonLabels { reason: "too-large".to_owned() }).inc();
+    let max = state.budget.limits.max_body_bytes;
+    let message = if max.is_multiple_of(1024 * 1024) {
+        format!("the request body exceeds {} MiB", max / (1024 * 1024))
+    } else {
+        format!("the request body exceeds {max} bytes")
+    };
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({"error": message}))).into_response()
+}
+
+/// Lets a review in once its share of the in-flight budget is free: before its body is read, so that
+/// waiting reviews hold nothing but their connection.
+async fn within_budget(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > state.budget.limits.max_body_bytes) {
+        return too_large(&state);
+    }
+    let cost = state.budget.cost(declared);
+    let acquired = tokio::time::timeout(state.budget.limits.queue_timeout, state.budget.room.acquire_many(cost)).await;
+    let Ok(Ok(_permit)) = acquired else {
+        state.metrics.bad_requests.get_or_create(&ReasonLabels { reason: "overloaded".to_owned() }).inc();
+        tracing::warn!(body_bytes = declared, "too many reviews in flight: answering 429");
+        let message = "too many admission reviews in flight; the API server applies the failurePolicy";
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(serde_json::json!({"error": message})),
+        )
+            .into_response();
+    };
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -94,11 +186,7 @@ async fn validate(
     let start = Instant::now();
     let body = match body {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            state.metrics.bad_requests.get_or_create(&ReasonLabels { reason: "too-large".to_owned() }).inc();
-            let message = format!("the request body exceeds {} MiB", MAX_BODY_BYTES / (1024 * 1024));
-            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({"error": message}))).into_response();
-        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(&state),
         Err(e) => return bad_request(&state, "unreadable-body", format!("the request body cannot be read: {e}")),
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -113,16 +201,21 @@ async fn validate(
         // Not an allow: the API server applies the failurePolicy (Fail by default).
         return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response();
     }
-    let value = match admission::parse(&body) {
-        Ok(v) => v,
-        Err(e) => return bad_request(&state, "malformed", e.to_string()),
+    let request = match admission::read(&body) {
+        Ok(request) => request,
+        Err(unreadable @ Unreadable::Malformed { .. }) => match admission::answer_unreadable(unreadable) {
+            Ok((answer, _)) => return axum::Json(answer).into_response(),
+            Err(e) => return bad_request(&state, "malformed", e.to_string()),
+        },
+        Err(Unreadable::Bad(e)) => return bad_request(&state, "malformed", e.to_string()),
     };
+    drop(body);
     // A namespace the cache has not seen yet (just created) is looked up directly.
     let mut fetched = BTreeMap::new();
-    if let Some(ns) = value.pointer("/request/namespace").and_then(|n| n.as_str())
+    if let (Some(ns), Some(client)) = (request.namespace.as_deref(), &state.client)
         && state.caches.cached_namespace_labels(ns).is_none()
     {
-        match Api::<Namespace>::all(state.client.clone()).get_metadata_opt(ns).await {
+        match Api::<Namespace>::all(client.clone()).get_metadata_opt(ns).await {
             Ok(Some(n)) => {
                 fetched.insert(ns.to_owned(), n.labels().clone());
             }
@@ -133,10 +226,8 @@ async fn validate(
         }
     }
     let view = View { caches: &state.caches, fetched };
-    let (answer, outcome) = match admission::review_value(&value, &view, &state.settings) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, "malformed", e.to_string()),
-    };
+    let (response, outcome) = admission::decide(&request, &view, &state.settings);
+    let answer = response.into_review();
     let m = &state.metrics;
     m.requests
         .get_or_create(&RequestLabels {
@@ -242,4 +333,116 @@ pub async fn serve(
     });
     let acceptor = RustlsAcceptor::new(tls).handshake_timeout(Duration::from_secs(10)).acceptor(PlainHttpGuard);
     axum_server::bind(addr).acceptor(acceptor).handle(handle).serve(app.into_make_service()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use kube::runtime::reflector;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::index::ContractsByNamespace;
+
+    fn state(ready: bool, limits: Limits) -> AppState {
+        let caches = Caches {
+            policies: reflector::store().0,
+            contracts: reflector::store().0,
+            contracts_by_namespace: ContractsByNamespace::default(),
+            namespaces: reflector::store().0,
+            services: reflector::store().0,
+        };
+        AppState {
+            caches,
+            metrics: Arc::new(Metrics::new()),
+            settings: Arc::new(Settings::default()),
+            ready: Arc::new(AtomicBool::new(ready)),
+            client: None,
+            budget: Budget::new(limits),
+        }
+    }
+
+    fn review_body() -> String {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Service"},
+                "resource": {"group": "", "version": "v1", "resource": "services"},
+                "name": "s", "namespace": "ns", "operation": "CREATE", "userInfo": {},
+                "object": {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "ns"}},
+            }
+        })
+        .to_string()
+    }
+
+    async fn post(app: Router, content_type: &str, body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
+        let request = Request::post("/validate").header(header::CONTENT_TYPE, content_type).body(body.into());
+        let response = app.oneshot(request.expect("request")).await.expect("answered");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn a_review_is_answered_with_its_uid() {
+        let (status, answer) = post(router(state(true, Limits::default())), "application/json", review_body()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (answer["response"]["uid"].as_str(), answer["response"]["allowed"].as_bool()),
+            (Some("u-1"), Some(true))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_and_content_types_get_400_with_a_reason() {
+        let app = router(state(true, Limits::default()));
+        let (status, answer) = post(app.clone(), "application/json", "{not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains("not JSON")), "{answer}");
+        let (status, answer) = post(app.clone(), "text/plain", review_body()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains("Content-Type")), "{answer}");
+        let (status, answer) = post(
+            app,
+            "application/json",
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains("uid")), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_gets_413_whether_or_not_it_says_its_length() {
+        let limits = Limits { max_body_bytes: 4096, ..Limits::default() };
+        let big = "x".repeat(5000);
+        let (status, _) = post(router(state(true, limits)), "application/json", big.clone()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Streamed (no Content-Length): refused by the body limit while reading.
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(big))]);
+        let (status, _) = post(router(state(true, limits)), "application/json", Body::from_stream(stream)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn before_the_caches_sync_the_answer_is_503_never_an_allow() {
+        let (status, answer) = post(router(state(false, Limits::default())), "application/json", review_body()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.is_null(), "no AdmissionReview is answered: {answer}");
+    }
+
+    #[tokio::test]
+    async fn a_review_that_finds_no_room_in_the_budget_gets_429() {
+        let limits = Limits { max_body_bytes: 4096, inflight_bytes: 0, queue_timeout: Duration::from_millis(50) };
+        let state = state(true, limits);
+        // Everything in flight: the whole budget is held by reviews that are still being answered.
+        let held = state.budget.room.clone().try_acquire_many_owned(4096 * PARSE_FACTOR as u32).expect("budget");
+        let (status, answer) = post(router(state.clone()), "application/json", review_body()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains("in flight")), "{answer}");
+        drop(held);
+        let (status, _) = post(router(state), "application/json", review_body()).await;
+        assert_eq!(status, StatusCode::OK, "room again once the reviews in flight are answered");
+    }
 }

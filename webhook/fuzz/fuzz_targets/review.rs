@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     .expect("policy");
     let index = Fixed(vec![Arc::new(crds::ContractPolicy::new("p", spec))]);
     if let Ok((answer, outcome)) = review(data, &index, &Settings::default()) {
+        let answer = serde_json::to_value(answer).expect("the answer serializes");
         let response = &answer["response"];
         assert!(response["uid"].as_str().is_some_and(|u| !u.is_empty()));
         let allowed = response["allowed"].as_bool().expect("allowed is a bool");
