@@ -77,7 +77,7 @@ pub const SELECTOR_OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExis
 /// `Exists`/`DoesNotExist` carry none, keys are label keys and values label values (k8s-openapi's schema
 /// leaves all of that free). Bounded sizes keep the rules' CEL cost within the API server's budget.
 pub(crate) fn label_selector_schema(_: &mut SchemaGenerator) -> Schema {
-    let key_rule = format!("self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY_PATTERN}'))");
+    let key_rule = format!("self.all(k, size(k) <= 317 && k.matches(r'{LABEL_KEY_PATTERN}'))");
     json_schema!({
         "type": "object",
         "description": "A label selector (matchLabels and matchExpressions, all ANDed), as in a Deployment's selector.",

@@ -184,6 +184,8 @@ pub struct Tied {
     shell: std::process::Child,
     /// Where its output goes.
     pub log: PathBuf,
+    /// The process's own pid (not the shell's).
+    pub pid: Option<u32>,
 }
 
 impl Tied {
@@ -203,8 +205,13 @@ impl Tied {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let shell = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        Self { shell, log: log.to_path_buf() }
+        let mut shell = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let pid = shell.stdout.take().and_then(|out| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).ok()?;
+            line.trim().parse().ok()
+        });
+        Self { shell, log: log.to_path_buf(), pid }
     }
 
     /// Stops it (SIGTERM, then waits) and returns how it exited (the shell passes the exit code on).
@@ -216,6 +223,14 @@ impl Tied {
     /// Whether it still runs.
     pub fn running(&mut self) -> bool {
         matches!(self.shell.try_wait(), Ok(None))
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// The last lines of its log, for failure messages.

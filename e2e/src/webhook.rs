@@ -30,6 +30,11 @@ pub struct WebhookFixture {
 impl WebhookFixture {
     /// Starts the webhook and registers it; waits until it is ready.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// [`start`](Self::start) with more command-line arguments for the webhook.
+    pub fn start_with(name: &str, extra_args: &[String]) -> Self {
         crate::ensure_crds();
         // Earlier runs' registrations select namespaces that no longer exist; remove them anyway.
         let _ =
@@ -67,6 +72,7 @@ impl WebhookFixture {
             "--log-format".into(),
             "text".into(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra_args.iter().cloned()).collect();
         let env = [
             ("KUBECONFIG", kubeconfig().to_string_lossy().into_owned()),
             ("RUST_LOG", "info,webhook=debug,kube=warn".to_owned()),

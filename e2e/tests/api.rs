@@ -244,3 +244,54 @@ fn the_api_server_refuses_a_policy_with_duplicate_regions() {
     let err = kubectl(&["create", "-f", "-"], Some(&yaml)).failed();
     assert!(err.contains("spec.enforcementAction"), "{err}");
 }
+
+#[test]
+fn the_api_server_refuses_a_policy_whose_selector_cannot_be_read() {
+    ensure_crds();
+    let cases = [
+        (
+            "{namespaceSelector: {matchExpressions: [{key: tier, operator: in, values: [gold]}]}}",
+            "Unsupported value: \"in\"",
+        ),
+        (
+            "{labelSelector: {matchExpressions: [{key: tier, operator: In}]}}",
+            "operator In and NotIn need at least one value",
+        ),
+        (
+            "{labelSelector: {matchExpressions: [{key: tier, operator: NotIn, values: []}]}}",
+            "operator In and NotIn need at least one value",
+        ),
+        (
+            "{labelSelector: {matchExpressions: [{key: tier, operator: Exists, values: [x]}]}}",
+            "operator Exists and DoesNotExist take no values",
+        ),
+        (
+            "{namespaceSelector: {matchExpressions: [{key: 'bad key', operator: Exists}]}}",
+            "spec.match.namespaceSelector.matchExpressions[0].key",
+        ),
+        ("{namespaceSelector: {matchLabels: {'-bad': x}}}", "matchLabels keys must be label keys"),
+        ("{labelSelector: {matchLabels: {tier: 'not a value'}}}", "spec.match.labelSelector.matchLabels.tier"),
+    ];
+    let mut failures = Vec::new();
+    for (selector, expected) in cases {
+        let name = unique("typo");
+        let yaml = format!(
+            "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec: {{match: {selector}, failover: {{requiredRegions: [gz]}}}}\n"
+        );
+        let r = kubectl(&["create", "-f", "-"], Some(&yaml));
+        if r.success {
+            failures.push(format!("{selector}: was accepted"));
+            let _ = kubectl(&["delete", "contractpolicy", &name], None);
+        } else if !r.stderr.contains(expected) {
+            failures.push(format!("{selector}: refused without saying {expected:?}:\n{}", r.stderr));
+        }
+    }
+    // What a selector may say is still accepted.
+    let name = unique("fine");
+    let yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec:\n  match:\n    namespaceSelector: {{matchLabels: {{example.com/tier: gold, empty: ''}}, matchExpressions: [{{key: legacy, operator: DoesNotExist}}, {{key: zone, operator: In, values: [a, b]}}]}}\n    labelSelector: {{matchExpressions: [{{key: app, operator: Exists}}]}}\n"
+    );
+    kubectl(&["create", "-f", "-"], Some(&yaml)).ok();
+    kubectl(&["delete", "contractpolicy", &name], None).ok();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

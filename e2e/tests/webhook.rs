@@ -267,3 +267,123 @@ fn metrics_count_admissions_by_kind_operation_and_decision() {
         text.contains(&format!(r#"csp_policy_compliance_ratio{{policy="{}"}}"#, policy.name)).then_some(())
     });
 }
+
+#[test]
+fn a_non_compliant_service_being_deleted_can_still_lose_its_finalizer() {
+    let f = fixture();
+    let ns = f.namespace("finalizer", &[]);
+    let legacy = "apiVersion: v1\nkind: Service\nmetadata:\n  name: legacy\n  finalizers: [example.com/cleanup]\nspec:\n  ports: [{port: 8080}]\n  clusterIP: None\n";
+    kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(legacy)).ok();
+    let _policy = create_policy(&unique("baseline"), "Deny", &[&ns.name], &BASELINE, "");
+    kubectl(&["delete", "service", "legacy", "-n", &ns.name, "--wait=false"], None).ok();
+    // The cleanup controller's last step: remove its finalizer from the Terminating, non-compliant Service.
+    kubectl(
+        &[
+            "patch",
+            "service",
+            "legacy",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+        None,
+    )
+    .ok();
+    wait_until("the Service to be gone", Duration::from_secs(30), || {
+        let r = kubectl(&["get", "service", "legacy", "-n", &ns.name], None);
+        (!r.success && r.stderr.contains("NotFound")).then_some(())
+    });
+}
+
+#[test]
+fn an_old_non_compliant_service_can_be_labelled_with_a_warning_but_not_left_short_when_its_regions_change() {
+    let f = fixture();
+    let ns = f.namespace("existing", &[]);
+    kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&service("legacy", Some("gz")))).ok();
+    let policy = create_policy(&unique("baseline"), "Deny", &[&ns.name], &BASELINE, "");
+
+    // A label, a port: allowed, with a warning that names the violation.
+    let r = kubectl(&["label", "service", "legacy", "-n", &ns.name, "team=payments"], None);
+    assert!(r.success, "a label change must be admitted: {}", r.stderr);
+    let expected = format!(
+        "Warning: ContractPolicy \"{}\" would deny Service {}/legacy: missing failover regions [sz, hz]; required [gz, sz, hz], declared [gz].",
+        policy.name, ns.name
+    );
+    assert!(r.stderr.contains(&expected), "expected kubectl to print:\n{expected}\ngot:\n{}", r.stderr);
+    let r = kubectl(
+        &[
+            "patch",
+            "service",
+            "legacy",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ports/-","value":{"name":"admin","port":9090}}]"#,
+        ],
+        None,
+    );
+    assert!(r.success, "a port change must be admitted: {}", r.stderr);
+
+    // Touching the declaration while still short: denied, and the Service keeps what it had.
+    let err = kubectl(
+        &["annotate", "--overwrite", "service", "legacy", "-n", &ns.name, "csp.contracts.dev/failover-regions=gz,sz"],
+        None,
+    )
+    .failed();
+    assert!(
+        err.contains(&format!(
+            "ContractPolicy \"{}\" denied Service {}/legacy: missing failover regions [hz]",
+            policy.name, ns.name
+        )),
+        "{err}"
+    );
+
+    // The audit still reports it.
+    wait_until("the audit to report the labelled Service", Duration::from_secs(30), || {
+        let out = kubectl(&["get", "contractpolicy", &policy.name, "-o", "jsonpath={.status}"], None).ok();
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["violations"] == 1 && v["violationSamples"][0]["name"] == "legacy").then_some(())
+    });
+
+    // Fixing it is an update like any other.
+    kubectl(
+        &[
+            "annotate",
+            "--overwrite",
+            "service",
+            "legacy",
+            "-n",
+            &ns.name,
+            "csp.contracts.dev/failover-regions=gz,sz,hz",
+        ],
+        None,
+    )
+    .ok();
+}
+
+#[test]
+fn a_namespace_that_opted_out_is_neither_judged_nor_audited() {
+    let f = fixture();
+    let out = f.namespace("opted-out", &["csp.contracts.dev/webhook=disabled"]);
+    let kept = f.namespace("opted-in", &[]);
+    // This test's registration sends the opted-out namespace's requests anyway (the chart's does not): the
+    // webhook itself leaves them alone.
+    let _deny = create_policy(&unique("strict"), "Deny", &[&out.name], &BASELINE, "");
+    kubectl(&["create", "-n", &out.name, "-f", "-"], Some(&service("free", None))).ok();
+    let watching = create_policy(&unique("watching"), "Audit", &[&out.name, &kept.name], &BASELINE, "");
+    // Created after the other: once the audit reports this one, it has seen both.
+    kubectl(&["create", "-n", &kept.name, "-f", "-"], Some(&service("late", None))).ok();
+    let status = wait_until("the audit to report the opted-in Service", Duration::from_secs(30), || {
+        let out = kubectl(&["get", "contractpolicy", &watching.name, "-o", "jsonpath={.status}"], None).ok();
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["violationSamples"][0]["name"] == "late").then_some(v)
+    });
+    assert_eq!(
+        (status["matched"].clone(), status["violations"].clone()),
+        (1.into(), 1.into()),
+        "only the opted-in Service counts: {status}"
+    );
+}

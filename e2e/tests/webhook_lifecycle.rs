@@ -72,3 +72,130 @@ fn certificates_rotate_while_admissions_continue_then_the_cluster_fails_closed_w
     // failurePolicy Fail covers DELETE too, so unregister before cleaning up.
     f.unregister();
 }
+
+/// A metric's value from a `/metrics` text (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[test]
+fn one_replica_audits_and_an_unchanged_result_writes_nothing() {
+    let ns = "csp-system";
+    let _ = kubectl(&["create", "namespace", ns], None);
+    let lease = unique("audit-lease");
+    let args = |id: &str| vec!["--audit-lease".to_owned(), lease.clone(), "--identity".to_owned(), id.to_owned()];
+    let a = WebhookFixture::start_with("audit-a", &args("replica-a"));
+    let b = WebhookFixture::start_with("audit-b", &args("replica-b"));
+    let team = a.namespace("audit-leader", &[]);
+    b.unregister();
+    let policy = create_policy(&unique("watching"), "Audit", &[&team.name], &["gz"], "");
+    let scrape = |f: &WebhookFixture| e2e::curl(&["--cacert", &f.ca_file.to_string_lossy(), &f.url("/metrics")]).1;
+    let leaders = wait_until("exactly one audit leader", Duration::from_secs(30), || {
+        let flags = [metric(&scrape(&a), "csp_audit_leader"), metric(&scrape(&b), "csp_audit_leader")];
+        (flags.iter().sum::<f64>() == 1.0).then_some(flags)
+    });
+    let (leader, follower) = if leaders[0] == 1.0 { (&a, &b) } else { (&b, &a) };
+    let holder = kubectl(&["get", "lease", &lease, "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
+    assert_eq!(holder, if leaders[0] == 1.0 { "replica-a" } else { "replica-b" });
+
+    // The result does not change: audits go on, the policy's status is not written again.
+    let rv = |p: &str| kubectl(&["get", "contractpolicy", p, "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
+    let before = rv(&policy.name);
+    let runs = |f: &WebhookFixture| metric(&scrape(f), "csp_audit_runs_total{reason=\"ok\"}");
+    let start = runs(leader);
+    wait_until("three more audits", Duration::from_secs(30), || (runs(leader) >= start + 3.0).then_some(()));
+    assert_eq!(rv(&policy.name), before, "an audit with the same result wrote the status again");
+    assert_eq!(runs(follower), 0.0, "the follower audits nothing");
+    assert!(!scrape(follower).contains(&format!("csp_policy_matched{{policy=\"{}\"}}", policy.name)));
+
+    // A new result is written.
+    kubectl(&["create", "-n", &team.name, "-f", "-"], Some(&service("counted").replace("gz,sz,hz", "sz"))).ok();
+    wait_until("the audit to count the new Service", Duration::from_secs(30), || {
+        let v = kubectl(&["get", "contractpolicy", &policy.name, "-o", "jsonpath={.status.violations}"], None).ok();
+        (v.trim() == "1").then_some(())
+    });
+    let _ = kubectl(&["delete", "lease", &lease, "-n", ns, "--ignore-not-found"], None);
+}
+
+#[test]
+fn many_concurrent_maximum_size_reviews_are_answered_within_the_charts_memory_limit() {
+    let f = WebhookFixture::start("memory");
+    // The chart's memory limit for the webhook container.
+    let values =
+        std::fs::read_to_string(e2e::repo_root().join("charts/channel-contracts/values.yaml")).expect("values");
+    let values: serde_json::Value = yaml_serde::from_str(&values).expect("values.yaml");
+    let limit = values["webhook"]["resources"]["limits"]["memory"].as_str().expect("a memory limit").to_owned();
+    let limit_bytes: u64 = limit.strip_suffix("Mi").and_then(|m| m.parse().ok()).map(|m: u64| m << 20).expect("NNMi");
+
+    // The worst body for memory: as close to the 4 MiB limit as fits, an object and an old object made of
+    // many small labels (the most to allocate per byte when read).
+    let labels = |n: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..n).map(|i| (format!("l{i}"), serde_json::Value::from("v"))).collect()
+    };
+    let object = |n| serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "big", "namespace": "team", "labels": labels(n)}, "spec": {"ports": [{"port": 80}]}});
+    let body = |n| {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Service"},
+                "resource": {"group": "", "version": "v1", "resource": "services"},
+                "name": "big", "namespace": "team", "operation": "UPDATE", "userInfo": {},
+                "object": object(n), "oldObject": object(n)}
+        })
+        .to_string()
+    };
+    let mut n = 100_000;
+    while body(n).len() < 4 * 1024 * 1024 - 64 * 1024 {
+        n += 10_000;
+    }
+    while body(n).len() > 4 * 1024 * 1024 - 1024 {
+        n -= 1_000;
+    }
+    let dir = e2e::run_dir("memory");
+    let file = dir.join("review.json");
+    std::fs::write(&file, body(n)).expect("write the body");
+    let data = format!("@{}", file.display());
+    let (ca, url) = (f.ca_file.to_string_lossy().into_owned(), f.url("/validate"));
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let (ca, url, data) = (ca.clone(), url.clone(), data.clone());
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        e2e::curl(&[
+                            "--http1.1",
+                            "--max-time",
+                            "30",
+                            "--cacert",
+                            &ca,
+                            "-X",
+                            "POST",
+                            "-H",
+                            "Content-Type: application/json",
+                            "--data-binary",
+                            &data,
+                            &url,
+                        ])
+                        .0
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = threads.into_iter().flat_map(|t| t.join().expect("a client thread")).collect();
+    let answered = codes.iter().filter(|c| **c == 200).count();
+    let refused = codes.iter().filter(|c| **c == 429).count();
+    assert!(codes.iter().all(|c| [200, 413, 429].contains(c)), "every answer is 200, 413 or 429: {codes:?}");
+    assert!(answered > 0, "some reviews are answered: {codes:?}");
+    let ready_url = f.url("/readyz");
+    let mut process = f.process;
+    assert!(process.running(), "the webhook died:\n{}", process.log_tail());
+    let peak = process.peak_rss().expect("the webhook's VmHWM");
+    eprintln!(
+        "{} reviews of {} bytes: {answered} answered, {refused} refused (429); peak RSS {:.1} MiB of the chart's {limit}",
+        codes.len(),
+        body(n).len(),
+        peak as f64 / 1048576.0
+    );
+    assert!(peak < limit_bytes, "peak RSS {peak} bytes is over the chart's limit {limit}");
+    assert_eq!(e2e::curl(&["--cacert", &ca, &ready_url]).0, 200, "still serving afterwards");
+}

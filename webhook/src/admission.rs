@@ -2,20 +2,82 @@
 //! the answer. Pure over an [`Index`] of what the caches hold: malformed input gets a typed [`BadRequest`]
 //! (HTTP 400) or a well-formed denial, never an allow.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crds::{ChannelContractSpec, ContractPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
+use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, Resource, Status};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::evaluate::{self, ContractRef, Decision, Kind, Subject};
 
-/// A review as it arrives and as it is answered.
+/// A review as it is answered.
 pub type Review = AdmissionReview<DynamicObject>;
-/// The request inside a review.
-pub type Request = AdmissionRequest<DynamicObject>;
+/// The request inside a review, with the objects as the webhook reads them.
+pub type Request = AdmissionRequest<Judged>;
+
+/// An object under review, as the webhook reads it: its metadata, and its spec kept as the JSON it came
+/// as (read further only for a ChannelContract). Unlike [`DynamicObject`], whose flattened fields make
+/// serde buffer the whole object a second time, it is read in one pass, so a review costs little more
+/// memory than its body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Judged {
+    /// The object's metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Its spec, unread.
+    #[serde(default)]
+    pub spec: Option<Box<RawValue>>,
+}
+
+impl Resource for Judged {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// An AdmissionReview as it arrives: kube's [`AdmissionRequest`] inside an envelope without
+/// [`AdmissionReview`]'s flattened type fields (serde would buffer the whole request to read them).
+#[derive(Debug, Deserialize)]
+struct Incoming {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    request: Option<Request>,
+}
 
 /// The AdmissionReview version the webhook speaks.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -103,14 +165,12 @@ fn operation_name(op: &Operation) -> &'static str {
 /// Reads a request body: one typed parse. Only when that fails is the body looked at again, to say
 /// precisely what is wrong (and to find the uid that a denial must carry).
 pub fn read(body: &[u8]) -> Result<Request, Unreadable> {
-    match serde_json::from_slice::<Review>(body) {
-        Ok(review) => {
-            let (api_version, kind) = (&review.types.api_version, &review.types.kind);
+    match serde_json::from_slice::<Incoming>(body) {
+        Ok(Incoming { api_version, kind, request }) => {
             if api_version != API_VERSION || kind != "AdmissionReview" {
-                let (api_version, kind) = (api_version.clone(), kind.clone());
                 return Err(Unreadable::Bad(BadRequest::WrongType { api_version, kind }));
             }
-            let request: Request = review.try_into().map_err(|_| Unreadable::Bad(BadRequest::NoRequest))?;
+            let request = request.ok_or(Unreadable::Bad(BadRequest::NoRequest))?;
             if request.uid.is_empty() {
                 return Err(Unreadable::Bad(BadRequest::NoUid));
             }
@@ -271,7 +331,7 @@ fn subject(
     kind: Kind,
     namespace: &str,
     request_name: &str,
-    object: &DynamicObject,
+    object: &Judged,
     index: &impl Index,
 ) -> Result<Subject, String> {
     let meta = &object.metadata;
@@ -289,9 +349,8 @@ fn subject(
             Ok(Subject::service(namespace, &name, labels, annotations, &index.contracts_in(namespace)))
         }
         Kind::ChannelContract => {
-            let spec =
-                object.data.get("spec").ok_or_else(|| format!("ChannelContract {namespace}/{name} has no spec"))?;
-            let spec = ChannelContractSpec::deserialize(spec)
+            let spec = object.spec.as_ref().ok_or_else(|| format!("ChannelContract {namespace}/{name} has no spec"))?;
+            let spec: ChannelContractSpec = serde_json::from_str(spec.get())
                 .map_err(|e| format!("ChannelContract {namespace}/{name} cannot be read: {e}"))?;
             let regions = spec.failover.map(|f| f.regions).unwrap_or_default();
             Ok(Subject::contract(namespace, &name, labels, &regions))
@@ -304,7 +363,7 @@ fn subject_of_old(
     kind: Kind,
     namespace: &str,
     request_name: &str,
-    old: &DynamicObject,
+    old: &Judged,
     index: &impl Index,
 ) -> Option<Subject> {
     subject(kind, namespace, request_name, old, index).ok()
