@@ -38,8 +38,10 @@ bash "$root/e2e/cluster.sh" up
 rm -rf "$demo"; mkdir -p "$demo"
 
 step "3. The operator and webhook binaries"
-(cd "$root" && cargo build --locked --bins 2>&1 | grep -vE '^\s+(Compiling|Checking)' || true)
-[[ -x "$root/target/debug/operator" && -x "$root/target/debug/webhook" ]] || { echo "build failed" >&2; exit 1; }
+# The progress lines are filtered out; a failed build stops the demo (pipefail: cargo's status, not grep's,
+# and a stale binary from an earlier build is never used).
+(cd "$root" && cargo build --locked --bins 2>&1 | { grep -vE '^\s+(Compiling|Checking)' || true; }) \
+  || { echo "cargo build --bins failed (output above)" >&2; exit 1; }
 
 webhook_port="$(free_port)"; operator_port="$(free_port)"
 step "4. helm install the chart (the operator and webhook run here as local processes: no kubelet)"
