@@ -577,6 +577,14 @@ fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
         (lease("holderIdentity") == standby_name).then_some(())
     });
     let takeover = stopped.elapsed();
+    // Released, not expired: the old leader says so, and the standby had it well before the 4 s lease
+    // duration would have run out.
+    let old_log = std::fs::read_to_string(tb.dir.join(format!("{}.log", operators[leader].0))).unwrap_or_default();
+    assert!(old_log.contains("released the leader Lease"), "the stopping leader should release its Lease:\n{old_log}");
+    assert!(
+        takeover < Duration::from_secs(3),
+        "the standby took {takeover:?} to hold a released Lease (retry period 500ms; the lease duration is 4s)"
+    );
     wait_until("the new leader's metrics to say so", Duration::from_secs(10), || {
         leads(operators[standby].1.1).then_some(())
     });
