@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook
+.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'

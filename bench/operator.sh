@@ -8,7 +8,7 @@
 #      contracts are all Programmed (their Services, EndpointSlices and Nodes created first, 50
 #      namespaces), the operator's peak RSS (VmHWM), and the latency from an edit of sla.maxLatency to the
 #      updated ConfigMap, 200 edits one at a time with the 5,000 contracts present
-#      (e2e/src/bin/bench_operator.rs). CPU time of every process and the API server's requests per phase
+#      (bench/src/bin/bench_operator.rs). CPU time of every process and the API server's requests per phase
 #      say where the time goes.
 #
 # It runs a control plane of its own (e2e/cluster.sh with CSP_RUN_DIR=target/bench-operator/cluster by
@@ -82,7 +82,7 @@ trap 'exit 130' INT TERM
 
 # --- build and tools ---------------------------------------------------------------------------------
 log "building the release binaries (operator, bench_operator)"
-cargo build --release -p channel-contracts-operator -p channel-contracts-e2e --bin operator --bin bench_operator
+cargo build --release -p channel-contracts-operator -p channel-contracts-bench --bin operator --bin bench_operator
 operator_bin="$root/target/release/operator"
 driver="$root/target/release/bench_operator"
 

@@ -7,7 +7,7 @@
 #      local kube-apiserver (real caches): 30 s at a fixed 2,000 req/s, then 30 s at the maximum rate;
 #      client-side latency from oha, server-side from the webhook's csp_admission_duration_seconds;
 #   3. `create Service` through the API server with no policy, with this webhook, and with the same
-#      rule as a ValidatingAdmissionPolicy, interleaved (e2e/src/bin/bench_admission.rs).
+#      rule as a ValidatingAdmissionPolicy, interleaved (bench/src/bin/bench_admission.rs).
 #
 # It reuses the local control plane of e2e/.run when it runs (and leaves it running); otherwise it brings
 # one up in target/bench-webhook/cluster (CSP_RUN_DIR) and down at the end. It creates only objects
@@ -72,7 +72,7 @@ trap 'exit 130' INT TERM
 
 # --- build and tools ---------------------------------------------------------------------------------
 log "building the release binaries (webhook, bench_admission)"
-cargo build --release -p channel-contracts-webhook -p channel-contracts-e2e --bin webhook --bin bench_admission
+cargo build --release -p channel-contracts-webhook -p channel-contracts-bench --bin webhook --bin bench_admission
 webhook_bin="$root/target/release/webhook"
 helper="$root/target/release/bench_admission"
 

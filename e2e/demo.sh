@@ -20,6 +20,16 @@ wait_http() { # what url timeout [curl args]
   for _ in $(seq 1 $((timeout * 5))); do curl -fsS "$@" "$url" >/dev/null 2>&1 && return 0; sleep 0.2; done
   echo "timed out waiting for $what ($url)" >&2; return 1
 }
+# A kubeconfig that authenticates as ServiceAccount $1 of csp-system with a token from the TokenRequest API
+# (valid 7 days), for the admin kubeconfig's API server and CA: the processes run with exactly the chart's RBAC.
+sa_kubeconfig() { # service-account file
+  local token server ca
+  token="$("$bin/kubectl" create token "$1" -n csp-system --duration 168h)"
+  server="$("$bin/kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  ca="$("$bin/kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')"
+  (umask 077; printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {server: "%s", certificate-authority-data: "%s"}\nusers:\n- name: %s\n  user: {token: "%s"}\ncontexts:\n- name: local\n  context: {cluster: local, user: %s, namespace: csp-system}\ncurrent-context: local\n' \
+    "$server" "$ca" "$1" "$token" "$1" > "$2")
+}
 start_bg() { # name command...
   local name="$1"; shift
   setsid "$@" > "$demo/$name.log" 2>&1 < /dev/null &
@@ -38,8 +48,10 @@ bash "$root/e2e/cluster.sh" up
 rm -rf "$demo"; mkdir -p "$demo"
 
 step "3. The operator and webhook binaries"
-(cd "$root" && cargo build --locked --bins 2>&1 | grep -vE '^\s+(Compiling|Checking)' || true)
-[[ -x "$root/target/debug/operator" && -x "$root/target/debug/webhook" ]] || { echo "build failed" >&2; exit 1; }
+# The progress lines are filtered out; a failed build stops the demo (pipefail: cargo's status, not grep's,
+# and a stale binary from an earlier build is never used).
+(cd "$root" && cargo build --locked --bins 2>&1 | { grep -vE '^\s+(Compiling|Checking)' || true; }) \
+  || { echo "cargo build --bins failed (output above)" >&2; exit 1; }
 
 webhook_port="$(free_port)"; operator_port="$(free_port)"
 step "4. helm install the chart (the operator and webhook run here as local processes: no kubelet)"
@@ -47,11 +59,14 @@ h upgrade --install csp "$root/charts/channel-contracts" -n csp-system --create-
   -f "$root/charts/channel-contracts/ci/local-values.yaml" \
   --set "webhook.external.url=https://127.0.0.1:$webhook_port/validate"
 
-step "5. The webhook (self-managed certificate: CA in a Secret, caBundle injected) and the operator"
-start_bg webhook "$root/target/debug/webhook" --listen "127.0.0.1:$webhook_port" --namespace csp-system \
+step "5. The webhook (self-managed certificate: CA in a Secret, caBundle injected) and the operator, each as its ServiceAccount"
+sa_kubeconfig csp-channel-contracts-webhook "$demo/webhook.kubeconfig"
+sa_kubeconfig csp-channel-contracts-operator "$demo/operator.kubeconfig"
+start_bg webhook env KUBECONFIG="$demo/webhook.kubeconfig" CSP_WEBHOOK_AUDIT_LEASE=csp-channel-contracts-webhook-audit \
+  POD_NAME=demo-webhook "$root/target/debug/webhook" --listen "127.0.0.1:$webhook_port" --namespace csp-system \
   --cert-secret csp-channel-contracts-webhook-tls --webhook-config-name csp-channel-contracts \
   --cert-dns-names 127.0.0.1,localhost --audit-interval 10s --log-format text
-start_bg operator "$root/target/debug/operator" run --admin-listen "127.0.0.1:$operator_port" \
+start_bg operator env KUBECONFIG="$demo/operator.kubeconfig" "$root/target/debug/operator" run --admin-listen "127.0.0.1:$operator_port" \
   --proxy-config-dir "$demo/envoy-config" --leader-elect --leader-election-namespace csp-system \
   --leader-election-lease csp-channel-contracts-operator --log-format text
 wait_http "the webhook's /readyz" "https://127.0.0.1:$webhook_port/readyz" 60 -k

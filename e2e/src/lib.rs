@@ -273,4 +273,5 @@ pub mod backend;
 pub mod configmap_volume;
 pub mod netns;
 pub mod proxy;
+pub mod rbac;
 pub mod testbed;

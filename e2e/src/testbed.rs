@@ -14,7 +14,7 @@ use crate::backend::{self, Backend};
 use crate::configmap_volume::ConfigMapVolume;
 use crate::netns::{self, NetworkNamespace};
 use crate::proxy::Envoy;
-use crate::{TestNamespace, Tied, curl, kubeconfig, kubectl, product_bin, run_dir, unique, wait_until};
+use crate::{TestNamespace, Tied, curl, kubectl, product_bin, run_dir, unique, wait_until};
 
 /// The label that puts a contract under the fixture's operator (value: the fixture's id).
 pub const CONTRACT_LABEL: &str = "csp-e2e-operator";
@@ -65,8 +65,9 @@ pub fn remove_stale_nodes() {
     }
 }
 
-/// Starts `target/debug/operator run` with `--admin-listen` on a free loopback port, `--log-format text`
-/// and `args`, logging to `log`; waits until its `/readyz` answers 200. Returns it and its admin port.
+/// Starts `target/debug/operator run` as the chart's operator ServiceAccount (its token, its RBAC: see
+/// [`crate::rbac`]) with `--admin-listen` on a free loopback port, `--log-format text` and `args`, logging
+/// to `log`; waits until its `/readyz` answers 200. Returns it and its admin port.
 pub fn spawn_operator(args: &[String], log: &std::path::Path) -> (Tied, u16) {
     let admin_port = crate::free_port();
     let mut all: Vec<String> = vec![
@@ -78,7 +79,7 @@ pub fn spawn_operator(args: &[String], log: &std::path::Path) -> (Tied, u16) {
     ];
     all.extend_from_slice(args);
     let env = [
-        ("KUBECONFIG", kubeconfig().to_string_lossy().into_owned()),
+        ("KUBECONFIG", crate::rbac::operator_kubeconfig().to_string_lossy().into_owned()),
         ("RUST_LOG", "info,operator=debug,kube=warn".to_owned()),
     ];
     let mut process = Tied::spawn(&product_bin("operator"), &all, &env, log);

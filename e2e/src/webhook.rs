@@ -1,11 +1,11 @@
 //! A real webhook process for the tests: a CA and serving certificate, the binary listening on a free
-//! loopback port, and a ValidatingWebhookConfiguration (`clientConfig.url` + `caBundle`, failurePolicy
+//! loopback port as the chart's webhook ServiceAccount (see [`crate::rbac`]), and a ValidatingWebhookConfiguration (`clientConfig.url` + `caBundle`, failurePolicy
 //! Fail, sideEffects None) that selects only the namespaces this fixture labels.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{TestNamespace, Tied, curl, kubeconfig, kubectl, product_bin, run_dir, unique, wait_until};
+use crate::{TestNamespace, Tied, curl, kubectl, product_bin, rbac, run_dir, unique, wait_until};
 
 /// The label that puts a namespace under a fixture's webhook.
 pub const NAMESPACE_LABEL: &str = "csp-e2e-webhook";
@@ -66,15 +66,18 @@ impl WebhookFixture {
             "--tls-reload-interval".into(),
             "500ms".into(),
             "--namespace".into(),
-            "csp-system".into(),
+            rbac::NAMESPACE.into(),
             "--audit-interval".into(),
             "3s".into(),
             "--log-format".into(),
             "text".into(),
         ];
         let args: Vec<String> = args.into_iter().chain(extra_args.iter().cloned()).collect();
+        // As the chart's webhook ServiceAccount, with the chart's RBAC and audit Lease.
         let env = [
-            ("KUBECONFIG", kubeconfig().to_string_lossy().into_owned()),
+            ("KUBECONFIG", rbac::webhook_kubeconfig().to_string_lossy().into_owned()),
+            ("CSP_WEBHOOK_AUDIT_LEASE", rbac::webhook_audit_lease()),
+            ("POD_NAME", unique("webhook")),
             ("RUST_LOG", "info,webhook=debug,kube=warn".to_owned()),
         ];
         let mut process = Tied::spawn(&product_bin("webhook"), &args, &env, &dir.join("webhook.log"));

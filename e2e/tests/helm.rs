@@ -1,8 +1,9 @@
 //! The way platform teams meet the project: `helm install` of the chart, with the operator and the webhook
 //! running as local processes (the chart's documented values for running outside the cluster), then
-//! `helm upgrade` and `helm uninstall`. The webhook manages its own certificate (the chart's default
-//! mode): it creates the CA and serving certificate in a Secret, injects the caBundle, and rotates the
-//! serving certificate while admissions go on.
+//! `helm upgrade` and `helm uninstall`. The webhook runs with a token of the release's own webhook
+//! ServiceAccount, so that it can do exactly what the chart's RBAC allows. It manages its own certificate
+//! (the chart's default mode): it creates the CA and serving certificate in a Secret, injects the
+//! caBundle, and rotates the serving certificate while admissions go on.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use e2e::webhook::{AdmissionStream, served_serial};
 use e2e::{
-    Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, repo_root, run, run_dir, tool, unique,
+    Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, rbac, repo_root, run, run_dir, tool, unique,
     wait_until,
 };
 
@@ -87,7 +88,9 @@ fn service(name: &str, regions: Option<&str>) -> String {
     )
 }
 
+/// The webhook as the release's webhook ServiceAccount: a token of it, and the RBAC `helm install` created.
 fn start_webhook(namespace: &str, port: u16, dir: &std::path::Path) -> Tied {
+    let kubeconfig = rbac::kubeconfig_for(namespace, &format!("{FULLNAME}-webhook"));
     let args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -114,7 +117,12 @@ fn start_webhook(namespace: &str, port: u16, dir: &std::path::Path) -> Tied {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let env = [("KUBECONFIG", kubeconfig().to_string_lossy().into_owned()), ("RUST_LOG", "info,kube=warn".to_owned())];
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_string_lossy().into_owned()),
+        ("CSP_WEBHOOK_AUDIT_LEASE", format!("{FULLNAME}-webhook-audit")),
+        ("POD_NAME", unique("webhook")),
+        ("RUST_LOG", "info,kube=warn".to_owned()),
+    ];
     Tied::spawn(&product_bin("webhook"), &args, &env, &dir.join("webhook.log"))
 }
 

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::testbed::{CONTRACT_LABEL, Placement, Testbed, operator, spawn_operator};
-use e2e::{curl, kubectl, unique, wait_until};
+use e2e::{curl, kubectl, rbac, unique, wait_until};
 use serde_json::Value;
 
 /// The Service port of every contract here, which is also Envoy's listener port.
@@ -519,15 +519,20 @@ fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
     tb.start_backend("pay-1");
     service_with(&tb, "pay", &["pay-1"]);
     let (id, ns) = (unique("op-ha"), tb.ns.name.clone());
+    // The chart's Lease in the release namespace: the only one its RBAC lets the operator hold. A Lease left
+    // by an earlier run goes first, so that the transitions counted are this test's.
+    let (lease_ns, lease_name) = (rbac::NAMESPACE, rbac::operator_lease());
+    rbac::ensure_chart_rbac();
+    kubectl(&["delete", "lease", &lease_name, "-n", lease_ns, "--ignore-not-found"], None).ok();
     let start = |identity: &str| {
         let args: Vec<String> = [
             "--contract-selector",
             &format!("{CONTRACT_LABEL}={id}"),
             "--leader-elect",
             "--leader-election-namespace",
-            &ns,
+            lease_ns,
             "--leader-election-lease",
-            "csp-e2e-leader",
+            &lease_name,
             "--identity",
             identity,
             "--lease-duration",
@@ -544,7 +549,7 @@ fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
     };
     let mut operators = [("op-a", start("op-a")), ("op-b", start("op-b"))];
     let lease = |field: &str| {
-        kubectl(&["get", "lease", "csp-e2e-leader", "-n", &ns, "-o", &format!("jsonpath={{.spec.{field}}}")], None)
+        kubectl(&["get", "lease", &lease_name, "-n", lease_ns, "-o", &format!("jsonpath={{.spec.{field}}}")], None)
             .stdout
     };
     let leads = |port: u16| {
@@ -572,6 +577,14 @@ fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
         (lease("holderIdentity") == standby_name).then_some(())
     });
     let takeover = stopped.elapsed();
+    // Released, not expired: the old leader says so, and the standby had it well before the 4 s lease
+    // duration would have run out.
+    let old_log = std::fs::read_to_string(tb.dir.join(format!("{}.log", operators[leader].0))).unwrap_or_default();
+    assert!(old_log.contains("released the leader Lease"), "the stopping leader should release its Lease:\n{old_log}");
+    assert!(
+        takeover < Duration::from_secs(3),
+        "the standby took {takeover:?} to hold a released Lease (retry period 500ms; the lease duration is 4s)"
+    );
     wait_until("the new leader's metrics to say so", Duration::from_secs(10), || {
         leads(operators[standby].1.1).then_some(())
     });

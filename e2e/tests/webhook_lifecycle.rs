@@ -73,50 +73,6 @@ fn certificates_rotate_while_admissions_continue_then_the_cluster_fails_closed_w
     f.unregister();
 }
 
-/// A metric's value from a `/metrics` text (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
-#[test]
-fn one_replica_audits_and_an_unchanged_result_writes_nothing() {
-    let ns = "csp-system";
-    let _ = kubectl(&["create", "namespace", ns], None);
-    let lease = unique("audit-lease");
-    let args = |id: &str| vec!["--audit-lease".to_owned(), lease.clone(), "--identity".to_owned(), id.to_owned()];
-    let a = WebhookFixture::start_with("audit-a", &args("replica-a"));
-    let b = WebhookFixture::start_with("audit-b", &args("replica-b"));
-    let team = a.namespace("audit-leader", &[]);
-    b.unregister();
-    let policy = create_policy(&unique("watching"), "Audit", &[&team.name], &["gz"], "");
-    let scrape = |f: &WebhookFixture| e2e::curl(&["--cacert", &f.ca_file.to_string_lossy(), &f.url("/metrics")]).1;
-    let leaders = wait_until("exactly one audit leader", Duration::from_secs(30), || {
-        let flags = [metric(&scrape(&a), "csp_audit_leader"), metric(&scrape(&b), "csp_audit_leader")];
-        (flags.iter().sum::<f64>() == 1.0).then_some(flags)
-    });
-    let (leader, follower) = if leaders[0] == 1.0 { (&a, &b) } else { (&b, &a) };
-    let holder = kubectl(&["get", "lease", &lease, "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
-    assert_eq!(holder, if leaders[0] == 1.0 { "replica-a" } else { "replica-b" });
-
-    // The result does not change: audits go on, the policy's status is not written again.
-    let rv = |p: &str| kubectl(&["get", "contractpolicy", p, "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
-    let before = rv(&policy.name);
-    let runs = |f: &WebhookFixture| metric(&scrape(f), "csp_audit_runs_total{reason=\"ok\"}");
-    let start = runs(leader);
-    wait_until("three more audits", Duration::from_secs(30), || (runs(leader) >= start + 3.0).then_some(()));
-    assert_eq!(rv(&policy.name), before, "an audit with the same result wrote the status again");
-    assert_eq!(runs(follower), 0.0, "the follower audits nothing");
-    assert!(!scrape(follower).contains(&format!("csp_policy_matched{{policy=\"{}\"}}", policy.name)));
-
-    // A new result is written.
-    kubectl(&["create", "-n", &team.name, "-f", "-"], Some(&service("counted").replace("gz,sz,hz", "sz"))).ok();
-    wait_until("the audit to count the new Service", Duration::from_secs(30), || {
-        let v = kubectl(&["get", "contractpolicy", &policy.name, "-o", "jsonpath={.status.violations}"], None).ok();
-        (v.trim() == "1").then_some(())
-    });
-    let _ = kubectl(&["delete", "lease", &lease, "-n", ns, "--ignore-not-found"], None);
-}
-
 #[test]
 fn many_concurrent_maximum_size_reviews_are_answered_within_the_charts_memory_limit() {
     let f = WebhookFixture::start("memory");

@@ -37,6 +37,11 @@ valid Service names (DNS labels, at most 63).
 {{- include "channel-contracts.operator.name" . }}
 {{- end }}
 
+{{/* The Lease the webhook replicas elect one audit writer on. */}}
+{{- define "channel-contracts.webhook.auditLease" -}}
+{{- printf "%s-webhook-audit" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
 {{/* The Secret holding the webhook's serving certificate (both modes) and its CA (selfManaged). */}}
 {{- define "channel-contracts.webhook.tlsSecret" -}}
 {{- printf "%s-webhook-tls" (include "channel-contracts.fullname" .) }}
