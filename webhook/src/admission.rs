@@ -170,10 +170,12 @@ pub fn read(body: &[u8]) -> Result<Request, Unreadable> {
             if api_version != API_VERSION || kind != "AdmissionReview" {
                 return Err(Unreadable::Bad(BadRequest::WrongType { api_version, kind }));
             }
-            let request = request.ok_or(Unreadable::Bad(BadRequest::NoRequest))?;
+            let mut request = request.ok_or(Unreadable::Bad(BadRequest::NoRequest))?;
             if request.uid.is_empty() {
                 return Err(Unreadable::Bad(BadRequest::NoUid));
             }
+            // The answer's apiVersion and kind are the request's (AdmissionResponse::from copies them).
+            request.types = kube::core::TypeMeta { api_version, kind };
             Ok(request)
         }
         Err(typed) => Err(diagnose(body, &typed)),
@@ -374,8 +376,11 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    /// The answer parses as kube's AdmissionReview type, with a uid.
+    /// The answer parses as kube's AdmissionReview type, says it is one, and has a uid.
     fn kube_shape_check(v: &Value) -> bool {
+        if v["apiVersion"] != "admission.k8s.io/v1" || v["kind"] != "AdmissionReview" {
+            return false;
+        }
         serde_json::from_value::<Review>(v.clone())
             .ok()
             .and_then(|r| r.response)
@@ -465,6 +470,7 @@ mod tests {
         r["request"]["object"]["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
         r["request"]["object"]["metadata"]["finalizers"] = json!([]);
         let (v, o) = run(&r).expect("answered");
+        assert!(kube_shape_check(&v), "{v}");
         assert_eq!((v["response"]["allowed"].clone(), o.reason), (json!(true), "being-deleted"));
     }
 
@@ -474,6 +480,7 @@ mod tests {
         r["request"]["object"]["metadata"]["labels"] = json!({"team": "pay"});
         r["request"]["object"]["spec"]["ports"] = json!([{"port": 8080}, {"port": 9090}]);
         let (v, o) = run(&r).expect("answered");
+        assert!(kube_shape_check(&v), "{v}");
         assert_eq!(v["response"]["allowed"], true, "{v}");
         assert_eq!(o.decision, "warn");
         let warnings = warnings_of(&v);
