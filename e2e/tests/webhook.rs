@@ -321,7 +321,7 @@ fn an_old_non_compliant_service_can_be_labelled_with_a_warning_but_not_left_shor
             &ns.name,
             "--type=json",
             "-p",
-            r#"[{"op":"add","path":"/spec/ports/-","value":{"name":"admin","port":9090}}]"#,
+            r#"[{"op":"replace","path":"/spec/ports/0/port","value":9090}]"#,
         ],
         None,
     );

@@ -111,6 +111,7 @@ fn many_concurrent_maximum_size_reviews_are_answered_within_the_charts_memory_li
     std::fs::write(&file, body(n)).expect("write the body");
     let data = format!("@{}", file.display());
     let (ca, url) = (f.ca_file.to_string_lossy().into_owned(), f.url("/validate"));
+    let before = f.process.peak_rss().unwrap_or_default();
     let threads: Vec<_> = (0..24)
         .map(|_| {
             let (ca, url, data) = (ca.clone(), url.clone(), data.clone());
@@ -147,10 +148,11 @@ fn many_concurrent_maximum_size_reviews_are_answered_within_the_charts_memory_li
     assert!(process.running(), "the webhook died:\n{}", process.log_tail());
     let peak = process.peak_rss().expect("the webhook's VmHWM");
     eprintln!(
-        "{} reviews of {} bytes: {answered} answered, {refused} refused (429); peak RSS {:.1} MiB of the chart's {limit}",
+        "{} reviews of {} bytes: {answered} answered, {refused} refused (429); peak RSS {:.1} MiB ({:.1} MiB before) of the chart's {limit}",
         codes.len(),
         body(n).len(),
-        peak as f64 / 1048576.0
+        peak as f64 / 1048576.0,
+        before as f64 / 1048576.0
     );
     assert!(peak < limit_bytes, "peak RSS {peak} bytes is over the chart's limit {limit}");
     assert_eq!(e2e::curl(&["--cacert", &ca, &ready_url]).0, 200, "still serving afterwards");

@@ -224,7 +224,7 @@ fn diagnose(body: &[u8], typed: &serde_json::Error) -> Unreadable {
 pub fn review(body: &[u8], index: &impl Index, settings: &Settings) -> Result<(Review, Outcome), BadRequest> {
     match read(body) {
         Ok(request) => {
-            let (response, outcome) = decide(&request, index, settings);
+            let (response, outcome) = decide(request, index, settings);
             Ok((response.into_review(), outcome))
         }
         Err(unreadable) => answer_unreadable(unreadable),
@@ -257,8 +257,9 @@ fn denial(uid: String, message: &str, warnings: Vec<String>) -> AdmissionRespons
     response
 }
 
-/// Decides one request.
-pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (AdmissionResponse, Outcome) {
+/// Decides one request. It takes the request whole: the objects' labels move into what is judged
+/// instead of being copied (a review's objects may be megabytes of labels).
+pub fn decide(mut req: Request, index: &impl Index, settings: &Settings) -> (AdmissionResponse, Outcome) {
     let operation = operation_name(&req.operation);
     let kind = match (req.kind.group.as_str(), req.kind.kind.as_str()) {
         ("", "Service") => Some(Kind::Service),
@@ -267,8 +268,10 @@ pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (Admiss
     };
     let kind_name = kind.map_or("other", Kind::as_str);
     let outcome = |decision, reason, evaluation| Outcome { kind: kind_name, operation, decision, reason, evaluation };
-    let allow = |reason| (AdmissionResponse::from(req), outcome("allow", reason, None));
-    let deny = |reason, message: String| (denial(req.uid.clone(), &message, Vec::new()), outcome("deny", reason, None));
+    let allowed = AdmissionResponse::from(&req);
+    let uid = req.uid.clone();
+    let allow = |reason| (allowed.clone(), outcome("allow", reason, None));
+    let deny = |reason, message: String| (denial(uid.clone(), &message, Vec::new()), outcome("deny", reason, None));
 
     // DELETE, CONNECT and subresources (status, scale …) are never blocked.
     if matches!(req.operation, Operation::Delete | Operation::Connect) {
@@ -286,7 +289,7 @@ pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (Admiss
             ),
         );
     };
-    let Some(object) = &req.object else {
+    let Some(mut object) = req.object.take() else {
         return deny("no-object", format!("the admission request for {operation} {kind} has no object"));
     };
     // An object being deleted only waits for its finalizers to go: removing them must always work.
@@ -303,7 +306,7 @@ pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (Admiss
     if evaluate::opted_out(namespace_labels.as_ref()) {
         return allow("opted-out");
     }
-    let subject = match subject(kind, &namespace, &req.name, object, index) {
+    let subject = match subject(kind, &namespace, &req.name, &mut object, index) {
         Ok(s) => s,
         Err(message) => return deny("malformed", message),
     };
@@ -312,16 +315,17 @@ pub fn decide(req: &Request, index: &impl Index, settings: &Settings) -> (Admiss
     let mut decision = evaluate::evaluate(&subject, &policies, namespace_labels.as_ref(), exempt);
     if req.operation == Operation::Update
         && !decision.allowed()
-        && let Some(old) = req.old_object.as_ref().and_then(|o| subject_of_old(kind, &namespace, &req.name, o, index))
+        && let Some(mut old) = req.old_object.take()
+        && let Some(old) = subject_of_old(kind, &namespace, &req.name, &mut old, index)
     {
         let before = evaluate::evaluate(&old, &policies, namespace_labels.as_ref(), exempt);
         evaluate::tolerate_existing(&mut decision, &subject, &old, &before);
     }
     let warnings = decision.warnings();
     if let Some(message) = decision.denial() {
-        (denial(req.uid.clone(), &message, warnings), outcome("deny", "policy", Some(decision)))
+        (denial(uid, &message, warnings), outcome("deny", "policy", Some(decision)))
     } else {
-        let mut response = AdmissionResponse::from(req);
+        let mut response = allowed;
         let verdict = if warnings.is_empty() { "allow" } else { "warn" };
         response.warnings = (!warnings.is_empty()).then_some(warnings);
         (response, outcome(verdict, "policy", Some(decision)))
@@ -333,9 +337,10 @@ fn subject(
     kind: Kind,
     namespace: &str,
     request_name: &str,
-    object: &Judged,
+    object: &mut Judged,
     index: &impl Index,
 ) -> Result<Subject, String> {
+    let labels = object.metadata.labels.take().unwrap_or_default();
     let meta = &object.metadata;
     let name = meta.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| request_name.to_owned());
     let name = if name.is_empty() {
@@ -344,7 +349,6 @@ fn subject(
         name
     };
     let empty = BTreeMap::new();
-    let labels = meta.labels.as_ref().unwrap_or(&empty);
     match kind {
         Kind::Service => {
             let annotations = meta.annotations.as_ref().unwrap_or(&empty);
@@ -365,7 +369,7 @@ fn subject_of_old(
     kind: Kind,
     namespace: &str,
     request_name: &str,
-    old: &Judged,
+    old: &mut Judged,
     index: &impl Index,
 ) -> Option<Subject> {
     subject(kind, namespace, request_name, old, index).ok()

@@ -98,11 +98,11 @@ pub fn subjects(caches: &Caches) -> Vec<Subject> {
     for svc in caches.services.state().iter().filter(|s| s.metadata.deletion_timestamp.is_none()) {
         let namespace = svc.namespace().unwrap_or_default();
         let refs = by_namespace.get(&namespace).map(Vec::as_slice).unwrap_or_default();
-        out.push(Subject::service(&namespace, &svc.name_any(), svc.labels(), svc.annotations(), refs));
+        out.push(Subject::service(&namespace, &svc.name_any(), svc.labels().clone(), svc.annotations(), refs));
     }
     for c in contracts.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
         let regions = c.spec.failover.as_ref().map(|f| f.regions.as_slice()).unwrap_or_default();
-        out.push(Subject::contract(&c.namespace().unwrap_or_default(), &c.name_any(), c.labels(), regions));
+        out.push(Subject::contract(&c.namespace().unwrap_or_default(), &c.name_any(), c.labels().clone(), regions));
     }
     out
 }

@@ -87,7 +87,7 @@ impl Subject {
     pub fn service(
         namespace: &str,
         name: &str,
-        labels: &BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
         contracts_in_namespace: &[ContractRef],
     ) -> Self {
@@ -95,18 +95,18 @@ impl Subject {
             kind: Kind::Service,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            labels: labels.clone(),
+            labels,
             declaration: service_declaration(name, annotations, contracts_in_namespace),
         }
     }
 
     /// A ChannelContract: what it declares is its `spec.failover.regions`.
-    pub fn contract(namespace: &str, name: &str, labels: &BTreeMap<String, String>, regions: &[String]) -> Self {
+    pub fn contract(namespace: &str, name: &str, labels: BTreeMap<String, String>, regions: &[String]) -> Self {
         Self {
             kind: Kind::ChannelContract,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            labels: labels.clone(),
+            labels,
             declaration: contract_declaration(regions),
         }
     }

@@ -118,7 +118,7 @@ pub struct LimitArgs {
     /// The largest AdmissionReview body accepted, in bytes; a larger one gets 413.
     #[arg(long, env = "CSP_WEBHOOK_MAX_REQUEST_BYTES", default_value_t = server::MAX_BODY_BYTES)]
     pub max_request_bytes: usize,
-    /// The memory, in bytes, that reviews in flight may take together (each is charged 12 times its body);
+    /// The memory, in bytes, that reviews in flight may take together (each is charged 16 times its body);
     /// a review that finds no room within --queue-timeout gets 429. Sized for the chart's 128Mi limit.
     #[arg(long, env = "CSP_WEBHOOK_INFLIGHT_BYTES", default_value_t = server::Limits::default().inflight_bytes)]
     pub inflight_bytes: usize,

@@ -42,7 +42,7 @@ use crate::metrics::{Metrics, ReasonLabels, RequestLabels, VerdictLabels};
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// How many times its body a review is charged against the in-flight budget: what reading it into typed
 /// objects may take at worst (measured with bodies made of many small labels).
-pub const PARSE_FACTOR: usize = 12;
+pub const PARSE_FACTOR: usize = 16;
 
 /// The bounds on what requests in flight may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +226,7 @@ async fn validate(
         }
     }
     let view = View { caches: &state.caches, fetched };
-    let (response, outcome) = admission::decide(&request, &view, &state.settings);
+    let (response, outcome) = admission::decide(request, &view, &state.settings);
     let answer = response.into_review();
     let m = &state.metrics;
     m.requests
