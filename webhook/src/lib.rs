@@ -1,7 +1,7 @@
 //! The Channel Contracts admission webhook: enforces ContractPolicies on Services and ChannelContracts,
 //! and audits existing objects.
 //!
-//! Pure: [`evaluate`] (policies × object → allow / deny / warn with messages) and [`admission`] (the
+//! Pure: [`subject`] (what is judged, built alike for admission and audit), [`evaluate`] (policies × object → allow / deny / warn with messages) and [`admission`] (the
 //! AdmissionReview in, the answer out, over an [`admission::Index`]). The thin shells around them:
 //! [`index`] (caches fed by watches), [`server`] (HTTPS, bounded memory), [`audit`] (existing objects →
 //! policy status, one replica at a time), [`selfcert`]/[`certs`] (self-managed TLS), [`metrics`], and
@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod selfcert;
 pub mod server;
+pub mod subject;
 
 pub use runtime::{Args, RunError, TlsArgs, run};
