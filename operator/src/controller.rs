@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crds::{ChannelContract, ChannelStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -39,6 +40,9 @@ pub const RESYNC: Duration = Duration::from_secs(10 * 60);
 /// How long a status this instance wrote is trusted to be the API server's while the cache does not show
 /// it yet (the watch is normally milliseconds behind; someone else may write the status meanwhile).
 pub const WRITTEN_TRUST: Duration = Duration::from_secs(30);
+/// How often a contract whose ConfigMap name is taken by someone else's ConfigMap looks again: the
+/// operator watches only the ConfigMaps with its label, so it does not see that one go.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 /// The longest back-off after transient failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
@@ -339,6 +343,9 @@ pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOp
         }
     };
     match configmap::desired(contract, &resources) {
+        Ok(cm) if let Some(size) = configmap::too_large(&cm) => {
+            hold(false, reason::CONFIG_TOO_LARGE, configmap::too_large_message(&namespace, &cm.name_any(), Some(size)))
+        }
         Ok(cm) => Plan::Publish {
             config_map: Box::new(cm),
             config_version: resources.config_version.clone(),
@@ -400,21 +407,34 @@ async fn reconcile_contract(
             let name = config_map.name_any();
             let fingerprint = configmap::fingerprint(&config_map);
             let existing = ctx.caches.config_maps.get(&ObjectRef::new(&name).within(&key.namespace));
-            let exists = existing.is_some();
-            let published = existing.is_some_and(|existing| existing.fingerprint == fingerprint);
-            let applied = if published {
-                Ok(())
+            let published = existing.as_ref().is_some_and(|existing| existing.fingerprint == fingerprint);
+            let written = if published {
+                Ok(Written::Published)
             } else {
-                publish_config_map(&ctx.client, &key.namespace, &config_map, exists).await
+                let cached_owners = existing.as_ref().map(|e| e.metadata.owner_references.clone().unwrap_or_default());
+                publish_config_map(&ctx.client, &key.namespace, &config_map, cached_owners).await
             };
-            match applied {
-                Ok(()) => {
-                    if !published {
+            let programming = |written| match written {
+                Written::Published => Programming::Programmed { config_version: config_version.clone() },
+                Written::Conflict { controller } => Programming::NotProgrammed {
+                    reason: reason::CONFIG_MAP_CONFLICT,
+                    message: configmap::conflict_message(&key.namespace, &name, controller.as_deref()),
+                },
+                Written::TooLarge => Programming::NotProgrammed {
+                    reason: reason::CONFIG_TOO_LARGE,
+                    message: configmap::too_large_message(&key.namespace, &name, None),
+                },
+            };
+            match written {
+                Ok(written) => {
+                    if !published && written == Written::Published {
                         ctx.memory().entry(key.clone()).or_default().published = Some(fingerprint);
                         tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
                     }
-                    let programming = Programming::Programmed { config_version };
-                    (Observation { invalid_spec: None, programming, channels: Some(channels) }, None)
+                    (
+                        Observation { invalid_spec: None, programming: programming(written), channels: Some(channels) },
+                        None,
+                    )
                 }
                 Err(source) => {
                     let programming = Programming::NotProgrammed {
@@ -451,30 +471,81 @@ async fn reconcile_contract(
     }
     Ok(match observation.programming {
         Programming::Programmed { .. } => (Action::requeue(RESYNC), true),
+        // The operator does not watch ConfigMaps without its label: it looks again until the name is free.
+        Programming::NotProgrammed { reason: reason::CONFIG_MAP_CONFLICT, .. } => {
+            (Action::requeue(CONFLICT_RECHECK), false)
+        }
         Programming::NotProgrammed { .. } => (Action::requeue(INVALID_INPUT_REQUEUE), false),
     })
 }
 
-/// Writes the ConfigMap: created with a plain POST when the cache has none (JSON that the API server
-/// decodes cheaply; most ConfigMaps are written once), else, or if it turns out to exist, with
-/// server-side apply (forced: the operator owns these fields). An apply body is parsed as YAML, which on
-/// ~10 KiB of files costs the API server several times a JSON create.
+/// What became of a ConfigMap write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// The ConfigMap holds the desired configuration.
+    Published,
+    /// Someone else's ConfigMap has the name: nothing was written ([`configmap::Write::Conflict`]).
+    Conflict {
+        /// Its controller, if any.
+        controller: Option<String>,
+    },
+    /// The API server refused it as too large ([`configmap::refused_as_too_large`]).
+    TooLarge,
+}
+
+/// Writes the ConfigMap if the operator may ([`configmap::write`]): created with a plain POST when the
+/// cache has none (JSON that the API server decodes cheaply; most ConfigMaps are written once); updated
+/// with server-side apply (forced: the operator owns these fields) when it is the contract's own. When
+/// the POST finds a ConfigMap the cache does not show (one without the operator's label), its owners are
+/// read before anything is written. An apply body is parsed as YAML, which on ~10 KiB of files costs the
+/// API server several times a JSON create.
 async fn publish_config_map(
     client: &Client,
     namespace: &str,
     config_map: &ConfigMap,
-    exists: bool,
-) -> Result<(), kube::Error> {
+    cached_owners: Option<Vec<OwnerReference>>,
+) -> Result<Written, kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    if !exists {
+    let uid = config_map.owner_references().first().map(|o| o.uid.clone()).unwrap_or_default();
+    let too_large = |e: kube::Error| match e {
+        kube::Error::Api(status) if configmap::refused_as_too_large(status.code, &status.message) => {
+            Ok(Written::TooLarge)
+        }
+        other => Err(other),
+    };
+    let mut decision = configmap::write(cached_owners.as_deref(), &uid);
+    // A ConfigMap deleted between the POST and the read is created again by a second POST.
+    for _ in 0..2 {
+        if decision != configmap::Write::Create {
+            break;
+        }
         let params = PostParams { dry_run: false, field_manager: Some(configmap::MANAGER.to_owned()) };
         match api.create(&params, config_map).await {
+            Ok(_) => return Ok(Written::Published),
             Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            other => return other.map(|_| ()),
+            Err(e) => return too_large(e),
+        }
+        let existing = api.get_metadata_opt(&config_map.name_any()).await?;
+        decision = configmap::write(existing.as_ref().map(|m| m.owner_references()), &uid);
+    }
+    match decision {
+        // Created and deleted by someone else twice in a row: the back-off tries again.
+        configmap::Write::Create => Err(kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "the ConfigMap was created and deleted by someone else while it was being written",
+                "Conflict",
+            )
+            .with_code(409),
+        ))),
+        configmap::Write::Conflict { controller } => Ok(Written::Conflict { controller }),
+        configmap::Write::Update => {
+            let params = PatchParams::apply(configmap::MANAGER).force();
+            match api.patch(&config_map.name_any(), &params, &Patch::Apply(config_map)).await {
+                Ok(_) => Ok(Written::Published),
+                Err(e) => too_large(e),
+            }
         }
     }
-    let params = PatchParams::apply(configmap::MANAGER).force();
-    api.patch(&config_map.name_any(), &params, &Patch::Apply(config_map)).await.map(|_| ())
 }
 
 /// Writes the status with a JSON merge patch that sets every field the operator writes (those it no
@@ -630,6 +701,27 @@ mod tests {
         let plan = plan(&contract(good_spec()), &v, &ProxyOptions::default());
         let Plan::Hold { message, .. } = plan else { panic!("{plan:?}") };
         assert!(message.contains("Service \"pv-cache\" (channel \"cache\", spec.channels[1].service)"), "{message}");
+    }
+
+    #[test]
+    fn a_configuration_too_large_for_a_config_map_holds_as_config_too_large() {
+        let mut v = view();
+        let endpoints: Vec<serde_json::Value> =
+            (0..1000).map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 250, 1 + i % 250)]})).collect();
+        v.slices.push(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "pv-big", "namespace": "ns", "labels": {"kubernetes.io/service-name": "pv"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 9000}], "endpoints": endpoints,
+            }))
+            .expect("slice"),
+        ));
+        let channels: Vec<serde_json::Value> = (0..16).map(|i| json!({"name": format!("c{i}")})).collect();
+        let spec = json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "1s"}, "channels": channels});
+        let plan = plan(&contract(spec), &v, &ProxyOptions::default());
+        let Plan::Hold { reason, invalid_spec, message } = &plan else { panic!("{plan:?}") };
+        assert_eq!((*reason, invalid_spec), (reason::CONFIG_TOO_LARGE, &None));
+        assert!(message.contains("does not fit in ConfigMap ns/pv-envoy") && message.contains(" bytes)"), "{message}");
+        assert!(status::is_invalid_input(reason), "it waits for a change");
     }
 
     #[test]

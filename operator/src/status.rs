@@ -6,7 +6,7 @@
 //! | condition | True | False |
 //! |---|---|---|
 //! | `Accepted` | `Valid` | `InvalidSpec` |
-//! | `Programmed` | `Programmed` (the ConfigMap holds this generation's configuration) | `InvalidSpec`, `ServiceNotFound`, `ServicePortNotFound`, `InvalidEndpoint`, `ApplyFailed`, `InternalError` |
+//! | `Programmed` | `Programmed` (the ConfigMap holds this generation's configuration) | `InvalidSpec`, `ServiceNotFound`, `ServicePortNotFound`, `InvalidEndpoint`, `ConfigMapConflict`, `ConfigTooLarge`, `ApplyFailed`, `InternalError` |
 //! | `Ready` | `Ready` (programmed, and some channel has a ready endpoint) | `NoReadyEndpoints`, `ServiceNotFound`, `NotProgrammed` |
 //!
 //! When the contract cannot be programmed, `configVersion` stays the one last published (the ConfigMap
@@ -46,6 +46,10 @@ pub mod reason {
     pub const INVALID_ENDPOINT: &str = "InvalidEndpoint";
     /// Programmed=False: writing the ConfigMap failed (retried with back-off).
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Programmed=False: a ConfigMap the operator does not own has the contract's ConfigMap name.
+    pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+    /// Programmed=False: the configuration is larger than a ConfigMap may be.
+    pub const CONFIG_TOO_LARGE: &str = "ConfigTooLarge";
     /// Programmed=False: the configuration could not be written out (a bug of the operator).
     pub const INTERNAL_ERROR: &str = "InternalError";
     /// Ready=True.
