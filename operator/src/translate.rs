@@ -501,9 +501,14 @@ fn circuit_breakers(cb: &CircuitBreaker, retry: &RetryPolicy) -> CircuitBreakers
 ///   count as 5xx (local-origin errors are not split out), so a dead endpoint is ejected as fast as one
 ///   that answers 503.
 /// - `threshold` -> failure-percentage ejection: `failure_percentage_threshold = round((1 - threshold) *
-///   100)`, at least 1 (0 would eject endpoints that never fail, since Envoy ejects at `>=`), enforced at
-///   100%, over `minimumRequests` requests per endpoint, with `failure_percentage_minimum_hosts: 1` so that
-///   it applies to channels of any size (Envoy's default of 5 hosts would switch it off for small ones).
+///   100)`, at least 1 (0 would eject endpoints that never fail, since Envoy ejects when `100 - success
+///   rate >= failure_percentage_threshold`), enforced at 100%, over `minimumRequests` requests per
+///   endpoint, with `failure_percentage_minimum_hosts: 1` so that it applies to channels of any size
+///   (Envoy's default of 5 hosts would switch it off for small ones).
+/// - `threshold: 1` tolerates no failure, which a whole failure percentage cannot say (1% lets one failure
+///   in more than 100 requests pass, 0% ejects every endpoint): it also sets `consecutive_5xx: 1`, so that
+///   the first failure (a 5xx, a reset, a connection failure, a timeout: the same events the failure
+///   percentage counts) ejects the endpoint.
 /// - success-rate ejection (statistical, relative to the other endpoints) is not in the contract and is
 ///   switched off (`enforcing_success_rate: 0`), so that the contract is all that ejects.
 fn outlier_detection(cb: &CircuitBreaker) -> Result<OutlierDetection, TranslateError> {
@@ -517,6 +522,10 @@ fn outlier_detection(cb: &CircuitBreaker) -> Result<OutlierDetection, TranslateE
         ..OutlierDetection::default()
     };
     if let Some(threshold) = cb.threshold {
+        if threshold >= 1.0 {
+            // No failure is tolerated, which no failure percentage says: the first failure ejects.
+            od.consecutive_5xx = uint(1);
+        }
         od.failure_percentage_threshold = uint(failure_percentage(threshold));
         od.enforcing_failure_percentage = uint(100);
         od.failure_percentage_request_volume = uint(cb.minimum_requests);
@@ -626,9 +635,10 @@ fn aggregate_cluster(spec: &ChannelContractSpec, name: &str, chain: Vec<String>)
 
 /// `retry.*` as a route's retry policy; None for strategy None (no retries at all).
 ///
-/// Envoy's back-off is always jittered: a try waits a random time up to `base * 2^n`, capped at
-/// `max_interval`. ExponentialBackoff: `baseInterval` and `maxInterval` (omitted: ten times the base, as
-/// the API says). Fixed: base and max both `baseInterval`, the closest Envoy has to a constant interval.
+/// Envoy's back-off is always fully jittered: retry `n` (from 1) waits a random time below `base * (2^n -
+/// 1)`, capped at `max_interval`. ExponentialBackoff: `baseInterval` and `maxInterval` (omitted: ten times
+/// the base, as the API says). Fixed: base and max both `baseInterval`, so that every retry waits a random
+/// time below `baseInterval`, as the field's description says (Envoy has no unjittered interval).
 fn retry_policy(
     retry: &RetryPolicy,
 ) -> Result<Option<crate::envoy::pb::envoy::config::route::v3::RetryPolicy>, TranslateError> {
