@@ -446,3 +446,41 @@ pub struct ProxyStatus {
     #[serde(default)]
     pub last_rejection: String,
 }
+
+/// The channel of a contract that declares none.
+pub const DEFAULT_CHANNEL: &str = "primary";
+
+/// One channel with its defaults applied: what the controller watches EndpointSlices for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedChannel {
+    /// The channel's name.
+    pub name: String,
+    /// Its Service, in the contract's namespace (`spec.service` when the channel names none).
+    pub service: String,
+    /// Its Service port (`spec.port` when the channel names none).
+    pub port: i32,
+    /// Its `x-channel-priority` selector, if any.
+    pub selector: Option<String>,
+}
+
+/// The channels in order, defaults applied: none declared means one channel `primary`, the Service itself.
+/// The operator's endpoints are keyed by these names.
+pub fn resolve_channels(spec: &ChannelContractSpec) -> Vec<ResolvedChannel> {
+    if spec.channels.is_empty() {
+        return vec![ResolvedChannel {
+            name: DEFAULT_CHANNEL.to_owned(),
+            service: spec.service.clone(),
+            port: spec.port,
+            selector: None,
+        }];
+    }
+    spec.channels
+        .iter()
+        .map(|c| ResolvedChannel {
+            name: c.name.clone(),
+            service: c.service.clone().unwrap_or_else(|| spec.service.clone()),
+            port: c.port.unwrap_or(spec.port),
+            selector: c.selector.clone(),
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::translate::EnvoyResources;
+use crate::model::EnvoyResources;
 
 /// The suffix of the ConfigMap's name.
 pub const NAME_SUFFIX: &str = "-envoy";
@@ -190,7 +190,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::translate::{ChannelEndpoints, ProxyOptions};
+    use crate::model::{ChannelEndpoints, ProxyOptions};
 
     fn contract(name: &str, uid: Option<&str>) -> ChannelContract {
         let mut c: ChannelContract = serde_json::from_value(json!({

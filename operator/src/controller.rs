@@ -30,8 +30,9 @@ use crate::configmap::{self, ConfigMapError};
 use crate::endpoints::{ClusterView, GatherError, gather};
 use crate::index::{ContractIndex, ContractKey};
 use crate::metrics::{Metrics, ReconcileResult};
+use crate::model::ProxyOptions;
 use crate::status::{self, Observation, Programming, reason};
-use crate::translate::{ProxyOptions, TranslateError};
+use crate::translate::TranslateError;
 
 /// How long a contract with invalid input waits before it is looked at again without a change.
 pub const INVALID_INPUT_REQUEUE: Duration = Duration::from_secs(5 * 60);

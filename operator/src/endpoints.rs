@@ -21,7 +21,9 @@ use crds::ChannelContractSpec;
 
 use crate::cache::{CachedService, CachedSlice, ServiceShape};
 
-use crate::translate::{ChannelEndpoints, Endpoint, ResolvedChannel, resolve_channels};
+use crds::{ResolvedChannel, resolve_channels};
+
+use crate::model::{ChannelEndpoints, Endpoint};
 
 /// The EndpointSlice label that names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

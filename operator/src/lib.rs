@@ -25,12 +25,12 @@ pub mod endpoints;
 pub mod envoy;
 pub mod index;
 pub mod metrics;
+pub mod model;
 pub mod render;
 pub mod run;
 pub mod status;
 pub mod translate;
 
-pub use translate::{
-    ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions, ResolvedChannel, TranslateError, desired,
-    resolve_channels,
-};
+pub use crds::{ResolvedChannel, resolve_channels};
+pub use model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
+pub use translate::{TranslateError, desired};

@@ -40,7 +40,7 @@ use crate::configmap;
 use crate::controller::{Caches, Context, error_policy, reconcile};
 use crate::index::{ContractIndex, ContractKey};
 use crate::metrics::Metrics;
-use crate::translate::{DEFAULT_CONFIG_DIR, ProxyOptions};
+use crate::model::{DEFAULT_CONFIG_DIR, ProxyOptions};
 use lifecycle::leader::{self, LeaderElectionArgs, LeaderError};
 
 /// Arguments of `operator run`.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crds::ChannelContract;
 use operator::envoy::bootstrap;
-use operator::translate::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
+use operator::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};

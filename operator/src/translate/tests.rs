@@ -5,7 +5,11 @@ use prost::Message;
 use serde_json::json;
 
 use super::*;
+use crate::envoy::pb::envoy::config::cluster::v3::cluster;
+use crate::envoy::pb::envoy::config::core::v3::config_source;
+use crate::envoy::pb::envoy::config::route::v3::route;
 use crate::envoy::upstream_http::{HttpProtocolOptions, ProtocolConfig, UpstreamProtocolOptions};
+use crds::resolve_channels;
 
 fn contract(spec: serde_json::Value) -> ChannelContract {
     serde_json::from_value(json!({
