@@ -204,7 +204,7 @@ mod tests {
     }
 
     fn resources(c: &ChannelContract) -> EnvoyResources {
-        crate::desired(c, &ChannelEndpoints::default(), &ProxyOptions::default()).expect("translates")
+        crate::translate::desired(c, &ChannelEndpoints::default(), &ProxyOptions::default()).expect("translates")
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The reconciler: for one ChannelContract, gather its channels' endpoints from the caches, translate
-//! ([`desired`](crate::desired)), publish the ConfigMap, and write status and Events. The decisions are
-//! pure ([`plan`], [`status`](crate::status)); this module only reads caches and writes to the API.
+//! ([`translate`](crate::translate)), publish the ConfigMap, and write status and Events. The decisions are
+//! pure ([`plan`](super::plan), [`status`](super::status)); this module only reads caches and writes to the API.
 //!
 //! - Invalid input (an invalid spec, a missing Service or port, an unusable endpoint) publishes nothing:
 //!   the last good ConfigMap stays as it was, the conditions say why, and the contract is looked at again
@@ -14,42 +14,44 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crds::{ChannelContract, ChannelStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
+use crds::ChannelContract;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store, store::WriterDropped};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::cache::{CachedConfigMap, CachedService, CachedSlice};
-use crate::configmap::{self, ConfigMapError};
-use crate::endpoints::{ClusterView, GatherError, gather};
-use crate::index::{ContractIndex, ContractKey};
-use crate::metrics::{Metrics, ReconcileResult};
+use super::{Plan, plan};
 use crate::model::ProxyOptions;
-use crate::status::{self, Observation, Programming, reason};
-use crate::translate::TranslateError;
+use crate::publish::configmap::{self};
+use crate::publish::{Written, write_config_map};
+use crate::reconcile::metrics::{Metrics, ReconcileResult};
+use crate::reconcile::status::{self, Observation, Programming, reason};
+use crate::watch::Caches;
+use crate::watch::cache::CachedConfigMap;
+use crate::watch::index::ContractKey;
 
 /// How long a contract with invalid input waits before it is looked at again without a change.
 pub const INVALID_INPUT_REQUEUE: Duration = Duration::from_secs(5 * 60);
+
 /// How often a programmed contract is looked at again without a change (a safety net for missed events).
 pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+
 /// How long a status this instance wrote is trusted to be the API server's while the cache does not show
 /// it yet (the watch is normally milliseconds behind; someone else may write the status meanwhile).
 pub const WRITTEN_TRUST: Duration = Duration::from_secs(30);
+
 /// How often a contract whose ConfigMap name is taken by someone else's ConfigMap looks again: the
 /// operator watches only the ConfigMaps with its label, so it does not see that one go.
 pub const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
 /// The longest back-off after transient failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
 /// A transient failure of a reconcile (invalid input is not an error: it is a condition).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ReconcileError {
     /// The ConfigMap could not be written.
     #[error("cannot write ConfigMap {namespace}/{name}: {source}; retrying with back-off")]
     ApplyConfigMap {
@@ -70,104 +72,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-}
-
-/// The caches the reconciler reads, filled by the watches. Services and EndpointSlices are kept as the
-/// few fields the operator reads ([`crate::cache`]); the other objects without `metadata.managedFields`
-/// and kubectl's last-applied configuration, Nodes with only their region label (see `run`).
-#[derive(Clone)]
-pub struct Caches {
-    /// ChannelContracts (those the operator's selector matches).
-    pub contracts: Store<ChannelContract>,
-    /// Services.
-    pub services: Store<CachedService>,
-    /// EndpointSlices.
-    pub slices: Store<CachedSlice>,
-    /// Nodes (metadata: their labels).
-    pub nodes: Store<PartialObjectMeta<Node>>,
-    /// The ConfigMaps the operator manages, as their fingerprints.
-    pub config_maps: Store<CachedConfigMap>,
-    /// Which contracts use what.
-    pub index: Arc<Mutex<ContractIndex>>,
-}
-
-impl std::fmt::Debug for Caches {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Caches")
-            .field("contracts", &self.contracts.len())
-            .field("services", &self.services.len())
-            .field("slices", &self.slices.len())
-            .field("nodes", &self.nodes.len())
-            .field("config_maps", &self.config_maps.len())
-            .finish()
-    }
-}
-
-impl Caches {
-    /// Waits until every watch has listed once.
-    ///
-    /// A Store's readiness wakes only the last task that waited on it (the controller also waits on
-    /// the contracts' Store), so this polls again every 100 ms; call it from one task and fan the result
-    /// out (see [`Context::synced`]).
-    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
-        loop {
-            if let Ok(result) = tokio::time::timeout(Duration::from_millis(100), self.all_ready()).await {
-                return result;
-            }
-        }
-    }
-
-    async fn all_ready(&self) -> Result<(), WriterDropped> {
-        self.contracts.wait_until_ready().await?;
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
-        self.config_maps.wait_until_ready().await?;
-        Ok(())
-    }
-
-    /// The index, locked (never across an await).
-    pub fn index(&self) -> std::sync::MutexGuard<'_, ContractIndex> {
-        self.index.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The contracts with an endpoint on `node`: those of the Services whose EndpointSlices name it. A
-    /// scan of every cached EndpointSlice, made only when a Node's region changes (or a Node comes or
-    /// goes), which is rare; keeping a Node -> contracts map up to date instead cost memory on every
-    /// contract and work on every reconcile.
-    pub fn contracts_on_node(&self, node: &str) -> Vec<ContractKey> {
-        let slices = self.slices.state();
-        let index = self.index();
-        let mut keys: Vec<ContractKey> = slices
-            .iter()
-            .filter(|s| s.endpoints.iter().any(|e| e.node.as_deref() == Some(node)))
-            .filter_map(|s| Some(index.contracts_of_service(s.metadata.namespace.as_deref()?, s.service.as_deref()?)))
-            .flatten()
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    }
-}
-
-impl ClusterView for Caches {
-    fn service(&self, namespace: &str, name: &str) -> Option<Arc<CachedService>> {
-        self.services.get(&ObjectRef::new(name).within(namespace))
-    }
-
-    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<CachedSlice>> {
-        let names = self.index().slices_of(namespace, service);
-        names
-            .iter()
-            .filter_map(|n| self.slices.get(&ObjectRef::new(n).within(namespace)))
-            // The index may lag the cache by an event: trust the slice's own label.
-            .filter(|s| s.service.as_deref() == Some(service))
-            .collect()
-    }
-
-    fn node_region(&self, node: &str) -> Option<String> {
-        self.nodes.get(&ObjectRef::new(node)).and_then(|n| n.labels().get(crds::REGION_LABEL).cloned())
-    }
 }
 
 /// What the reconciler shares.
@@ -284,81 +188,8 @@ pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
 }
 
-/// What a reconcile does, decided from the contract and the caches alone.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
-    /// Publish this ConfigMap (if it is not already what is published).
-    Publish {
-        /// The ConfigMap.
-        config_map: Box<ConfigMap>,
-        /// Its configuration's version.
-        config_version: String,
-        /// What each channel resolved to.
-        channels: Vec<ChannelStatus>,
-    },
-    /// Publish nothing, and say why.
-    Hold {
-        /// Why the spec is invalid, if that is the reason.
-        invalid_spec: Option<String>,
-        /// One of [`reason`].
-        reason: &'static str,
-        /// What is wrong and what to do.
-        message: String,
-    },
-}
-
-/// Decides what to publish for a contract, reading Services, EndpointSlices and Nodes through `view`.
-/// Also returns the Nodes of the contract's endpoints.
-pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> Plan {
-    let hold = |invalid: bool, reason: &'static str, message: String| Plan::Hold {
-        invalid_spec: invalid.then(|| message.clone()),
-        reason,
-        message,
-    };
-    if let Err(e) = crds::validate::contract(&contract.spec) {
-        return hold(true, reason::INVALID_SPEC, e.to_string());
-    }
-    let namespace = contract.namespace().unwrap_or_default();
-    let gathered = match gather(&namespace, &contract.spec, view) {
-        Ok(g) => g,
-        Err(e @ GatherError::ServiceNotFound { .. }) => {
-            return hold(false, reason::SERVICE_NOT_FOUND, e.to_string());
-        }
-        Err(e @ GatherError::ServicePortNotFound { .. }) => {
-            return hold(false, reason::SERVICE_PORT_NOT_FOUND, e.to_string());
-        }
-    };
-    let resources = match crate::desired(contract, &gathered, proxy) {
-        Ok(r) => r,
-        Err(e) => {
-            let plan = match &e {
-                TranslateError::MissingMetadata(_)
-                | TranslateError::InvalidSpec { .. }
-                | TranslateError::Duration { .. } => hold(true, reason::INVALID_SPEC, e.to_string()),
-                TranslateError::InvalidEndpoint { .. } => hold(false, reason::INVALID_ENDPOINT, e.to_string()),
-                TranslateError::UnknownChannel { .. } | TranslateError::Json(_) | TranslateError::Yaml { .. } => {
-                    hold(false, reason::INTERNAL_ERROR, format!("{e} (a bug of the operator: please report it)"))
-                }
-            };
-            return plan;
-        }
-    };
-    match configmap::desired(contract, &resources) {
-        Ok(cm) if let Some(size) = configmap::too_large(&cm) => {
-            hold(false, reason::CONFIG_TOO_LARGE, configmap::too_large_message(&namespace, &cm.name_any(), Some(size)))
-        }
-        Ok(cm) => Plan::Publish {
-            config_map: Box::new(cm),
-            config_version: resources.config_version.clone(),
-            channels: resources.channels.clone(),
-        },
-        Err(e @ ConfigMapError::NameTooLong(_)) => hold(true, reason::INVALID_SPEC, e.to_string()),
-        Err(e @ ConfigMapError::NoUid) => hold(false, reason::INTERNAL_ERROR, e.to_string()),
-    }
-}
-
 /// Reconciles one contract (the controller calls it).
-pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     if !*ctx.leader.borrow() {
         return Ok(Action::await_change());
     }
@@ -383,7 +214,7 @@ pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Res
 }
 
 /// What the controller does after a transient failure: back off, per contract.
-pub fn error_policy(contract: Arc<ChannelContract>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(contract: Arc<ChannelContract>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let key = ContractKey::of(&contract);
     let failures = {
         let mut all = ctx.memory();
@@ -400,7 +231,7 @@ async fn reconcile_contract(
     contract: &ChannelContract,
     key: &ContractKey,
     ctx: &Context,
-) -> Result<(Action, bool), Error> {
+) -> Result<(Action, bool), ReconcileError> {
     let plan = plan(contract, &ctx.caches, &ctx.proxy);
 
     let (observation, failure) = match plan {
@@ -413,7 +244,7 @@ async fn reconcile_contract(
                 Ok(Written::Published)
             } else {
                 let cached_owners = existing.as_ref().map(|e| e.metadata.owner_references.clone().unwrap_or_default());
-                publish_config_map(&ctx.client, &key.namespace, &config_map, cached_owners).await
+                write_config_map(&ctx.client, &key.namespace, &config_map, cached_owners).await
             };
             let programming = |written| match written {
                 Written::Published => Programming::Programmed { config_version: config_version.clone() },
@@ -442,7 +273,7 @@ async fn reconcile_contract(
                         reason: reason::APPLY_FAILED,
                         message: format!("cannot write ConfigMap {}/{name}: {source}; retrying", key.namespace),
                     };
-                    let error = Error::ApplyConfigMap { namespace: key.namespace.clone(), name, source };
+                    let error = ReconcileError::ApplyConfigMap { namespace: key.namespace.clone(), name, source };
                     (Observation { invalid_spec: None, programming, channels: Some(channels) }, Some(error))
                 }
             }
@@ -461,7 +292,7 @@ async fn reconcile_contract(
         let written = write_status(&ctx.client, key, &next).await;
         if let Err(source) = written {
             // A failed ConfigMap write is the error worth reporting; otherwise this one.
-            return Err(failure.unwrap_or(Error::WriteStatus { contract: key.to_string(), source }));
+            return Err(failure.unwrap_or(ReconcileError::WriteStatus { contract: key.to_string(), source }));
         }
         ctx.memory().entry(key.clone()).or_default().written = Some((fingerprint, Instant::now()));
         publish_event(ctx, contract, previous, &next).await;
@@ -478,75 +309,6 @@ async fn reconcile_contract(
         }
         Programming::NotProgrammed { .. } => (Action::requeue(INVALID_INPUT_REQUEUE), false),
     })
-}
-
-/// What became of a ConfigMap write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Written {
-    /// The ConfigMap holds the desired configuration.
-    Published,
-    /// Someone else's ConfigMap has the name: nothing was written ([`configmap::Write::Conflict`]).
-    Conflict {
-        /// Its controller, if any.
-        controller: Option<String>,
-    },
-    /// The API server refused it as too large ([`configmap::refused_as_too_large`]).
-    TooLarge,
-}
-
-/// Writes the ConfigMap if the operator may ([`configmap::write`]): created with a plain POST when the
-/// cache has none (JSON that the API server decodes cheaply; most ConfigMaps are written once); updated
-/// with server-side apply (forced: the operator owns these fields) when it is the contract's own. When
-/// the POST finds a ConfigMap the cache does not show (one without the operator's label), its owners are
-/// read before anything is written. An apply body is parsed as YAML, which on ~10 KiB of files costs the
-/// API server several times a JSON create.
-async fn publish_config_map(
-    client: &Client,
-    namespace: &str,
-    config_map: &ConfigMap,
-    cached_owners: Option<Vec<OwnerReference>>,
-) -> Result<Written, kube::Error> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let uid = config_map.owner_references().first().map(|o| o.uid.clone()).unwrap_or_default();
-    let too_large = |e: kube::Error| match e {
-        kube::Error::Api(status) if configmap::refused_as_too_large(status.code, &status.message) => {
-            Ok(Written::TooLarge)
-        }
-        other => Err(other),
-    };
-    let mut decision = configmap::write(cached_owners.as_deref(), &uid);
-    // A ConfigMap deleted between the POST and the read is created again by a second POST.
-    for _ in 0..2 {
-        if decision != configmap::Write::Create {
-            break;
-        }
-        let params = PostParams { dry_run: false, field_manager: Some(configmap::MANAGER.to_owned()) };
-        match api.create(&params, config_map).await {
-            Ok(_) => return Ok(Written::Published),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            Err(e) => return too_large(e),
-        }
-        let existing = api.get_metadata_opt(&config_map.name_any()).await?;
-        decision = configmap::write(existing.as_ref().map(|m| m.owner_references()), &uid);
-    }
-    match decision {
-        // Created and deleted by someone else twice in a row: the back-off tries again.
-        configmap::Write::Create => Err(kube::Error::Api(Box::new(
-            kube::core::Status::failure(
-                "the ConfigMap was created and deleted by someone else while it was being written",
-                "Conflict",
-            )
-            .with_code(409),
-        ))),
-        configmap::Write::Conflict { controller } => Ok(Written::Conflict { controller }),
-        configmap::Write::Update => {
-            let params = PatchParams::apply(configmap::MANAGER).force();
-            match api.patch(&config_map.name_any(), &params, &Patch::Apply(config_map)).await {
-                Ok(_) => Ok(Written::Published),
-                Err(e) => too_large(e),
-            }
-        }
-    }
 }
 
 /// Writes the status with a JSON merge patch that sets every field the operator writes (those it no
@@ -570,7 +332,7 @@ async fn publish_event(
     next: &crds::ChannelContractStatus,
 ) {
     let Some(summary) = status::event(previous, next) else { return };
-    let event = Event {
+    let event = KubeEvent {
         type_: if summary.warning { EventType::Warning } else { EventType::Normal },
         reason: summary.reason,
         note: Some(summary.note),
@@ -580,156 +342,5 @@ async fn publish_event(
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     if let Err(e) = recorder.publish(&event, &contract.object_ref(&())).await {
         tracing::warn!(contract = %contract.name_any(), error = %e, "cannot publish an Event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use serde_json::json;
-
-    use super::*;
-    use crate::endpoints::StaticView;
-
-    fn contract(spec: serde_json::Value) -> ChannelContract {
-        serde_json::from_value(json!({
-            "apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
-            "metadata": {"name": "pv", "namespace": "ns", "uid": "u-1", "generation": 2},
-            "spec": spec,
-        }))
-        .expect("contract")
-    }
-
-    fn good_spec() -> serde_json::Value {
-        json!({
-            "service": "pv", "port": 8080, "sla": {"maxLatency": "1s"},
-            "channels": [{"name": "primary"}, {"name": "cache", "service": "pv-cache", "selector": "cache"}],
-            "failover": {"regions": ["gz", "sz"]},
-        })
-    }
-
-    fn view() -> StaticView {
-        let mut v = StaticView::default();
-        for name in ["pv", "pv-cache"] {
-            let svc = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "ns"},
-                "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 9000}]},
-            }))
-            .expect("service");
-            v.services.insert(("ns".into(), name.into()), Arc::new(svc));
-        }
-        let slice = |name: &str, service: &str, address: &str, node: &str| {
-            Arc::new(
-                serde_json::from_value(json!({
-                    "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
-                    "addressType": "IPv4", "ports": [{"name": "http", "port": 9000}],
-                    "endpoints": [{"addresses": [address], "nodeName": node}],
-                }))
-                .expect("slice"),
-            )
-        };
-        v.slices = vec![
-            slice("pv-1", "pv", "10.0.0.1", "n-gz"),
-            slice("pv-2", "pv", "10.0.0.2", "n-sz"),
-            slice("c-1", "pv-cache", "10.0.1.1", "n-gz"),
-        ];
-        v.node_regions = BTreeMap::from([("n-gz".into(), "gz".into()), ("n-sz".into(), "sz".into())]);
-        v
-    }
-
-    #[test]
-    fn a_good_contract_publishes_its_config_map() {
-        let plan = plan(&contract(good_spec()), &view(), &ProxyOptions::default());
-        let Plan::Publish { config_map, config_version, channels } = plan else { panic!("{plan:?}") };
-        assert_eq!(config_map.metadata.name.as_deref(), Some("pv-envoy"));
-        assert!(config_version.starts_with("sha256:"));
-        assert_eq!(crate::endpoints::summary(&channels), "primary:2,cache:1");
-        assert_eq!(channels[0].regions, ["gz", "sz"]);
-        let cds = &config_map.data.as_ref().expect("data")["cds.yaml"];
-        assert!(cds.contains("10.0.0.1") && cds.contains("9000"), "{cds}");
-    }
-
-    #[test]
-    fn invalid_input_holds_with_its_reason() {
-        type Change = Box<dyn Fn(&mut StaticView)>;
-        let cases: Vec<(serde_json::Value, Change, &str, bool)> = vec![
-            (
-                json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "0s"}}),
-                Box::new(|_| {}),
-                reason::INVALID_SPEC,
-                true,
-            ),
-            (
-                good_spec(),
-                Box::new(|v| {
-                    v.services.remove(&("ns".into(), "pv-cache".into()));
-                }),
-                reason::SERVICE_NOT_FOUND,
-                false,
-            ),
-            (
-                json!({"service": "pv", "port": 8081, "sla": {"maxLatency": "1s"}}),
-                Box::new(|_| {}),
-                reason::SERVICE_PORT_NOT_FOUND,
-                false,
-            ),
-            (
-                good_spec(),
-                Box::new(|v| {
-                    let mut s = (*v.slices[0]).clone();
-                    s.endpoints[0].address = "not an address!".into();
-                    v.slices[0] = Arc::new(s);
-                }),
-                reason::INVALID_ENDPOINT,
-                false,
-            ),
-        ];
-        for (spec, change, expected, invalid_spec) in cases {
-            let mut v = view();
-            change(&mut v);
-            let plan = plan(&contract(spec), &v, &ProxyOptions::default());
-            let Plan::Hold { reason, invalid_spec: why, message } = &plan else { panic!("{plan:?}") };
-            assert_eq!((*reason, why.is_some()), (expected, invalid_spec), "{message}");
-            assert!(!message.is_empty());
-        }
-    }
-
-    #[test]
-    fn the_missing_cache_service_is_named() {
-        let mut v = view();
-        v.services.remove(&("ns".into(), "pv-cache".into()));
-        let plan = plan(&contract(good_spec()), &v, &ProxyOptions::default());
-        let Plan::Hold { message, .. } = plan else { panic!("{plan:?}") };
-        assert!(message.contains("Service \"pv-cache\" (channel \"cache\", spec.channels[1].service)"), "{message}");
-    }
-
-    #[test]
-    fn a_configuration_too_large_for_a_config_map_holds_as_config_too_large() {
-        let mut v = view();
-        let endpoints: Vec<serde_json::Value> =
-            (0..1000).map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 250, 1 + i % 250)]})).collect();
-        v.slices.push(Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": "pv-big", "namespace": "ns", "labels": {"kubernetes.io/service-name": "pv"}},
-                "addressType": "IPv4", "ports": [{"name": "http", "port": 9000}], "endpoints": endpoints,
-            }))
-            .expect("slice"),
-        ));
-        let channels: Vec<serde_json::Value> = (0..16).map(|i| json!({"name": format!("c{i}")})).collect();
-        let spec = json!({"service": "pv", "port": 8080, "sla": {"maxLatency": "1s"}, "channels": channels});
-        let plan = plan(&contract(spec), &v, &ProxyOptions::default());
-        let Plan::Hold { reason, invalid_spec, message } = &plan else { panic!("{plan:?}") };
-        assert_eq!((*reason, invalid_spec), (reason::CONFIG_TOO_LARGE, &None));
-        assert!(message.contains("does not fit in ConfigMap ns/pv-envoy") && message.contains(" bytes)"), "{message}");
-        assert!(status::is_invalid_input(reason), "it waits for a change");
-    }
-
-    #[test]
-    fn backoff_doubles_from_one_second_to_five_minutes() {
-        let delays: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
-        assert_eq!(backoff_delay(u32::MAX), MAX_BACKOFF);
-        assert_eq!(backoff_delay(0), Duration::from_secs(1));
     }
 }

@@ -17,30 +17,24 @@
 //! reconciles finish, the admin server stops, the leader releases its Lease.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crds::ChannelContract;
-use futures::{Stream, StreamExt, future, stream};
-use k8s_openapi::api::core::v1::Node;
+use futures::{StreamExt, future, stream};
 use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::runtime::{WatchStreamExt, predicates};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState};
-use crate::cache::{CachedConfigMap, CachedService, CachedSlice};
-use crate::configmap;
-use crate::controller::{Caches, Context, error_policy, reconcile};
-use crate::index::{ContractIndex, ContractKey};
-use crate::metrics::Metrics;
+use super::watches::{self, Watches};
 use crate::model::{DEFAULT_CONFIG_DIR, ProxyOptions};
+use crate::publish::configmap::{self};
+use crate::reconcile::metrics::Metrics;
+use crate::reconcile::{Context, error_policy, reconcile};
+use crate::watch::Caches;
+use lifecycle::admin::{self, Readiness};
 use lifecycle::leader::{self, LeaderElectionArgs, LeaderError};
 
 /// Arguments of `operator run`.
@@ -77,7 +71,7 @@ pub struct ProxyArgs {
 
 /// What can stop `operator run`.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RunError {
     /// No Kubernetes client configuration.
     #[error("cannot reach the Kubernetes API (set KUBECONFIG or run in a pod): {0}")]
     Client(#[source] kube::Error),
@@ -106,93 +100,18 @@ pub enum Error {
     Leader(#[from] LeaderError),
 }
 
-/// The contracts that a watch's changes concern, as the controller's triggers: `concerns(object, deleted)`
-/// says which; the list markers concern none, and a failed watch is logged (it retries with back-off).
-fn triggers<K>(
-    kind: &'static str,
-    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    mut concerns: impl FnMut(&K, bool) -> Vec<ContractKey>,
-) -> impl Stream<Item = ObjectRef<ChannelContract>> {
-    events
-        .map(move |event| {
-            let keys = match event {
-                Ok(Event::Apply(object) | Event::InitApply(object)) => concerns(&object, false),
-                Ok(Event::Delete(object)) => concerns(&object, true),
-                Ok(Event::Init | Event::InitDone) => Vec::new(),
-                Err(e) => {
-                    watch_failed(kind, &e);
-                    Vec::new()
-                }
-            };
-            stream::iter(keys.into_iter().map(|k| k.object_ref()))
-        })
-        .flatten()
-}
-
-/// kubectl's copy of what was last applied with client-side apply.
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// What the caches keep of an object: all but `metadata.managedFields` and kubectl's last-applied
-/// configuration, which nothing here reads and which are most of a small object's memory once parsed (the
-/// managed fields of one Service take several KiB); with every Service and EndpointSlice of a cluster
-/// cached, that is most of the operator's memory.
-fn slim<K: ResourceExt>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
-    }
-}
-
-/// The watcher has taken the resourceVersion it resumes from by the time an object reaches `modify`;
-/// nothing downstream reads it, and the cache would keep it twice (in the object and in its key).
-fn forget_resource_version<K: ResourceExt>(object: &mut K) {
-    object.meta_mut().resource_version = None;
-}
-
-/// What the cache keeps of a Node: its name and region label (a Node has dozens of labels and
-/// annotations, and a cluster thousands of Nodes).
-fn slim_node(node: &mut PartialObjectMeta<Node>) {
-    let meta = &mut node.metadata;
-    let region = meta.labels.take().unwrap_or_default().remove_entry(crds::REGION_LABEL);
-    meta.labels = region.map(|entry| std::iter::once(entry).collect());
-    meta.annotations = None;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-}
-
-fn watch_failed(kind: &'static str, error: &watcher::Error) {
-    tracing::warn!(kind, %error, "watch failed; retrying with back-off");
-}
-
 /// Runs the controller until `cancel` (or until leadership, once held, is lost).
-pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(Error::Client)?;
-    let mut list = ListParams::default().limit(1);
-    if let Some(selector) = &args.contract_selector {
-        list = list.labels(selector);
-    }
-    Api::<ChannelContract>::all(client.clone()).list(&list).await.map_err(|source| Error::ListContracts {
-        selector: args.contract_selector.as_ref().map(|s| format!(" with selector {s:?}")).unwrap_or_default(),
-        source,
-    })?;
-
+pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunError> {
+    let client = connect(&args).await?;
     let admin_listener =
-        admin::bind(args.admin_listen).await.map_err(|source| Error::Admin { addr: args.admin_listen, source })?;
+        admin::bind(args.admin_listen).await.map_err(|source| RunError::Admin { addr: args.admin_listen, source })?;
     let metrics = Arc::new(Metrics::new());
     let (leader_tx, leader_rx) = watch::channel(!args.leader_election.leader_elect);
-    let (contracts, contracts_w) = reflector::store::<ChannelContract>();
-    let (services, services_w) = reflector::store::<CachedService>();
-    let (slices, slices_w) = reflector::store::<CachedSlice>();
-    let (nodes, nodes_w) = reflector::store();
-    let (config_maps, config_maps_w) = reflector::store::<CachedConfigMap>();
-    let index = Arc::new(Mutex::new(ContractIndex::default()));
-    let caches = Caches { contracts: contracts.clone(), services, slices, nodes, config_maps, index };
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let (caches, writers) = watches::caches();
     let identity = args.leader_election.identity();
     let reporter = Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) };
     let proxy = ProxyOptions { listener: None, config_dir: args.proxy.proxy_config_dir.clone(), local_region: None };
-    let (synced_tx, synced_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(
         client.clone(),
         reporter,
@@ -202,140 +121,88 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         leader_rx.clone(),
         synced_rx,
     ));
+    let watches = Watches::start(&client, args.contract_selector.as_deref(), &ctx, writers);
 
-    let cfg = watcher::Config::default().any_semantic();
-    let contract_cfg = match &args.contract_selector {
-        Some(selector) => cfg.clone().labels(selector),
-        None => cfg.clone(),
-    };
-    let contract_stream = {
-        let ctx = ctx.clone();
-        watcher(Api::<ChannelContract>::all(client.clone()), contract_cfg)
-            .default_backoff()
-            .modify(slim)
-            .reflect(contracts_w)
-            .inspect(move |event| match event {
-                Ok(Event::Apply(c) | Event::InitApply(c)) => ctx.caches.index().contract_applied(c),
-                Ok(Event::Delete(c)) => {
-                    let key = ContractKey::of(c);
-                    ctx.caches.index().contract_deleted(&key);
-                    ctx.forget(&key);
-                }
-                Ok(Event::Init | Event::InitDone) => {}
-                Err(e) => watch_failed("ChannelContract", e),
-            })
-            .applied_objects()
-            .filter(|r| future::ready(r.is_ok()))
-            // Our own status writes do not change the generation: they do not reconcile again.
-            .predicate_filter(predicates::generation, Default::default())
-    };
-    let service_triggers = {
-        let caches = caches.clone();
-        let events = watcher(Api::<CachedService>::all(client.clone()), cfg.clone())
-            .default_backoff()
-            .modify(forget_resource_version)
-            .reflect(services_w);
-        triggers("Service", events, move |s, _| {
-            caches.index().contracts_of_service(&s.namespace().unwrap_or_default(), &s.name_any())
-        })
-    };
-    let slice_triggers = {
-        let caches = caches.clone();
-        let events = watcher(Api::<CachedSlice>::all(client.clone()), cfg.clone())
-            .default_backoff()
-            .modify(forget_resource_version)
-            .reflect(slices_w);
-        triggers("EndpointSlice", events, move |s, deleted| {
-            let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
-            if deleted {
-                caches.index().slice_deleted(&namespace, &name)
-            } else {
-                caches.index().slice_applied(&namespace, &name, s.service.as_deref())
-            }
-        })
-    };
-    let node_triggers = {
-        let (caches, synced) = (caches.clone(), ctx.synced.clone());
-        let events = watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone())
-            .default_backoff()
-            .modify(slim_node)
-            .reflect(nodes_w);
-        triggers("Node", events, move |n, deleted| {
-            let name = n.name_any();
-            let changed = if deleted {
-                caches.index().node_deleted(&name)
-            } else {
-                caches.index().node_applied(&name, n.labels().get(crds::REGION_LABEL).map(String::as_str))
-            };
-            // Before the caches have synced no reconcile has read a region, and every contract is
-            // reconciled once they have: the first list of Nodes only records regions.
-            if changed && *synced.borrow() { caches.contracts_on_node(&name) } else { Vec::new() }
-        })
-    };
-    let managed = format!("{}={}", configmap::MANAGED_BY_LABEL, configmap::MANAGER);
-    let config_map_stream = watcher(Api::<CachedConfigMap>::all(client.clone()), cfg.clone().labels(&managed))
-        .default_backoff()
-        .modify(forget_resource_version)
-        .reflect(config_maps_w)
-        .map({
-            // Every change reconciles the owner (so that an edit or a deletion is undone), except the
-            // echo of the operator's own write.
-            let ctx = ctx.clone();
-            move |event| match event {
-                Ok(Event::Apply(cm)) if ctx.is_own_echo(&cm) => Vec::new(),
-                Ok(Event::Apply(cm) | Event::InitApply(cm)) => vec![Ok(cm)],
-                Ok(Event::Delete(cm)) => {
-                    ctx.forget_published(&cm);
-                    vec![Ok(cm)]
-                }
-                Ok(Event::Init | Event::InitDone) => Vec::new(),
-                Err(e) => {
-                    watch_failed("ConfigMap", &e);
-                    Vec::new()
-                }
-            }
-        })
-        .flat_map(stream::iter);
-
-    // Ready once every cache has listed.
-    let ready = Arc::new(AtomicBool::new(false));
-    let ready_task = {
-        let (caches, ready, cancel) = (caches.clone(), ready.clone(), cancel.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                synced = caches.wait_until_ready() => if synced.is_ok() {
-                    ready.store(true, Ordering::Release);
-                    synced_tx.send_replace(true);
-                    tracing::info!(?caches, "caches synced: ready");
-                },
-                _ = cancel.cancelled() => {},
-            }
-        })
-    };
-    let admin_task = {
-        let app = admin::router(AdminState { ready, metrics: metrics.clone() });
-        tokio::spawn(admin::serve(admin_listener, app, cancel.clone()))
-    };
-    let leader_task = if args.leader_election.leader_elect {
-        Some(tokio::spawn(leader::run(client.clone(), args.leader_election.clone(), leader_tx, cancel.clone())))
-    } else {
+    let ready = Readiness::new(NOT_READY);
+    let ready_task = tokio::spawn(announce_sync(caches, ready.clone(), synced_tx, cancel.clone()));
+    let app = admin::router(ready, {
+        let metrics = metrics.clone();
+        move || metrics.encode()
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, app, cancel.clone()));
+    let leader_task = args.leader_election.leader_elect.then(|| {
+        tokio::spawn(leader::run(client.clone(), args.leader_election.clone(), leader_tx.clone(), cancel.clone()))
+    });
+    if leader_task.is_none() {
         tracing::info!("leader election off: this instance reconciles");
-        drop(leader_tx);
-        None
+    }
+    drop(leader_tx);
+    let leader_gauge = tokio::spawn(gauge_leadership(leader_rx.clone(), metrics));
+    let controller = controller(watches, ctx, leader_rx, args.concurrency, &cancel);
+
+    tracing::info!(admin = %args.admin_listen, proxy_config_dir = %args.proxy.proxy_config_dir, %identity, "operator running");
+    let outcome = until_stopped(controller, leader_task, &cancel).await;
+    ready_task.abort();
+    leader_gauge.abort();
+    let admin = match admin_task.await {
+        Ok(Err(source)) => Err(RunError::Admin { addr: args.admin_listen, source }),
+        _ => Ok(()),
     };
-    let leader_gauge = {
-        let (mut rx, metrics) = (leader_rx.clone(), metrics.clone());
-        tokio::spawn(async move {
-            loop {
-                metrics.set_leader(*rx.borrow_and_update());
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    // Becoming the leader reconciles every contract.
-    let became_leader = stream::unfold(leader_rx, |mut rx| async move {
+    outcome.and(admin)
+}
+
+/// What `/readyz` says until every cache has listed once.
+const NOT_READY: &str =
+    "not ready: the watches of ChannelContracts, Services, EndpointSlices, Nodes and ConfigMaps have not synced yet";
+
+/// A client, and a first list of the contracts: so that a missing CRD, RBAC or a bad selector fails the
+/// start with a message that says so.
+async fn connect(args: &RunArgs) -> Result<Client, RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let mut list = ListParams::default().limit(1);
+    if let Some(selector) = &args.contract_selector {
+        list = list.labels(selector);
+    }
+    Api::<ChannelContract>::all(client.clone()).list(&list).await.map_err(|source| RunError::ListContracts {
+        selector: args.contract_selector.as_ref().map(|s| format!(" with selector {s:?}")).unwrap_or_default(),
+        source,
+    })?;
+    Ok(client)
+}
+
+/// Ready once every cache has listed: `/readyz` and the reconciles (which wait for it) are told.
+async fn announce_sync(caches: Caches, ready: Readiness, synced: watch::Sender<bool>, cancel: CancellationToken) {
+    tokio::select! {
+        result = caches.wait_until_ready() => if result.is_ok() {
+            ready.set_ready();
+            synced.send_replace(true);
+            tracing::info!(?caches, "caches synced: ready");
+        },
+        _ = cancel.cancelled() => {},
+    }
+}
+
+/// Keeps the leader gauge up to date.
+async fn gauge_leadership(mut leader: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    loop {
+        metrics.set_leader(*leader.borrow_and_update());
+        if leader.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The controller over the watches: it reconciles a contract when it changes, when something it uses
+/// changes, when its ConfigMap is edited or deleted, and every contract on becoming the leader.
+fn controller(
+    watches: Watches,
+    ctx: Arc<Context>,
+    leader: watch::Receiver<bool>,
+    concurrency: u16,
+    cancel: &CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    let Watches { contracts, store, triggers, config_maps } = watches;
+    let became_leader = stream::unfold(leader, |mut rx| async move {
         loop {
             rx.changed().await.ok()?;
             if *rx.borrow_and_update() {
@@ -343,17 +210,15 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
             }
         }
     });
-
-    let shutdown = cancel.clone().cancelled_owned();
-    let controller = Controller::for_stream(contract_stream, contracts)
-        .owns_stream(config_map_stream)
-        .reconcile_on(stream::select_all([service_triggers.boxed(), slice_triggers.boxed(), node_triggers.boxed()]))
+    Controller::for_stream(contracts, store)
+        .owns_stream(config_maps)
+        .reconcile_on(triggers)
         .reconcile_all_on(became_leader.map({
             let ctx = ctx.clone();
             move |()| ctx.forget_written()
         }))
-        .with_config(controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(shutdown)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(cancel.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             match result {
@@ -368,9 +233,16 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
                 Err(e) => tracing::warn!(error = %e, "controller"),
             }
             future::ready(())
-        });
+        })
+}
 
-    tracing::info!(admin = %args.admin_listen, proxy_config_dir = %args.proxy.proxy_config_dir, %identity, "operator running");
+/// Runs the controller until it ends (on `cancel`) or leadership, once held, is lost; then stops
+/// everything and lets the leader release its Lease.
+async fn until_stopped(
+    controller: impl std::future::Future<Output = ()>,
+    leader_task: Option<tokio::task::JoinHandle<Result<(), LeaderError>>>,
+    cancel: &CancellationToken,
+) -> Result<(), RunError> {
     let mut leader_task = leader_task;
     let outcome = {
         let leadership = async {
@@ -385,70 +257,50 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), Error> 
         };
         tokio::select! {
             () = controller => Ok(()),
-            lost = leadership => Err(Error::Leader(lost)),
+            lost = leadership => Err(RunError::Leader(lost)),
         }
     };
     cancel.cancel();
-    ready_task.abort();
-    leader_gauge.abort();
     if outcome.is_ok()
         && let Some(task) = leader_task
     {
         // Let the leader release its Lease, so that a successor takes over at once.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
-    let admin = match admin_task.await {
-        Ok(Err(source)) => Err(Error::Admin { addr: args.admin_listen, source }),
-        _ => Ok(()),
-    };
-    outcome.and(admin)
+    outcome
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::ConfigMap;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
 
     use super::*;
 
-    #[test]
-    fn the_caches_keep_no_managed_fields_and_no_last_applied_configuration() {
-        let mut config_map: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "pv-envoy", "namespace": "ns",
-                "labels": {"app": "pv"},
-                "annotations": {LAST_APPLIED_ANNOTATION: "{\"big\": true}", "keep": "me"},
-                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
-                    "fieldsV1": {"f:data": {"f:cds.yaml": {}}}}],
-            },
-            "data": {"cds.yaml": "resources: []"},
-        }))
-        .expect("config map");
-        let before = config_map.clone();
-        slim(&mut config_map);
-        assert_eq!(config_map.metadata.managed_fields, None);
-        assert_eq!(config_map.annotations().keys().collect::<Vec<_>>(), ["keep"]);
-        assert_eq!((config_map.labels(), &config_map.data), (before.labels(), &before.data));
-    }
-
-    #[test]
-    fn the_node_cache_keeps_only_the_region_label() {
-        let node = |labels: serde_json::Value| -> PartialObjectMeta<Node> {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                "metadata": {"name": "n1", "resourceVersion": "9", "labels": labels,
-                    "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
-                    "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
-            }))
-            .expect("node metadata")
+    #[tokio::test]
+    async fn the_admin_server_is_unready_until_synced_and_serves_the_operators_metrics() {
+        let (ready, metrics) = (Readiness::new(NOT_READY), Arc::new(Metrics::new()));
+        let app = admin::router(ready.clone(), move || metrics.encode());
+        let get = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let response =
+                    app.oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("response");
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
         };
-        let mut n = node(serde_json::json!({crds::REGION_LABEL: "gz", "kubernetes.io/hostname": "n1",
-            "node.kubernetes.io/instance-type": "m5.large"}));
-        slim_node(&mut n);
-        assert_eq!(n.labels().iter().collect::<Vec<_>>(), [(&crds::REGION_LABEL.to_owned(), &"gz".to_owned())]);
-        assert_eq!((n.annotations().len(), n.metadata.managed_fields.as_ref()), (0, None));
-        assert_eq!((n.name_any(), n.resource_version()), ("n1".to_owned(), Some("9".to_owned())));
-        let mut n = node(serde_json::json!({"kubernetes.io/hostname": "n1"}));
-        slim_node(&mut n);
-        assert!(n.labels().is_empty());
+        assert_eq!(get("/readyz").await, (StatusCode::SERVICE_UNAVAILABLE, NOT_READY.to_owned()));
+        ready.set_ready();
+        assert_eq!(get("/readyz").await.0, StatusCode::OK);
+        let (status, text) = get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        for name in
+            ["csp_operator_reconciles_total", "csp_operator_reconcile_duration_seconds", "csp_operator_contracts"]
+        {
+            assert!(text.contains(name), "{name} missing from {text}");
+        }
     }
 }
