@@ -149,9 +149,9 @@ pub const FILES: [&str; 3] = ["cds.yaml", "lds.yaml", "rds.yaml"];
 
 /// A fingerprint of what the operator publishes in a ConfigMap: the files, the version annotation, its two
 /// labels and the owners. Two ConfigMaps with the same fingerprint are the same publication: a cached
-/// ConfigMap ([`crate::cache::CachedConfigMap`], which keeps only this of the ~10 KiB of files) is current
+/// ConfigMap ([`CachedConfigMap`](crate::watch::cache::CachedConfigMap), which keeps only this of the ~10 KiB of files) is current
 /// when its fingerprint is the desired one's, and the watch event of the operator's own write (its echo)
-/// is recognised by it ([`crate::controller::Context::is_own_echo`]). What others add (more keys,
+/// is recognised by it ([`Context::is_own_echo`](crate::reconcile::Context::is_own_echo)). What others add (more keys,
 /// labels, annotations) does not count: server-side apply would leave it anyway.
 pub fn fingerprint(config_map: &ConfigMap) -> u64 {
     let meta = &config_map.metadata;

@@ -1,5 +1,5 @@
 //! What the operator caches of the cluster's Services and EndpointSlices: the few fields
-//! [`endpoints::gather`](crate::endpoints::gather) reads, and nothing else.
+//! [`endpoints::gather`](super::endpoints::gather) reads, and nothing else.
 //!
 //! The operator watches every Service and EndpointSlice of the cluster, and most of them belong to no
 //! contract. As `k8s-openapi` structs a 6-endpoint EndpointSlice takes ~4 KiB of memory and a Service

@@ -22,7 +22,7 @@ use self::endpoints::ClusterView;
 use self::index::{ContractIndex, ContractKey};
 
 /// The caches the reconciler reads, filled by the watches. Services and EndpointSlices are kept as the
-/// few fields the operator reads ([`crate::cache`]); the other objects without `metadata.managedFields`
+/// few fields the operator reads ([`cache`]); the other objects without `metadata.managedFields`
 /// and kubectl's last-applied configuration, Nodes with only their region label (see [`triggers`]).
 #[derive(Clone)]
 pub struct Caches {
