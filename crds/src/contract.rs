@@ -105,8 +105,9 @@ pub struct Sla {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
-    /// None (no retries), Fixed (a constant interval: `backoff.baseInterval`) or ExponentialBackoff
-    /// (jittered, from `backoff.baseInterval` up to `backoff.maxInterval`).
+    /// None (no retries), Fixed (every retry waits a random time below `backoff.baseInterval`) or
+    /// ExponentialBackoff (retry n waits a random time below `backoff.baseInterval` * (2^n - 1), at most
+    /// `backoff.maxInterval`). Intervals are jittered, as Envoy's always are.
     #[serde(default)]
     pub strategy: RetryStrategy,
 
@@ -240,7 +241,7 @@ impl RetryOn {
     "!has(self.maxInterval) || duration(self.baseInterval) <= duration(self.maxInterval)"
 ).message("spec.retry.backoff.baseInterval must be less than or equal to spec.retry.backoff.maxInterval").field_path(".baseInterval").reason(Reason::FieldValueInvalid))]
 pub struct Backoff {
-    /// The first interval (ExponentialBackoff), or the only one (Fixed). A duration.
+    /// The bound of the first interval (ExponentialBackoff), or of every interval (Fixed). A duration.
     #[serde(default = "default_base_interval")]
     #[schemars(schema_with = "duration_schema")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("spec.retry.backoff.baseInterval must be greater than 0"))]
@@ -267,7 +268,8 @@ fn default_base_interval() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// Minimum success rate of an endpoint, in (0, 1]; an endpoint below it (over `minimumRequests`
-    /// requests in an `interval`) is ejected. Omitted: endpoints are ejected on consecutive errors only.
+    /// requests in an `interval`) is ejected; 1 tolerates no failure: an endpoint is ejected at its first
+    /// failure. Omitted: endpoints are ejected on consecutive errors only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("spec.circuitBreaker.threshold must be greater than 0 and at most 1 (a success rate such as 0.85)"))]
     pub threshold: Option<f64>,
@@ -443,4 +445,42 @@ pub struct ProxyStatus {
     /// The last rejection's message from a proxy.
     #[serde(default)]
     pub last_rejection: String,
+}
+
+/// The channel of a contract that declares none.
+pub const DEFAULT_CHANNEL: &str = "primary";
+
+/// One channel with its defaults applied: what the controller watches EndpointSlices for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedChannel {
+    /// The channel's name.
+    pub name: String,
+    /// Its Service, in the contract's namespace (`spec.service` when the channel names none).
+    pub service: String,
+    /// Its Service port (`spec.port` when the channel names none).
+    pub port: i32,
+    /// Its `x-channel-priority` selector, if any.
+    pub selector: Option<String>,
+}
+
+/// The channels in order, defaults applied: none declared means one channel `primary`, the Service itself.
+/// The operator's endpoints are keyed by these names.
+pub fn resolve_channels(spec: &ChannelContractSpec) -> Vec<ResolvedChannel> {
+    if spec.channels.is_empty() {
+        return vec![ResolvedChannel {
+            name: DEFAULT_CHANNEL.to_owned(),
+            service: spec.service.clone(),
+            port: spec.port,
+            selector: None,
+        }];
+    }
+    spec.channels
+        .iter()
+        .map(|c| ResolvedChannel {
+            name: c.name.clone(),
+            service: c.service.clone().unwrap_or_else(|| spec.service.clone()),
+            port: c.port.unwrap_or(spec.port),
+            selector: c.selector.clone(),
+        })
+        .collect()
 }

@@ -611,3 +611,83 @@ fn of_two_operators_one_leads_and_the_other_takes_over_when_it_stops() {
     assert!(log.contains("became the leader"), "{log}");
     println!("measured: the standby held the Lease {:.2}s after the leader got SIGTERM", secs(takeover));
 }
+
+#[test]
+fn a_users_own_config_map_under_the_contracts_name_is_never_taken_over_and_the_contract_waits_for_the_name() {
+    let mut tb = Testbed::new("op-conflict");
+    let ns = tb.ns.name.clone();
+    // The user's own ConfigMap, under the name the contract's would have, without the operator's label.
+    let theirs = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pay-envoy\n  namespace: {ns}\n  labels: {{team: payments}}\ndata:\n  cds.yaml: mine\n"
+    );
+    kubectl(&["create", "-f", "-"], Some(&theirs)).ok();
+    let before = tb.get_json("configmap", "pay-envoy").expect("the user's ConfigMap");
+
+    pay_over(&mut tb, "pay-1", "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n");
+    let contract = tb.wait_condition("pay", "Programmed", "False", "ConfigMapConflict");
+    let message = condition_of(&contract, "Programmed")["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains(&format!("ConfigMap {ns}/pay-envoy already exists")), "{message}");
+    assert!(message.contains("Rename or delete that ConfigMap"), "{message}");
+    assert!(contract["status"]["configVersion"].is_null(), "nothing was published");
+    assert_eq!(condition_of(&contract, "Ready")["reason"], "NotProgrammed");
+    let events = events_of(&ns, "pay");
+    assert!(events.iter().any(|e| e["reason"] == "ConfigMapConflict" && e["type"] == "Warning"), "{events:#?}");
+
+    let after = tb.get_json("configmap", "pay-envoy").expect("the user's ConfigMap is still there");
+    for field in ["resourceVersion", "labels", "ownerReferences", "annotations", "uid"] {
+        assert_eq!(after["metadata"][field], before["metadata"][field], "metadata.{field} untouched");
+    }
+    assert_eq!(after["data"], before["data"], "data untouched");
+
+    // The name is freed: the contract is programmed without any change of its own.
+    kubectl(&["delete", "configmap", "pay-envoy", "-n", &ns], None).ok();
+    let freed = Instant::now();
+    let version = tb.wait_programmed("pay");
+    println!("name freed -> programmed: {:.2} s", secs(freed.elapsed()));
+    let cm = tb.get_json("configmap", "pay-envoy").expect("the contract's own ConfigMap");
+    assert_eq!(cm["metadata"]["annotations"]["csp.contracts.dev/config-version"], version.as_str());
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], contract["metadata"]["uid"]);
+    assert_ne!(cm["metadata"]["uid"], before["metadata"]["uid"], "a new object, created by the operator");
+}
+
+/// An EndpointSlice `name` of Service `service` with `n` ready endpoints on made-up addresses (nothing
+/// serves them: only their number matters).
+fn big_slice(ns: &str, name: &str, service: &str, n: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for i in 0..n {
+        yaml += &format!("- addresses: [10.200.{}.{}]\n  conditions: {{ready: true}}\n", i / 250, 1 + i % 250);
+    }
+    yaml
+}
+
+#[test]
+fn a_configuration_too_large_for_a_config_map_says_config_too_large_and_keeps_the_last_good_one() {
+    let mut tb = Testbed::new("op-toolarge");
+    let ns = tb.ns.name.clone();
+    tb.start_backend("pay-1");
+    service_with(&tb, "pay", &["pay-1"]);
+    // 16 channels (the most a contract has) over the one Service: every endpoint is in the configuration
+    // 16 times.
+    let mut spec = "  service: pay\n  port: 18000\n  sla: {maxLatency: 1s}\n  channels:\n".to_owned();
+    for i in 0..16 {
+        spec += &format!("  - {{name: c{i}}}\n");
+    }
+    tb.contract("pay", &spec);
+    let version = tb.wait_programmed("pay");
+    let before = tb.get_json("configmap", "pay-envoy").expect("published");
+
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&big_slice(&ns, "pay-big", "pay", 1000))).ok();
+    let contract = tb.wait_condition("pay", "Programmed", "False", "ConfigTooLarge");
+    let message = condition_of(&contract, "Programmed")["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains(&format!("does not fit in ConfigMap {ns}/pay-envoy")), "{message}");
+    assert!(message.contains(&format!("the last good configuration {version} stays published")), "{message}");
+    assert_eq!(contract["status"]["configVersion"], version.as_str());
+    let after = tb.get_json("configmap", "pay-envoy").expect("still published");
+    assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "untouched");
+
+    // It waits for a change, and a change that fits programs it again.
+    kubectl(&["delete", "endpointslice", "pay-big", "-n", &ns], None).ok();
+    assert_eq!(tb.wait_programmed("pay"), version, "the same inputs give the same configuration");
+}

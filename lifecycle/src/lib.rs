@@ -1,7 +1,9 @@
 //! How the operator and the webhook start and stop, the same way: `tracing` logs in JSON (production)
 //! or text, one cancellation token that SIGTERM or Ctrl-C cancels (a second signal exits at once), and
-//! leader election on a Lease ([`leader`]) where only one replica may write.
+//! leader election on a Lease ([`leader`]) where only one replica may write, and the admin server
+//! ([`admin`]: `/healthz`, `/readyz`, `/metrics`).
 
+pub mod admin;
 pub mod leader;
 
 use tokio_util::sync::CancellationToken;

@@ -19,15 +19,15 @@ enum Command {
     /// Print the Envoy configuration of a ChannelContract file, with no cluster.
     Render(operator::render::RenderArgs),
     /// Run the controller: publish every ChannelContract as a ConfigMap of Envoy configuration.
-    Run(operator::run::RunArgs),
+    Run(operator::runtime::run::RunArgs),
 }
 
-fn run(args: operator::run::RunArgs) -> anyhow::Result<()> {
+fn run(args: operator::runtime::run::RunArgs) -> anyhow::Result<()> {
     lifecycle::init_logging(args.log_format);
     tokio::runtime::Runtime::new()?.block_on(async {
         let cancel = CancellationToken::new();
         lifecycle::cancel_on_signal(cancel.clone());
-        operator::run::run(args, cancel).await
+        operator::runtime::run::run(args, cancel).await
     })?;
     tracing::info!("stopped");
     Ok(())

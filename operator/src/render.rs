@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use crds::ChannelContract;
 
 use crate::envoy::bootstrap::{self, BootstrapError};
-use crate::translate::{self, ChannelEndpoints, DEFAULT_CONFIG_DIR, EnvoyResources, ProxyOptions, TranslateError};
+use crate::model::{ChannelEndpoints, DEFAULT_CONFIG_DIR, EnvoyResources, ProxyOptions};
+use crate::translate::{self, TranslateError};
 
 /// The namespace of a contract file that names none, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crds::ChannelContract;
 use operator::envoy::bootstrap;
-use operator::translate::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
+use operator::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -256,4 +256,14 @@ fn envoy_refuses_a_broken_configuration_so_the_check_means_something() {
     let admin = "127.0.0.1:9901".parse().unwrap();
     let yaml = bootstrap::to_yaml(&bootstrap::embedded(&resources, admin, "validate").unwrap()).unwrap();
     assert!(real_envoy::validate(&yaml).is_err(), "Envoy accepted an aggregate cluster without CLUSTER_PROVIDED");
+}
+
+#[test]
+fn envoy_accepts_a_threshold_of_one_and_a_fixed_retry() {
+    let text = "apiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {name: strict, namespace: payments}\nspec:\n  service: pv\n  port: 8080\n  sla: {maxLatency: 1s}\n  retry: {strategy: Fixed, backoff: {baseInterval: 40ms}}\n  circuitBreaker: {threshold: 1, minimumRequests: 5}\n";
+    let contract = operator::render::parse_contract("strict", text).unwrap();
+    let resources = operator::desired(&contract, &endpoints_for(&contract), &ProxyOptions::default()).unwrap();
+    let od = resources.clusters[0].outlier_detection.clone().unwrap();
+    assert_eq!((od.consecutive_5xx.unwrap().value, od.failure_percentage_threshold.unwrap().value), (1, 1));
+    validate_resources(&resources, "a contract with threshold 1 and Fixed retries");
 }

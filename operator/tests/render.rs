@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use operator::model::{ChannelEndpoints, DEFAULT_CONFIG_DIR, ProxyOptions};
 use operator::render::{RenderArgs, run};
-use operator::translate::{ChannelEndpoints, DEFAULT_CONFIG_DIR, ProxyOptions};
 use proptest::prelude::*;
 
 fn manifest(path: &str) -> PathBuf {

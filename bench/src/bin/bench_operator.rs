@@ -607,7 +607,7 @@ impl Bench {
                     .collect();
                 let slice: EndpointSlice = typed(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": format!("{svc}-1"), "namespace": ns,
-                        "labels": {RUN_LABEL: self.args.run_id, operator::endpoints::SERVICE_NAME_LABEL: svc}},
+                        "labels": {RUN_LABEL: self.args.run_id, operator::watch::cache::SERVICE_NAME_LABEL: svc}},
                     "addressType": "IPv4",
                     "ports": [{"name": "http", "port": fixtures::TARGET_PORT, "protocol": "TCP"}],
                     "endpoints": endpoints}))?;

@@ -14,7 +14,8 @@ use super::pb::envoy::extensions::filters::network::http_connection_manager::v3:
     HttpConnectionManager, http_connection_manager,
 };
 use crate::envoy::any;
-use crate::translate::{EnvoyResources, path_config_source};
+use crate::envoy::path_config_source;
+use crate::model::EnvoyResources;
 
 /// A bootstrap could not be made or written.
 #[derive(Debug, thiserror::Error)]

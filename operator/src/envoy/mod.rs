@@ -33,9 +33,24 @@ pub mod upstream_http;
 
 pub use xds_api::pb;
 
+use pb::envoy::config::core::v3::{ApiVersion, ConfigSource, PathConfigSource, WatchedDirectory, config_source};
 use pb::google::protobuf::Any;
 
 /// Wraps a message in a `google.protobuf.Any`.
 pub fn any<M: prost::Message + prost::Name>(message: &M) -> Any {
     Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+/// A config source that reads `<dir>/<file>` and follows moves in `<dir>`.
+pub fn path_config_source(dir: &str, file: &str) -> ConfigSource {
+    let dir = dir.trim_end_matches('/');
+    let dir = if dir.is_empty() { "/" } else { dir };
+    ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(PathConfigSource {
+            path: format!("{}/{file}", dir.trim_end_matches('/')),
+            watched_directory: Some(WatchedDirectory { path: dir.to_owned() }),
+        })),
+        ..ConfigSource::default()
+    }
 }

@@ -5,7 +5,11 @@ use prost::Message;
 use serde_json::json;
 
 use super::*;
+use crate::envoy::pb::envoy::config::cluster::v3::cluster;
+use crate::envoy::pb::envoy::config::core::v3::config_source;
+use crate::envoy::pb::envoy::config::route::v3::route;
 use crate::envoy::upstream_http::{HttpProtocolOptions, ProtocolConfig, UpstreamProtocolOptions};
+use crds::resolve_channels;
 
 fn contract(spec: serde_json::Value) -> ChannelContract {
     serde_json::from_value(json!({
@@ -199,6 +203,33 @@ fn failure_percentage_is_rounded_and_never_zero() {
     assert_eq!(failure_percentage(1.0), 1);
     assert_eq!(failure_percentage(0.001), 100);
     assert_eq!(failure_percentage(0.333), 67);
+}
+
+#[test]
+fn threshold_one_ejects_at_the_first_failure_and_lower_thresholds_keep_consecutive_errors() {
+    let od = |threshold: f64| {
+        let r = build(with(minimal(), "circuitBreaker", json!({"threshold": threshold, "consecutiveErrors": 7})));
+        cluster(&r, PRIMARY).outlier_detection.clone().expect("outlier detection")
+    };
+    let strict = od(1.0);
+    assert_eq!(strict.consecutive_5xx, Some(UInt32Value { value: 1 }), "any failure ejects");
+    assert_eq!(strict.enforcing_consecutive_5xx, Some(UInt32Value { value: 100 }));
+    assert_eq!(strict.failure_percentage_threshold, Some(UInt32Value { value: 1 }), "never 0: that ejects all");
+    for threshold in [0.99, 0.85, 0.5] {
+        assert_eq!(od(threshold).consecutive_5xx, Some(UInt32Value { value: 7 }), "{threshold}");
+    }
+}
+
+#[test]
+fn fixed_retries_wait_below_the_base_interval_as_the_crd_describes() {
+    let crd = serde_json::to_value(<crds::ChannelContract as kube::CustomResourceExt>::crd()).expect("crd");
+    let retry = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["retry"];
+    let strategy = retry["properties"]["strategy"]["description"].as_str().unwrap_or_default();
+    assert!(strategy.contains("Fixed (every retry waits a random time below `backoff.baseInterval`)"), "{strategy}");
+    // Envoy's retry n waits below min(base * (2^n - 1), max): with max = base, below base every time.
+    let r = build(with(minimal(), "retry", json!({"strategy": "Fixed", "backoff": {"baseInterval": "40ms"}})));
+    let back_off = action(&routes(&r)[0]).retry_policy.clone().and_then(|p| p.retry_back_off).expect("back-off");
+    assert_eq!((back_off.base_interval, back_off.max_interval), (ms(40), ms(40)));
 }
 
 #[test]

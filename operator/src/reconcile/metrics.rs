@@ -18,8 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::index::ContractKey;
-use crate::status::condition;
+use super::status::condition;
+use crate::watch::index::ContractKey;
 
 /// The result of a reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

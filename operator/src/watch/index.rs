@@ -20,7 +20,7 @@ use crds::ChannelContract;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::translate::resolve_channels;
+use crds::resolve_channels;
 
 /// A contract's namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

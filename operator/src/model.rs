@@ -1,0 +1,95 @@
+//! The vocabulary the stages hand on to each other: a contract's channels' endpoints (the input of
+//! [`desired`](crate::translate::desired) besides the contract), how the proxies are set up, and the Envoy
+//! resources that carry a contract out. The ground floor: it imports nothing of this crate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crds::ChannelStatus;
+use serde::{Deserialize, Serialize};
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+/// Where the ConfigMap with the files is mounted in the proxy by default; `lds.yaml` names
+/// `<dir>/rds.yaml` as its route source.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/envoy/csp";
+
+/// The ready endpoints behind each channel of a contract: the input of
+/// [`desired`](crate::translate::desired) besides the contract.
+///
+/// The same shape is the endpoints file of `operator render --endpoints` (YAML or JSON):
+///
+/// ```yaml
+/// channels:
+///   primary:
+///   - {address: 127.0.0.2, port: 8080, region: gz}
+///   - {address: 127.0.0.3, port: 8080, region: sz, ready: false}
+///   cache:
+///   - {address: verify-cache.example, port: 8080}   # a hostname: the cluster resolves it (STRICT_DNS)
+/// ```
+///
+/// `ready` defaults to true and `region` to none. A channel that is missing, or has no ready endpoint,
+/// gets a cluster with no endpoints: Envoy accepts it and the aggregate cluster skips it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEndpoints {
+    /// Endpoints by channel name (`spec.channels[].name`, or `primary` for a contract without channels).
+    #[serde(default)]
+    pub channels: BTreeMap<String, Vec<Endpoint>>,
+}
+
+/// One endpoint of a channel's Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// An IPv4 or IPv6 address, or a DNS name.
+    pub address: String,
+    /// The port the endpoint serves on (the EndpointSlice port, not necessarily the Service port).
+    pub port: u16,
+    /// Whether the endpoint is ready; only ready endpoints are published.
+    #[serde(default = "ready_default")]
+    pub ready: bool,
+    /// Its `topology.kubernetes.io/region`, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+fn ready_default() -> bool {
+    true
+}
+
+/// How the proxy that runs the configuration is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// The address the listener binds. None: `0.0.0.0:<spec.port>`.
+    pub listener: Option<SocketAddr>,
+    /// The directory the files are mounted at in the proxy (the listener reads `<dir>/rds.yaml`).
+    pub config_dir: String,
+    /// The proxy's own region: it goes first in the primary's failover order (over xDS, per proxy). None
+    /// for the ConfigMap, which serves every proxy alike.
+    pub local_region: Option<String>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self { listener: None, config_dir: DEFAULT_CONFIG_DIR.to_owned(), local_region: None }
+    }
+}
+
+/// The Envoy resources that carry out one contract.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvoyResources {
+    /// The channel clusters in channel order, then the aggregate cluster.
+    pub clusters: Vec<Cluster>,
+    /// The routes.
+    pub route_configuration: RouteConfiguration,
+    /// The listener (routes over RDS from `<config dir>/rds.yaml`).
+    pub listener: Listener,
+    /// What each channel resolved to, in channel order (for `status.channels`).
+    pub channels: Vec<ChannelStatus>,
+    /// The filesystem-xDS files for the ConfigMap: `cds.yaml`, `rds.yaml`, `lds.yaml`.
+    pub files: BTreeMap<String, String>,
+    /// `sha256:<hex>` of the canonical proto3 JSON of all resources.
+    pub config_version: String,
+}

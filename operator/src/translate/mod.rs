@@ -1,0 +1,319 @@
+//! `desired`: a ChannelContract and the endpoints of its channels become the Envoy resources that carry it
+//! out. A pure function: no client, no clock, no I/O; the same input gives byte-identical output.
+//!
+//! What each contract field becomes is the table "What it becomes in Envoy" of the API; the choices that
+//! the table leaves open (how failover is made to really happen) are explained where they are made, in
+//! [`cluster`] and [`endpoint`].
+//!
+//! Resources, for a contract `<name>` in namespace `<ns>`:
+//! - one cluster per channel, `csp~<ns>~<name>~<channel>`, in the order of `spec.channels`;
+//! - the aggregate cluster `csp~<ns>~<name>` listing them in that order;
+//! - the route configuration `csp~<ns>~<name>`: one virtual host, a route per channel selector
+//!   (`x-channel-priority: <selector>` straight to that channel), then the default route to the aggregate;
+//! - the listener `csp~<ns>~<name>`: an HTTP connection manager that takes its routes over RDS from
+//!   `<config dir>/rds.yaml`, and the router filter.
+//!
+//! One file per Envoy resource kind: [`cluster`] (channel and aggregate clusters), [`endpoint`] (load
+//! assignments), [`route`], [`listener`]; this module ties them together and writes the files.
+
+mod cluster;
+mod endpoint;
+mod listener;
+mod route;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crds::{
+    ChannelContract, ChannelContractSpec, ChannelStatus, CircuitBreaker, Protocol, ResolvedChannel, RetryPolicy,
+    RetryStrategy,
+};
+use prost::Name;
+use sha2::{Digest, Sha256};
+
+use crate::envoy::json::{self, JsonError};
+use crate::envoy::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection, circuit_breakers};
+use crate::envoy::pb::envoy::config::core::v3::{
+    self as core, HeaderValue, HeaderValueOption, Locality, RoutingPriority, SocketAddress, header_value_option,
+    socket_address,
+};
+use crate::envoy::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, cluster_load_assignment, lb_endpoint,
+};
+use crate::envoy::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use crate::envoy::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, Tracing, VirtualHost, header_matcher,
+    retry_policy, route_action, route_match,
+};
+use crate::envoy::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+use crate::envoy::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use crate::envoy::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use crate::envoy::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use crate::envoy::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+use crate::envoy::pb::envoy::r#type::v3::Percent;
+use crate::envoy::pb::google::protobuf::{self as protobuf, UInt32Value};
+use crate::envoy::{any, path_config_source, upstream_http};
+
+/// Where the ConfigMap with the files is mounted in the proxy by default; `lds.yaml` names
+use crate::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
+
+use self::cluster::*;
+use self::endpoint::*;
+use self::listener::*;
+use self::route::*;
+
+pub use self::endpoint::OVERPROVISIONING_FACTOR;
+
+/// The request header that sends a request straight to the channel with that selector.
+pub const CHANNEL_HEADER: &str = "x-channel-priority";
+
+/// The response header that names the contract that served a request (`<namespace>/<name>`).
+pub const CONTRACT_HEADER: &str = "x-csp-contract";
+
+/// The tracing tag with the contract (`<namespace>/<name>`).
+pub const CONTRACT_TAG: &str = "csp.contract";
+
+/// The tracing tag with the channel (the default route's value is the chain, e.g. `primary>cache`).
+pub const CHANNEL_TAG: &str = "csp.channel";
+
+/// Why a contract could not be translated.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    /// The contract has no `metadata.name` or `metadata.namespace`.
+    #[error("the ChannelContract has no metadata.{0}; give it one")]
+    MissingMetadata(&'static str),
+    /// The spec breaks a rule of the API.
+    #[error("ChannelContract {contract} is invalid: {source}")]
+    InvalidSpec {
+        /// `<namespace>/<name>`.
+        contract: String,
+        /// Every broken rule.
+        #[source]
+        source: crds::validate::InvalidSpec,
+    },
+    /// Endpoints were given for a channel that the contract does not have.
+    #[error("endpoints are given for channel {channel:?}, but the contract's channels are [{declared}]")]
+    UnknownChannel {
+        /// The unknown channel.
+        channel: String,
+        /// The contract's channels, comma-separated.
+        declared: String,
+    },
+    /// An endpoint cannot be used.
+    #[error("channel {channel:?}: endpoint {address:?} port {port}: {reason}")]
+    InvalidEndpoint {
+        /// The channel.
+        channel: String,
+        /// The endpoint's address.
+        address: String,
+        /// The endpoint's port.
+        port: u16,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A duration does not fit in a protobuf Duration.
+    #[error("{field}: {value:?} is too long a duration")]
+    Duration {
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The resources could not be written out (a bug of this crate, not of the input).
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The resources could not be written as YAML (a bug of this crate, not of the input).
+    #[error("cannot write {file}: {reason}")]
+    Yaml {
+        /// The file.
+        file: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl TranslateError {
+    /// A CamelCase reason for a status condition or a metric label (bounded; never the message).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingMetadata(_) | Self::InvalidSpec { .. } | Self::Duration { .. } => "InvalidSpec",
+            Self::UnknownChannel { .. } => "UnknownChannel",
+            Self::InvalidEndpoint { .. } => "InvalidEndpoint",
+            Self::Json(_) | Self::Yaml { .. } => "InternalError",
+        }
+    }
+
+    /// Whether the input is at fault (wait for it to change) rather than this program (a bug).
+    pub fn is_invalid_input(&self) -> bool {
+        !matches!(self, Self::Json(_) | Self::Yaml { .. })
+    }
+}
+
+/// Resource names of one contract.
+pub(crate) struct Names<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl Names<'_> {
+    /// `<namespace>/<name>`: the value of the response header and the tracing tag.
+    pub(crate) fn contract(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+    /// The aggregate cluster, the route configuration, the virtual host and the listener.
+    pub(crate) fn base(&self) -> String {
+        format!("csp~{}~{}", self.namespace, self.name)
+    }
+    pub(crate) fn channel_cluster(&self, channel: &str) -> String {
+        format!("csp~{}~{}~{channel}", self.namespace, self.name)
+    }
+}
+
+/// A contract checked for translation: its metadata is there, its spec is valid and its channels are
+/// resolved. A reconcile makes one and hands it to the gathering of endpoints and to [`translate`], so
+/// that the spec is validated and its channels resolved once.
+#[derive(Debug, Clone)]
+pub struct ValidContract<'a> {
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.namespace`.
+    pub namespace: &'a str,
+    /// The spec, valid.
+    pub spec: &'a ChannelContractSpec,
+    /// Its channels, defaults applied ([`crds::resolve_channels`]).
+    pub channels: Vec<ResolvedChannel>,
+}
+
+impl<'a> ValidContract<'a> {
+    /// Checks a contract.
+    pub fn new(contract: &'a ChannelContract) -> Result<Self, TranslateError> {
+        let name = contract.metadata.name.as_deref().ok_or(TranslateError::MissingMetadata("name"))?;
+        let namespace = contract.metadata.namespace.as_deref().ok_or(TranslateError::MissingMetadata("namespace"))?;
+        let spec = &contract.spec;
+        crds::validate::contract(spec)
+            .map_err(|source| TranslateError::InvalidSpec { contract: Names { namespace, name }.contract(), source })?;
+        Ok(Self { name, namespace, spec, channels: crds::resolve_channels(spec) })
+    }
+}
+
+/// The Envoy resources for a contract and the endpoints of its channels.
+pub fn desired(
+    contract: &ChannelContract,
+    endpoints: &ChannelEndpoints,
+    options: &ProxyOptions,
+) -> Result<EnvoyResources, TranslateError> {
+    translate(&ValidContract::new(contract)?, endpoints, options)
+}
+
+/// [`desired`] for a contract already checked.
+pub fn translate(
+    contract: &ValidContract<'_>,
+    endpoints: &ChannelEndpoints,
+    options: &ProxyOptions,
+) -> Result<EnvoyResources, TranslateError> {
+    let names = Names { namespace: contract.namespace, name: contract.name };
+    let (spec, channels) = (contract.spec, &contract.channels);
+    if let Some(unknown) = endpoints.channels.keys().find(|c| !channels.iter().any(|r| &r.name == *c)) {
+        return Err(TranslateError::UnknownChannel {
+            channel: unknown.clone(),
+            declared: channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    }
+
+    let mut clusters = Vec::with_capacity(channels.len() + 1);
+    let mut statuses = Vec::with_capacity(channels.len());
+    for (i, channel) in channels.iter().enumerate() {
+        let published = published_endpoints(&channel.name, endpoints.channels.get(&channel.name))?;
+        // Region failover is for the primary (the first channel); the fallbacks keep one priority.
+        let region_order = if i == 0 { failover_order(spec, options) } else { Vec::new() };
+        let assignment = load_assignment(&names.channel_cluster(&channel.name), &published, &region_order);
+        statuses.push(channel_status(&channel.name, &assignment, published.len()));
+        clusters.push(channel_cluster(spec, &names.channel_cluster(&channel.name), &published, assignment)?);
+    }
+    let chain: Vec<String> = channels.iter().map(|c| names.channel_cluster(&c.name)).collect();
+    clusters.push(aggregate_cluster(spec, &names.base(), chain));
+
+    let route_configuration = route_configuration(spec, &names, channels)?;
+    let listener = listener(spec, &names, options);
+    let (files, config_version) = files(&names, &clusters, &route_configuration, &listener)?;
+    Ok(EnvoyResources { clusters, route_configuration, listener, channels: statuses, files, config_version })
+}
+
+/// The regions of the primary in the order they are tried: the proxy's own region first (over xDS), then
+/// `spec.failover.regions`. Empty when the contract declares no failover.
+pub(crate) fn failover_order(spec: &ChannelContractSpec, options: &ProxyOptions) -> Vec<String> {
+    let Some(failover) = &spec.failover else { return Vec::new() };
+    let mut order: Vec<String> = options.local_region.iter().cloned().collect();
+    for region in &failover.regions {
+        if !order.contains(region) {
+            order.push(region.clone());
+        }
+    }
+    order
+}
+
+pub(crate) fn pb_duration(field: &'static str, value: &str) -> Result<protobuf::Duration, TranslateError> {
+    let too_long = || TranslateError::Duration { field, value: value.to_owned() };
+    // The spec is validated before translation, so the text parses; this only guards the conversion.
+    let parsed = crds::duration::parse(value).map_err(|_| too_long())?;
+    from_std(parsed).ok_or_else(too_long)
+}
+
+/// The largest duration protobuf (and so Envoy) admits: 10,000 years.
+pub(crate) const MAX_PROTOBUF_SECONDS: u64 = 315_576_000_000;
+
+pub(crate) fn from_std(d: Duration) -> Option<protobuf::Duration> {
+    if d.as_secs() > MAX_PROTOBUF_SECONDS {
+        return None;
+    }
+    protobuf::Duration::try_from(d).ok()
+}
+
+pub(crate) fn uint(value: i32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: u32::try_from(value).unwrap_or(0) })
+}
+
+/// The ConfigMap's files and the config version. The version is the SHA-256 of the canonical proto3 JSON
+/// (sorted keys, no whitespace) of every resource, in file order; each file is a DiscoveryResponse with
+/// that version as `version_info`, so that Envoy's `/config_dump` shows which version it runs.
+fn files(
+    names: &Names<'_>,
+    clusters: &[Cluster],
+    routes: &RouteConfiguration,
+    listener: &Listener,
+) -> Result<(BTreeMap<String, String>, String), TranslateError> {
+    let sets: [(&'static str, &'static str, String, Vec<protobuf::Any>); 3] = [
+        ("cds.yaml", "CDS (clusters)", Cluster::type_url(), clusters.iter().map(any).collect()),
+        ("rds.yaml", "RDS (routes)", RouteConfiguration::type_url(), vec![any(routes)]),
+        ("lds.yaml", "LDS (listener)", Listener::type_url(), vec![any(listener)]),
+    ];
+    let mut hasher = Sha256::new();
+    for (_, _, _, resources) in &sets {
+        for resource in resources {
+            let canonical = serde_json::to_vec(&json::to_value(resource)?)
+                .map_err(|e| JsonError { message: resource.type_url.clone(), reason: e.to_string() })?;
+            hasher.update(&canonical);
+            hasher.update(b"\n");
+        }
+    }
+    let version = format!("sha256:{}", hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut files = BTreeMap::new();
+    for (file, what, type_url, resources) in sets {
+        let response = DiscoveryResponse { version_info: version.clone(), resources, type_url, ..Default::default() };
+        let body = yaml_serde::to_string(&json::to_value(&response)?)
+            .map_err(|e| TranslateError::Yaml { file, reason: e.to_string() })?;
+        let header = format!(
+            "# Envoy {what} of ChannelContract {}, written by the Channel Contracts operator. Do not edit.\n",
+            names.contract()
+        );
+        files.insert(file.to_owned(), header + &body);
+    }
+    Ok((files, version))
+}
+
+#[cfg(test)]
+mod tests;
