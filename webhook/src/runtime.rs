@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lifecycle::leader::{self, LeaderElectionArgs};
@@ -194,7 +193,9 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
     let metrics = Arc::new(metrics::Metrics::new());
     let policy_changed = Arc::new(Notify::new());
     let (caches, watches) = index::start(client.clone(), policy_changed.clone());
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = lifecycle::admin::Readiness::new(
+        "caches of ContractPolicies, ChannelContracts, Namespaces and Services not synced yet",
+    );
     let mut exempt = args.exempt_namespaces.clone();
     exempt.push(args.namespace.clone());
     exempt.retain(|n| !n.is_empty());
@@ -226,7 +227,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
                 synced = caches.wait_until_ready() => if synced.is_err() { return },
                 _ = cancel.cancelled() => return,
             }
-            ready.store(true, Ordering::Release);
+            ready.set_ready();
             tracing::info!(?caches, "caches synced: ready");
             audit::run_loop(client, caches, metrics, exempt, interval, policy_changed, leader_rx, cancel).await;
         })

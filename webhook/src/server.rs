@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,11 +22,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt};
+use lifecycle::admin::Readiness;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -92,8 +92,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Evaluation settings.
     pub settings: Arc<Settings>,
-    /// Set once the caches have synced.
-    pub ready: Arc<AtomicBool>,
+    /// Ready once the caches have synced.
+    pub ready: Readiness,
     /// For namespaces that the cache does not have yet (None: unknown namespaces stay unknown).
     pub client: Option<Client>,
     /// The bounds on requests in flight.
@@ -106,18 +106,17 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// The routes.
+/// The routes: `POST /validate`, and the admin routes every binary serves ([`lifecycle::admin`]:
+/// `/healthz`, `/readyz` until the caches have synced, `/metrics`), here on the TLS port.
 pub fn router(state: AppState) -> Router {
-    let reviews = Router::new()
+    let metrics = state.metrics.clone();
+    let admin = lifecycle::admin::router(state.ready.clone(), move || metrics.encode());
+    Router::new()
         .route("/validate", post(validate))
         .route_layer(middleware::from_fn_with_state(state.clone(), within_budget))
-        .layer(DefaultBodyLimit::max(state.budget.limits.max_body_bytes));
-    Router::new()
-        .merge(reviews)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(state.budget.limits.max_body_bytes))
         .with_state(state)
+        .merge(admin)
 }
 
 fn too_large(state: &AppState) -> Response {
@@ -158,20 +157,6 @@ async fn within_budget(State(state): State<AppState>, request: Request, next: Ne
     next.run(request).await
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches of ContractPolicies, ChannelContracts and Namespaces not synced yet")
-            .into_response()
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
-        .into_response()
-}
-
 fn bad_request(state: &AppState, reason: &str, message: String) -> Response {
     state.metrics.bad_requests.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
     tracing::warn!(reason, %message, "bad admission request");
@@ -197,7 +182,7 @@ async fn validate(
             format!("expected Content-Type application/json, got {content_type:?}"),
         );
     }
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.ready.is_ready() {
         // Not an allow: the API server applies the failurePolicy (Fail by default).
         return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response();
     }
@@ -357,7 +342,13 @@ mod tests {
             caches,
             metrics: Arc::new(Metrics::new()),
             settings: Arc::new(Settings::default()),
-            ready: Arc::new(AtomicBool::new(ready)),
+            ready: {
+                let r = Readiness::new("caches not synced");
+                if ready {
+                    r.set_ready();
+                }
+                r
+            },
             client: None,
             budget: Budget::new(limits),
         }
@@ -430,6 +421,10 @@ mod tests {
         let (status, answer) = post(router(state(false, Limits::default())), "application/json", review_body()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(answer.is_null(), "no AdmissionReview is answered: {answer}");
+        let app = router(state(false, Limits::default()));
+        let readyz =
+            app.oneshot(Request::get("/readyz").body(Body::empty()).expect("request")).await.expect("answered");
+        assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]
