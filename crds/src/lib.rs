@@ -7,11 +7,13 @@ pub mod contract;
 pub mod duration;
 pub mod manifests;
 pub mod policy;
+pub mod resilience;
 mod schema;
 pub mod validate;
 
 pub use contract::*;
 pub use policy::*;
+pub use resilience::*;
 
 /// The API group.
 pub const GROUP: &str = "csp.contracts.dev";
