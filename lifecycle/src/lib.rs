@@ -4,7 +4,9 @@
 //! ([`admin`]: `/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod layering;
 pub mod leader;
+pub mod ready;
 
 use tokio_util::sync::CancellationToken;
 

@@ -175,8 +175,12 @@ where
 }
 
 impl Caches {
-    /// Waits until every cache has listed once.
+    /// Waits until every cache has listed once (polled: a Store's readiness wakes only its last waiter).
     pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        lifecycle::ready::polled(lifecycle::ready::POLL, || self.all_ready()).await
+    }
+
+    async fn all_ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.policies.wait_until_ready().await?;
         self.contracts.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;

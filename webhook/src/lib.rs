@@ -12,6 +12,8 @@ pub mod audit;
 pub mod certs;
 pub mod evaluate;
 pub mod index;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod runtime;
 pub mod selfcert;

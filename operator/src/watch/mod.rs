@@ -9,7 +9,6 @@ pub mod index;
 pub mod triggers;
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use crds::ChannelContract;
 use k8s_openapi::api::core::v1::Node;
@@ -59,11 +58,7 @@ impl Caches {
     /// the contracts' Store), so this polls again every 100 ms; call it from one task and fan the result
     /// out (see [`crate::reconcile::Context::synced`]).
     pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
-        loop {
-            if let Ok(result) = tokio::time::timeout(Duration::from_millis(100), self.all_ready()).await {
-                return result;
-            }
-        }
+        lifecycle::ready::polled(lifecycle::ready::POLL, || self.all_ready()).await
     }
 
     async fn all_ready(&self) -> Result<(), WriterDropped> {
