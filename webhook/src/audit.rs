@@ -314,6 +314,38 @@ mod tests {
     }
 
     #[test]
+    fn objects_being_deleted_are_left_out_of_the_audit_as_admission_leaves_them_alone() {
+        use k8s_openapi::api::core::v1::Service;
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::{reflector, watcher};
+
+        let (services, mut writer) = reflector::store::<PartialObjectMeta<Service>>();
+        let service = |name: &str, deleting: bool| -> PartialObjectMeta<Service> {
+            let mut meta: PartialObjectMeta<Service> = serde_json::from_value(serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": "team"},
+            }))
+            .expect("service");
+            if deleting {
+                meta.metadata.deletion_timestamp =
+                    Some(Time(k8s_openapi::jiff::Timestamp::from_second(1).expect("ts")));
+            }
+            meta
+        };
+        writer.apply_watcher_event(&watcher::Event::Apply(service("kept", false)));
+        writer.apply_watcher_event(&watcher::Event::Apply(service("terminating", true)));
+        let caches = Caches {
+            policies: reflector::store().0,
+            contracts: reflector::store().0,
+            contracts_by_namespace: crate::index::ContractsByNamespace::default(),
+            namespaces: reflector::store().0,
+            services,
+        };
+        let names: Vec<String> = subjects(&caches).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["kept"]);
+    }
+
+    #[test]
     fn an_unchanged_result_writes_nothing_until_the_refresh() {
         let spec = serde_json::from_value(serde_json::json!({"failover": {"requiredRegions": ["gz"]}})).expect("spec");
         let mut p = ContractPolicy::new("p", spec);
