@@ -306,7 +306,7 @@ pub fn decide(mut req: Request, index: &impl Index, settings: &Settings) -> (Adm
     if evaluate::opted_out(namespace_labels.as_ref()) {
         return allow("opted-out");
     }
-    let subject = match subject(kind, &namespace, &req.name, &mut object, index) {
+    let subject = match subject_of(kind, &namespace, &req.name, &mut object, index) {
         Ok(s) => s,
         Err(message) => return deny("malformed", message),
     };
@@ -316,7 +316,8 @@ pub fn decide(mut req: Request, index: &impl Index, settings: &Settings) -> (Adm
     if req.operation == Operation::Update
         && !decision.allowed()
         && let Some(mut old) = req.old_object.take()
-        && let Some(old) = subject_of_old(kind, &namespace, &req.name, &mut old, index)
+        // An old object that cannot be read tolerates nothing.
+        && let Ok(old) = subject_of(kind, &namespace, &req.name, &mut old, index)
     {
         let before = evaluate::evaluate(&old, &policies, namespace_labels.as_ref(), exempt);
         evaluate::tolerate_existing(&mut decision, &subject, &old, &before);
@@ -333,7 +334,7 @@ pub fn decide(mut req: Request, index: &impl Index, settings: &Settings) -> (Adm
 }
 
 /// The object under judgement, as the evaluation sees it.
-fn subject(
+fn subject_of(
     kind: Kind,
     namespace: &str,
     request_name: &str,
@@ -362,17 +363,6 @@ fn subject(
             Ok(Subject::contract(namespace, &name, labels, &regions))
         }
     }
-}
-
-/// The old object of an UPDATE, if it can be read (an unreadable old object tolerates nothing).
-fn subject_of_old(
-    kind: Kind,
-    namespace: &str,
-    request_name: &str,
-    old: &mut Judged,
-    index: &impl Index,
-) -> Option<Subject> {
-    subject(kind, namespace, request_name, old, index).ok()
 }
 
 #[cfg(test)]

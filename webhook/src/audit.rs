@@ -295,7 +295,7 @@ mod tests {
             "match": {"labelSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}},
         }))
         .expect("spec");
-        let mut broken = ContractPolicy::new("broken", broken);
+        let broken = ContractPolicy::new("broken", broken);
         let r = audit_policy(&broken, &subjects, &labels, &[]);
         assert_eq!((r.matched, r.violations), (0, 0), "a policy that cannot be read enforces nothing");
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).expect("ts"));
@@ -310,7 +310,6 @@ mod tests {
             "{}",
             accepted.message
         );
-        broken.status = Some(status);
     }
 
     #[test]

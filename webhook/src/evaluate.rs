@@ -241,12 +241,8 @@ pub fn tolerate_existing(decision: &mut Decision, new: &Subject, old: &Subject, 
         if verdict.action == EnforcementAction::Deny && already {
             verdict.tolerated = true;
             verdict.message = format!(
-                "ContractPolicy {:?} would deny {} {}/{}: {} Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.",
-                verdict.policy,
-                new.kind,
-                new.namespace,
-                new.name,
-                describe(new, &verdict.problems)
+                "{} Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.",
+                statement(&verdict.policy, "would deny", new, &verdict.problems)
             );
         }
     }
@@ -259,6 +255,11 @@ pub fn message(policy: &str, action: EnforcementAction, subject: &Subject, probl
         EnforcementAction::Warn => "warns about",
         EnforcementAction::Audit => "audits",
     };
+    statement(policy, verb, subject, problems)
+}
+
+/// `ContractPolicy "<policy>" <verb> <Kind> <ns>/<name>: <what is wrong and how to fix it>`.
+fn statement(policy: &str, verb: &str, subject: &Subject, problems: &[Problem]) -> String {
     format!(
         "ContractPolicy {policy:?} {verb} {} {}/{}: {}",
         subject.kind,

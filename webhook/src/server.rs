@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Settings, Unreadable};
+use crate::admission::{self, Settings};
 use crate::index::{Caches, View};
 use crate::metrics::{Metrics, ReasonLabels, RequestLabels, VerdictLabels};
 
@@ -186,33 +186,19 @@ async fn validate(
         // Not an allow: the API server applies the failurePolicy (Fail by default).
         return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response();
     }
-    let request = match admission::read(&body) {
-        Ok(request) => request,
-        Err(unreadable @ Unreadable::Malformed { .. }) => match admission::answer_unreadable(unreadable) {
-            Ok((answer, _)) => return axum::Json(answer).into_response(),
+    let (answer, outcome) = match admission::read(&body) {
+        Ok(request) => {
+            drop(body);
+            let view = View { caches: &state.caches, fetched: fetch_unknown_namespace(&state, &request).await };
+            let (response, outcome) = admission::decide(request, &view, &state.settings);
+            (response.into_review(), outcome)
+        }
+        // A review with a uid is answered (a denial that says what is wrong), and counted like any other.
+        Err(unreadable) => match admission::answer_unreadable(unreadable) {
+            Ok(answered) => answered,
             Err(e) => return bad_request(&state, "malformed", e.to_string()),
         },
-        Err(Unreadable::Bad(e)) => return bad_request(&state, "malformed", e.to_string()),
     };
-    drop(body);
-    // A namespace the cache has not seen yet (just created) is looked up directly.
-    let mut fetched = BTreeMap::new();
-    if let (Some(ns), Some(client)) = (request.namespace.as_deref(), &state.client)
-        && state.caches.cached_namespace_labels(ns).is_none()
-    {
-        match Api::<Namespace>::all(client.clone()).get_metadata_opt(ns).await {
-            Ok(Some(n)) => {
-                fetched.insert(ns.to_owned(), n.labels().clone());
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(namespace = %ns, error = %e, "namespace lookup failed; judging it as unknown (policies with a namespaceSelector apply)")
-            }
-        }
-    }
-    let view = View { caches: &state.caches, fetched };
-    let (response, outcome) = admission::decide(request, &view, &state.settings);
-    let answer = response.into_review();
     let m = &state.metrics;
     m.requests
         .get_or_create(&RequestLabels {
@@ -241,6 +227,29 @@ async fn validate(
         "admission"
     );
     axum::Json(answer).into_response()
+}
+
+/// The labels of the request's namespace when the cache has not seen it yet (just created), looked up
+/// directly; empty when the cache has it, or the lookup fails (then it is judged as unknown).
+async fn fetch_unknown_namespace(
+    state: &AppState,
+    request: &admission::Request,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut fetched = BTreeMap::new();
+    if let (Some(ns), Some(client)) = (request.namespace.as_deref(), &state.client)
+        && state.caches.cached_namespace_labels(ns).is_none()
+    {
+        match Api::<Namespace>::all(client.clone()).get_metadata_opt(ns).await {
+            Ok(Some(n)) => {
+                fetched.insert(ns.to_owned(), n.labels().clone());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(namespace = %ns, error = %e, "namespace lookup failed; judging it as unknown (policies with a namespaceSelector apply)")
+            }
+        }
+    }
+    fetched
 }
 
 /// Answers a plain-HTTP request on the TLS port with a 400 instead of a silent hang-up.
