@@ -335,6 +335,7 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(service("terminating", true)));
         let caches = Caches {
             policies: reflector::store().0,
+            unreadable_policies: crate::index::UnreadablePolicies::default(),
             contracts: reflector::store().0,
             contracts_by_namespace: crate::index::ContractsByNamespace::default(),
             namespaces: reflector::store().0,

@@ -32,8 +32,8 @@ pub fn opted_out(namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
 /// Whether a policy applies to a subject.
 ///
 /// `namespace_labels` is `None` when the namespace is unknown; a policy with a namespace selector then
-/// applies (fail closed). A policy whose selectors cannot be read applies nowhere ([`unreadable`]; the
-/// evaluation skips such policies before it asks).
+/// applies (fail closed). A policy whose selectors cannot be read applies nowhere ([`unreadable`]; callers
+/// leave such policies out before they ask).
 pub fn matches(
     spec: &ContractPolicySpec,
     subject: &Subject,
@@ -269,7 +269,9 @@ fn statement(policy: &str, verb: &str, subject: &Subject, problems: &[Problem]) 
     )
 }
 
-/// Judges a subject against every policy (owned, or shared handles from the cache).
+/// Judges a subject against every policy (owned, or shared handles from the cache). The policies are
+/// those that can be read: callers leave out [`unreadable`] ones (the index, once per policy change; the
+/// audit, once per policy and audit).
 pub fn evaluate<P: std::borrow::Borrow<ContractPolicy>>(
     subject: &Subject,
     policies: &[P],
@@ -281,7 +283,7 @@ pub fn evaluate<P: std::borrow::Borrow<ContractPolicy>>(
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for policy in sorted {
         let name = policy.metadata.name.clone().unwrap_or_default();
-        if unreadable(&policy.spec).is_some() || !matches(&policy.spec, subject, namespace_labels, exempt_namespaces) {
+        if !matches(&policy.spec, subject, namespace_labels, exempt_namespaces) {
             continue;
         }
         decision.matched.push(name.clone());

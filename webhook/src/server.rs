@@ -342,6 +342,7 @@ mod tests {
     fn state(ready: bool, limits: Limits) -> AppState {
         let caches = Caches {
             policies: reflector::store().0,
+            unreadable_policies: crate::index::UnreadablePolicies::default(),
             contracts: reflector::store().0,
             contracts_by_namespace: ContractsByNamespace::default(),
             namespaces: reflector::store().0,
