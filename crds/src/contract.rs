@@ -27,6 +27,7 @@ use crate::schema::{conditions_schema, dns_label_schema, duration_schema, region
     printcolumn = r#"{"name":"Channels","type":"string","jsonPath":".status.channelSummary","description":"Channels in order (primary first) with their ready endpoints"}"#,
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.regions","description":"Failover regions in order"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether proxies serve the contract"}"#,
+    printcolumn = r#"{"name":"Proxies","type":"string","jsonPath":".status.proxies.summary","description":"Proxies over xDS: how many of those that serve the namespace run the current configuration"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -185,15 +186,34 @@ pub struct ChannelStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
-    /// Proxies connected to the xDS server that subscribe to this contract.
-    pub connected: i32,
-    /// Proxies that acknowledged the current configuration.
+    /// Proxies connected to the operator's xDS servers (every replica) that serve the contract's namespace.
+    pub selected: i32,
+    /// Of those, proxies that acknowledged (ACK) the contract's current configuration and run it.
     pub acked: i32,
-    /// Proxies that rejected the current configuration.
+    /// Of those, proxies that are on another version or have not answered yet.
+    pub stale: i32,
+    /// Of those, proxies that rejected (NACK) the current configuration.
     pub rejected: i32,
-    /// The last rejection's message from a proxy.
+    /// The latest rejection of the current configuration by a proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejection: Option<ProxyRejection>,
+    /// For `kubectl get`: e.g. `3/3 acked` or `2/3 acked, 1 rejected`.
     #[serde(default)]
-    pub last_rejection: String,
+    pub summary: String,
+}
+
+/// A proxy's rejection of a contract's configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRejection {
+    /// The proxy (its `node.id`, the pod name).
+    pub proxy: String,
+    /// The configuration version it rejected.
+    pub config_version: String,
+    /// Envoy's own message.
+    pub message: String,
+    /// When (RFC 3339).
+    pub time: String,
 }
 
 /// The channel of a contract that declares none.

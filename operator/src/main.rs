@@ -18,8 +18,10 @@ struct Cli {
 enum Command {
     /// Print the Envoy configuration of a ChannelContract file, with no cluster.
     Render(operator::render::RenderArgs),
-    /// Run the controller: publish every ChannelContract as a ConfigMap of Envoy configuration.
+    /// Run the controller: serve every ChannelContract to proxies over xDS and/or publish it as a ConfigMap.
     Run(operator::runtime::run::RunArgs),
+    /// Print the Envoy bootstrap that connects a proxy to the operator's xDS server.
+    Bootstrap(operator::runtime::bootstrap::BootstrapArgs),
 }
 
 fn run(args: operator::runtime::run::RunArgs) -> anyhow::Result<()> {
@@ -37,6 +39,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Render(args) => operator::render::run(&args, &mut std::io::stdout().lock()).map_err(Into::into),
         Command::Run(args) => run(args),
+        Command::Bootstrap(args) => {
+            operator::runtime::bootstrap::run(&args, &mut std::io::stdout().lock()).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crds::ChannelStatus;
+use crds::{ChannelContract, ChannelStatus};
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 
 /// Where the ConfigMap with the files is mounted in the proxy by default; `lds.yaml` names
 /// `<dir>/rds.yaml` as its route source.
@@ -92,4 +94,45 @@ pub struct EnvoyResources {
     pub files: BTreeMap<String, String>,
     /// `sha256:<hex>` of the canonical proto3 JSON of all resources.
     pub config_version: String,
+}
+
+/// What one contract becomes for one proxy served over xDS (the proxy's own region first): every resource
+/// here is the contract's own, so that an ACK or a NACK of it concerns this contract alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct XdsContract {
+    /// The channel clusters in channel order, then the aggregate cluster.
+    pub clusters: Vec<Cluster>,
+    /// The routes.
+    pub route_configuration: RouteConfiguration,
+    /// The scopes that send the gateway listener's requests for the contract's Service to its routes.
+    pub scopes: Vec<ScopedRouteConfiguration>,
+    /// The port of the gateway listener the contract is served on (`spec.port`).
+    pub port: u16,
+}
+
+/// A contract's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContractKey {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ContractKey {
+    /// The key of a contract.
+    pub fn of(contract: &ChannelContract) -> Self {
+        Self { namespace: contract.namespace().unwrap_or_default(), name: contract.name_any() }
+    }
+
+    /// The controller's reference to it.
+    pub fn object_ref(&self) -> ObjectRef<ChannelContract> {
+        ObjectRef::new(&self.name).within(&self.namespace)
+    }
+}
+
+impl std::fmt::Display for ContractKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }

@@ -112,3 +112,183 @@ fn with_inline_routes(resources: &EnvoyResources) -> Result<Listener, BootstrapE
 pub fn to_yaml(bootstrap: &Bootstrap) -> Result<String, BootstrapError> {
     yaml_serde::to_string(&json::to_value_any_api(bootstrap)?).map_err(|e| BootstrapError::Yaml(e.to_string()))
 }
+
+/// How a proxy reaches the operator's xDS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsBootstrap {
+    /// `node.id`: the pod name (empty: Envoy's `--service-node` sets it).
+    pub node_id: String,
+    /// `node.cluster`: the fleet.
+    pub fleet: String,
+    /// `node.locality.region` (None: the operator reads the region of the Pod's Node).
+    pub region: Option<String>,
+    /// The namespaces whose contracts the proxy serves (empty: all).
+    pub namespaces: Vec<String>,
+    /// The namespace of the proxy's Pod, if not the operator's.
+    pub pod_namespace: Option<String>,
+    /// The address its gateway listeners bind (None: 0.0.0.0).
+    pub listen_address: Option<std::net::IpAddr>,
+    /// The xDS server: a host name or an IP address, and a port.
+    pub xds_host: String,
+    /// The xDS server's port.
+    pub xds_port: u16,
+    /// TLS to the server; None: plaintext.
+    pub tls: Option<AdsTls>,
+    /// Envoy's admin interface.
+    pub admin: SocketAddr,
+    /// Delta (incremental) xDS rather than state of the world.
+    pub delta: bool,
+}
+
+/// TLS from a proxy to the xDS server: files in the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsTls {
+    /// The CA that signed the server's certificate.
+    pub ca_file: String,
+    /// The name the server's certificate must have (SNI); None: the host.
+    pub server_name: Option<String>,
+    /// The proxy's own certificate and key, for mutual TLS.
+    pub client_cert: Option<(String, String)>,
+}
+
+/// The cluster of the operator's xDS server in a proxy's bootstrap.
+pub const XDS_CLUSTER: &str = "csp-xds";
+
+/// A bootstrap that takes everything over ADS from the operator: clusters and listeners, and through
+/// the listeners scoped routes and routes.
+pub fn ads(options: &AdsBootstrap) -> Bootstrap {
+    use super::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use super::pb::envoy::config::core::v3::{
+        AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Locality,
+        TransportSocket, api_config_source, config_source, data_source, grpc_service, transport_socket,
+    };
+    use super::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+    use super::pb::envoy::extensions::transport_sockets::tls::v3::{CertificateValidationContext, TlsCertificate};
+    use super::pb::google::protobuf::{Struct, Value, value};
+    use super::upstream_http::{EXTENSION_NAME, HttpProtocolOptions};
+    use super::upstream_tls::{CommonTlsContext, TRANSPORT_SOCKET, UpstreamTlsContext, ValidationContextType};
+
+    let mut metadata = std::collections::HashMap::new();
+    let mut put = |key: &str, text: String| {
+        metadata.insert(key.to_owned(), Value { kind: Some(value::Kind::StringValue(text)) });
+    };
+    if !options.namespaces.is_empty() {
+        put("csp.contracts.dev/namespaces", options.namespaces.join(","));
+    }
+    if let Some(address) = options.listen_address {
+        put("csp.contracts.dev/listen-address", address.to_string());
+    }
+    if let Some(namespace) = &options.pod_namespace {
+        put("csp.contracts.dev/pod-namespace", namespace.clone());
+    }
+    let node = Node {
+        id: options.node_id.clone(),
+        cluster: options.fleet.clone(),
+        metadata: (!metadata.is_empty()).then_some(Struct { fields: metadata }),
+        locality: options.region.as_ref().map(|region| Locality { region: region.clone(), ..Locality::default() }),
+        ..Node::default()
+    };
+    let ads_source = || ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    };
+    let file = |path: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        watched_directory: None,
+    };
+    let transport_socket = options.tls.as_ref().map(|tls| {
+        let context = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificates: tls
+                    .client_cert
+                    .iter()
+                    .map(|(cert, key)| TlsCertificate {
+                        certificate_chain: Some(file(cert)),
+                        private_key: Some(file(key)),
+                        ..TlsCertificate::default()
+                    })
+                    .collect(),
+                validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(file(&tls.ca_file)),
+                    ..Default::default()
+                })),
+                alpn_protocols: vec!["h2".to_owned()],
+            }),
+            sni: tls.server_name.clone().unwrap_or_else(|| options.xds_host.clone()),
+        };
+        TransportSocket {
+            name: TRANSPORT_SOCKET.to_owned(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+        }
+    });
+    let resolved_by_dns = options.xds_host.parse::<std::net::IpAddr>().is_err();
+    let xds_cluster = Cluster {
+        name: XDS_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            if resolved_by_dns { cluster::DiscoveryType::StrictDns } else { cluster::DiscoveryType::Static }.into(),
+        )),
+        connect_timeout: Some(super::pb::google::protobuf::Duration { seconds: 2, nanos: 0 }),
+        typed_extension_protocol_options: [(EXTENSION_NAME.to_owned(), any(&HttpProtocolOptions::explicit_http2()))]
+            .into_iter()
+            .collect(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: XDS_CLUSTER.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                        super::pb::envoy::config::endpoint::v3::Endpoint {
+                            address: Some(socket(&options.xds_host, options.xds_port)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..LbEndpoint::default()
+                }],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }),
+        transport_socket,
+        ..Cluster::default()
+    };
+    Bootstrap {
+        node: Some(node),
+        dynamic_resources: Some(bootstrap::DynamicResources {
+            ads_config: Some(ApiConfigSource {
+                api_type: if options.delta {
+                    api_config_source::ApiType::DeltaGrpc
+                } else {
+                    api_config_source::ApiType::Grpc
+                }
+                .into(),
+                transport_api_version: ApiVersion::V3.into(),
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                        cluster_name: XDS_CLUSTER.to_owned(),
+                        ..Default::default()
+                    })),
+                    ..GrpcService::default()
+                }],
+                set_node_on_first_message_only: true,
+                ..ApiConfigSource::default()
+            }),
+            cds_config: Some(ads_source()),
+            lds_config: Some(ads_source()),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
+        admin: Some(admin(options.admin)),
+        ..Bootstrap::default()
+    }
+}
+
+fn socket(host: &str, port: u16) -> super::pb::envoy::config::core::v3::Address {
+    use super::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: host.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..SocketAddress::default()
+        })),
+    }
+}

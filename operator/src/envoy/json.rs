@@ -23,7 +23,7 @@ use prost_reflect::prost_types::{FileDescriptorProto, FileDescriptorSet};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
-use super::upstream_http;
+use super::{upstream_http, upstream_tls};
 
 /// A message could not be turned into JSON. Only a bug in this crate causes it (a message type without a
 /// descriptor), never user input.
@@ -58,6 +58,7 @@ fn load_pool(roots: Option<&[String]>) -> Result<DescriptorPool, String> {
     let set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
     let mut files = set.file;
     files.push(upstream_http::file_descriptor());
+    files.push(upstream_tls::file_descriptor());
     if let Some(roots) = roots {
         let defines_root = |f: &FileDescriptorProto| {
             f.message_type.iter().any(|m| roots.contains(&format!("{}.{}", f.package(), m.name())))

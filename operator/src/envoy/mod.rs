@@ -30,6 +30,7 @@
 pub mod bootstrap;
 pub mod json;
 pub mod upstream_http;
+pub mod upstream_tls;
 
 pub use xds_api::pb;
 

@@ -2,6 +2,7 @@
 //! and whether the operator may write it) and its writing ([`write_config_map`]).
 
 pub mod configmap;
+pub mod xds;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

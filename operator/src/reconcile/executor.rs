@@ -22,9 +22,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use super::{Plan, plan};
+use super::{Plan, plan_for};
 use crate::model::ProxyOptions;
 use crate::publish::configmap::{self};
+use crate::publish::xds::Xds;
 use crate::publish::{Written, write_config_map};
 use crate::reconcile::metrics::{Metrics, ReconcileResult};
 use crate::reconcile::status::{self, Observation, Programming, reason};
@@ -94,6 +95,10 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Whether every cache has listed once.
     pub synced: watch::Receiver<bool>,
+    /// The xDS server's state, when the xDS path is on: every replica feeds it, the leader reads it.
+    pub xds: Option<Arc<Xds>>,
+    /// Whether the ConfigMap path is on.
+    pub config_map: bool,
     /// What this instance remembers of each contract between reconciles.
     memory: Mutex<HashMap<ContractKey, Memory>>,
 }
@@ -129,7 +134,25 @@ impl Context {
         leader: watch::Receiver<bool>,
         synced: watch::Receiver<bool>,
     ) -> Self {
-        Self { client, reporter, metrics, caches, proxy, leader, synced, memory: Mutex::default() }
+        Self {
+            client,
+            reporter,
+            metrics,
+            caches,
+            proxy,
+            leader,
+            synced,
+            xds: None,
+            config_map: true,
+            memory: Mutex::default(),
+        }
+    }
+
+    /// Where contracts go: the xDS server (if any) and the ConfigMaps (if `config_map`).
+    pub fn publishing(mut self, xds: Option<Arc<Xds>>, config_map: bool) -> Self {
+        self.xds = xds;
+        self.config_map = config_map;
+        self
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ContractKey, Memory>> {
@@ -177,6 +200,9 @@ impl Context {
 
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
+        if let Some(xds) = &self.xds {
+            xds.remove(key);
+        }
         self.memory().remove(key);
         self.metrics.forget(key);
     }
@@ -190,12 +216,21 @@ pub fn backoff_delay(failures: u32) -> Duration {
 
 /// Reconciles one contract (the controller calls it).
 pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    if !*ctx.leader.borrow() {
+    if !*ctx.leader.borrow() && ctx.xds.is_none() {
         return Ok(Action::await_change());
     }
     // Until every cache has listed, a Service may look missing only because its watch is behind.
     if ctx.synced.clone().wait_for(|synced| *synced).await.is_err() {
         return Ok(Action::await_change());
+    }
+    if !*ctx.leader.borrow() {
+        // Every replica serves xDS; only the leader writes.
+        if let Some(xds) = &ctx.xds
+            && let Plan::Publish { config_version, endpoints, .. } = plan_for(&contract, &ctx.caches, &ctx.proxy, false)
+        {
+            xds.publish(ContractKey::of(&contract), config_version, contract.clone(), endpoints);
+        }
+        return Ok(Action::requeue(RESYNC));
     }
     let key = ContractKey::of(&contract);
     let start = Instant::now();
@@ -232,10 +267,24 @@ async fn reconcile_contract(
     key: &ContractKey,
     ctx: &Context,
 ) -> Result<(Action, bool), ReconcileError> {
-    let plan = plan(contract, &ctx.caches, &ctx.proxy);
+    let plan = plan_for(contract, &ctx.caches, &ctx.proxy, ctx.config_map);
 
-    let (observation, failure) = match plan {
-        Plan::Publish { config_map, config_version, channels } => {
+    let (mut observation, failure) = match plan {
+        Plan::Publish { config_map, config_version, channels, endpoints } => {
+            if let Some(xds) = &ctx.xds {
+                xds.publish(key.clone(), config_version.clone(), Arc::new(contract.clone()), endpoints);
+            }
+            let Some(config_map) = config_map else {
+                let programming = Programming::Programmed { config_version };
+                let observation = Observation {
+                    invalid_spec: None,
+                    programming,
+                    channels: Some(channels),
+                    xds: None,
+                    config_map: false,
+                };
+                return finish(contract, key, ctx, observation, None).await;
+            };
             let name = config_map.name_any();
             let fingerprint = configmap::fingerprint(&config_map);
             let existing = ctx.caches.config_maps.get(&ObjectRef::new(&name).within(&key.namespace));
@@ -264,7 +313,13 @@ async fn reconcile_contract(
                         tracing::info!(contract = %key.name, namespace = %key.namespace, config_map = %name, %config_version, "published");
                     }
                     (
-                        Observation { invalid_spec: None, programming: programming(written), channels: Some(channels) },
+                        Observation {
+                            invalid_spec: None,
+                            programming: programming(written),
+                            channels: Some(channels),
+                            xds: None,
+                            config_map: true,
+                        },
                         None,
                     )
                 }
@@ -274,16 +329,37 @@ async fn reconcile_contract(
                         message: format!("cannot write ConfigMap {}/{name}: {source}; retrying", key.namespace),
                     };
                     let error = ReconcileError::ApplyConfigMap { namespace: key.namespace.clone(), name, source };
-                    (Observation { invalid_spec: None, programming, channels: Some(channels) }, Some(error))
+                    let observation = Observation {
+                        invalid_spec: None,
+                        programming,
+                        channels: Some(channels),
+                        xds: None,
+                        config_map: true,
+                    };
+                    (observation, Some(error))
                 }
             }
         }
         Plan::Hold { invalid_spec, reason, message } => {
             tracing::info!(contract = %key.name, namespace = %key.namespace, reason, %message, "not programmed");
             let programming = Programming::NotProgrammed { reason, message };
-            (Observation { invalid_spec, programming, channels: None }, None)
+            (Observation { invalid_spec, programming, channels: None, xds: None, config_map: ctx.config_map }, None)
         }
     };
+    observation.config_map = ctx.config_map;
+    finish(contract, key, ctx, observation, failure).await
+}
+
+/// Writes the status an observation leads to (with what the xDS server knows of the proxies), and decides
+/// when to look again.
+async fn finish(
+    contract: &ChannelContract,
+    key: &ContractKey,
+    ctx: &Context,
+    mut observation: Observation,
+    failure: Option<ReconcileError>,
+) -> Result<(Action, bool), ReconcileError> {
+    observation.xds = ctx.xds.as_ref().map(|x| x.observe(key));
 
     let previous = contract.status.as_ref();
     let next = status::status(&observation, contract.metadata.generation, previous, &status::now());

@@ -5,7 +5,9 @@
 //!   to fix; the controller waits for a change), `error` (transient; retried with back-off);
 //! - `csp_operator_reconcile_duration_seconds`: time of one reconcile;
 //! - `csp_operator_contracts{condition,status}`: contracts by condition type and status;
-//! - `csp_operator_leader`: 1 while this instance reconciles (leader, or leader election off).
+//! - `csp_operator_leader`: 1 while this instance reconciles (leader, or leader election off);
+//! - the xDS server's: `csp_xds_connected_proxies`, `csp_xds_push_duration_seconds`,
+//!   `csp_xds_nacks_total{contract}` ([`XdsMetrics`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::status::condition;
+use crate::publish::xds::metrics::XdsMetrics;
 use crate::watch::index::ContractKey;
 
 /// The result of a reconcile.
@@ -68,6 +71,8 @@ pub struct Metrics {
     /// The condition statuses of every contract, to count them: per type of [`condition::ALL`], the
     /// index of its status in [`STATUSES`] ([`NOT_COUNTED`] for none or another).
     statuses: Mutex<HashMap<ContractKey, [u8; 3]>>,
+    /// The xDS server's metrics.
+    pub xds: XdsMetrics,
     registry: Registry,
 }
 
@@ -112,7 +117,9 @@ impl Metrics {
                 let _ = contracts.get_or_create(&labels);
             }
         }
-        Self { reconciles, duration, contracts, leader, statuses: Mutex::default(), registry }
+        let xds = XdsMetrics::default();
+        xds.register(&mut registry);
+        Self { reconciles, duration, contracts, leader, statuses: Mutex::default(), xds, registry }
     }
 
     /// Counts one reconcile and its duration.

@@ -13,7 +13,7 @@ use crds::{ChannelContract, ChannelStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
-use crate::model::ProxyOptions;
+use crate::model::{ChannelEndpoints, ProxyOptions};
 use crate::publish::configmap::{self, ConfigMapError};
 use crate::reconcile::status::reason;
 use crate::translate::{self, TranslateError, ValidContract};
@@ -91,12 +91,14 @@ impl From<Hold> for Plan {
 pub enum Plan {
     /// Publish this ConfigMap (if it is not already what is published).
     Publish {
-        /// The ConfigMap.
-        config_map: Box<ConfigMap>,
+        /// The ConfigMap (when the ConfigMap path is on).
+        config_map: Option<Box<ConfigMap>>,
         /// Its configuration's version.
         config_version: String,
         /// What each channel resolved to.
         channels: Vec<ChannelStatus>,
+        /// The endpoints of each channel (what the xDS server translates per region).
+        endpoints: ChannelEndpoints,
     },
     /// Publish nothing, and say why.
     Hold {
@@ -111,22 +113,38 @@ pub enum Plan {
 
 /// Decides what to publish for a contract, reading Services, EndpointSlices and Nodes through `view`.
 pub fn plan(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> Plan {
-    publication(contract, view, proxy).unwrap_or_else(Plan::from)
+    plan_for(contract, view, proxy, true)
 }
 
-fn publication(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions) -> Result<Plan, Hold> {
+/// [`plan`], with the ConfigMap made only when `config_map` (the ConfigMap path is on).
+pub fn plan_for(contract: &ChannelContract, view: &impl ClusterView, proxy: &ProxyOptions, config_map: bool) -> Plan {
+    publication(contract, view, proxy, config_map).unwrap_or_else(Plan::from)
+}
+
+fn publication(
+    contract: &ChannelContract,
+    view: &impl ClusterView,
+    proxy: &ProxyOptions,
+    with_config_map: bool,
+) -> Result<Plan, Hold> {
     let valid = ValidContract::new(contract)?;
     let gathered = gather(valid.namespace, valid.spec, &valid.channels, view)?;
     let resources = translate::translate(&valid, &gathered, proxy)?;
-    let config_map = configmap::desired(contract, &resources)?;
-    if let Some(size) = configmap::too_large(&config_map) {
-        let message = configmap::too_large_message(valid.namespace, &config_map.name_any(), Some(size));
-        return Err(Hold::new(reason::CONFIG_TOO_LARGE, message));
-    }
+    let config_map = if with_config_map {
+        let config_map = configmap::desired(contract, &resources)?;
+        if let Some(size) = configmap::too_large(&config_map) {
+            let message = configmap::too_large_message(valid.namespace, &config_map.name_any(), Some(size));
+            return Err(Hold::new(reason::CONFIG_TOO_LARGE, message));
+        }
+        Some(Box::new(config_map))
+    } else {
+        None
+    };
     Ok(Plan::Publish {
-        config_map: Box::new(config_map),
+        config_map,
         config_version: resources.config_version,
         channels: resources.channels,
+        endpoints: gathered,
     })
 }
 

@@ -13,9 +13,10 @@
 //! is left as it was), so status always says what proxies run.
 
 use crds::conditions::condition;
-use crds::{ChannelContractStatus, ChannelStatus};
+use crds::{ChannelContractStatus, ChannelStatus, ProxyRejection, ProxyStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::publish::xds::XdsObservation;
 use crate::watch::endpoints::summary;
 
 /// The condition types.
@@ -58,6 +59,11 @@ pub mod reason {
     pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
     /// Ready=False: not programmed for a reason other than a missing Service.
     pub const NOT_PROGRAMMED: &str = "NotProgrammed";
+    /// Programmed=False: a proxy rejected (NACK) the current configuration; proxies are served the last
+    /// version they accepted.
+    pub const PROXY_REJECTED: &str = "ProxyRejected";
+    /// Ready=False: proxies serve the contract's namespace, but none runs the current configuration yet.
+    pub const NO_PROXY_SERVING: &str = "NoProxyServing";
 }
 
 /// Whether the configuration of the current generation is published.
@@ -86,6 +92,10 @@ pub struct Observation {
     pub programming: Programming,
     /// What each channel resolved to; None when that is unknown (invalid spec): status keeps the last.
     pub channels: Option<Vec<ChannelStatus>>,
+    /// What the xDS server knows of the contract's proxies; None when the xDS path is off.
+    pub xds: Option<XdsObservation>,
+    /// Whether the ConfigMap path is on.
+    pub config_map: bool,
 }
 
 /// Whether a reason is the user's to fix (the controller waits for a change) rather than transient.
@@ -111,15 +121,47 @@ pub fn status(
     };
     let channels =
         observation.channels.clone().unwrap_or_else(|| previous.map(|s| s.channels.clone()).unwrap_or_default());
+    let rejection = observation.xds.as_ref().and_then(|x| x.rejection.as_ref().map(|r| (r, x.served.as_ref())));
     let (programmed, ready, config_version) = match &observation.programming {
+        Programming::Programmed { config_version } if let Some((rejection, served)) = rejection => {
+            let serving = match served {
+                Some(v) => format!("proxies are served the last configuration they accepted, {v}"),
+                None => "no configuration of this contract was ever accepted, so proxies are served none".to_owned(),
+            };
+            let message = format!(
+                "proxy {} rejected the configuration {config_version}: {}; {serving}. Fix the contract (or the proxy) and the next version is tried",
+                rejection.proxy, rejection.message
+            );
+            (
+                cond(condition::PROGRAMMED, false, reason::PROXY_REJECTED, message.clone()),
+                cond(
+                    condition::READY,
+                    false,
+                    reason::NOT_PROGRAMMED,
+                    format!("the contract is not programmed (ProxyRejected): {message}"),
+                ),
+                served.cloned(),
+            )
+        }
         Programming::Programmed { config_version } => (
             cond(
                 condition::PROGRAMMED,
                 true,
                 reason::PROGRAMMED,
-                format!("the proxy configuration {config_version} is published in the ConfigMap"),
+                format!("the proxy configuration {config_version} is {}", where_published(observation)),
             ),
-            ready_condition(&channels, &cond),
+            match observation.xds.as_ref().map(|x| &x.proxies) {
+                Some(p) if p.selected > 0 && p.acked == 0 => cond(
+                    condition::READY,
+                    false,
+                    reason::NO_PROXY_SERVING,
+                    format!(
+                        "{} proxies serve this namespace and none runs the configuration {config_version} yet ({} on another version, {} rejected)",
+                        p.selected, p.stale, p.rejected
+                    ),
+                ),
+                _ => ready_condition(&channels, &cond),
+            },
             Some(config_version.clone()),
         ),
         Programming::NotProgrammed { reason: why, message } => {
@@ -148,7 +190,37 @@ pub fn status(
         conditions: vec![accepted, programmed, ready],
         channel_summary: Some(summary(&channels)),
         channels,
-        proxies: previous.and_then(|s| s.proxies.clone()),
+        proxies: observation.xds.as_ref().map(proxy_status),
+    }
+}
+
+fn where_published(observation: &Observation) -> &'static str {
+    match (observation.xds.is_some(), observation.config_map) {
+        (true, true) => "served over xDS and published in the ConfigMap",
+        (true, false) => "served over xDS",
+        _ => "published in the ConfigMap",
+    }
+}
+
+/// `status.proxies` from what the xDS server knows.
+pub fn proxy_status(x: &XdsObservation) -> ProxyStatus {
+    let p = &x.proxies;
+    let mut summary = format!("{}/{} acked", p.acked, p.selected);
+    if p.rejected > 0 {
+        summary.push_str(&format!(", {} rejected", p.rejected));
+    }
+    ProxyStatus {
+        selected: p.selected,
+        acked: p.acked,
+        stale: p.stale,
+        rejected: p.rejected,
+        last_rejection: p.last_rejection.as_ref().or(x.rejection.as_ref()).map(|r| ProxyRejection {
+            proxy: r.proxy.clone(),
+            config_version: r.version.clone(),
+            message: r.message.clone(),
+            time: r.time.clone(),
+        }),
+        summary,
     }
 }
 
@@ -202,9 +274,9 @@ pub fn fingerprint(status: &ChannelContractStatus) -> u64 {
     hasher.finish()
 }
 
-/// The status fields the operator writes (`proxies` is not among them).
-pub const WRITTEN_FIELDS: [&str; 5] =
-    ["observedGeneration", "configVersion", "conditions", "channels", "channelSummary"];
+/// The status fields the operator writes.
+pub const WRITTEN_FIELDS: [&str; 6] =
+    ["observedGeneration", "configVersion", "conditions", "channels", "channelSummary", "proxies"];
 
 /// The JSON merge patch that makes the status `next`: `{"status": …}` with every field of
 /// [`WRITTEN_FIELDS`] that `next` leaves out set to null (a merge patch removes a field only when told to).

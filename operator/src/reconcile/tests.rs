@@ -59,13 +59,23 @@ fn view() -> StaticView {
 #[test]
 fn a_good_contract_publishes_its_config_map() {
     let plan = plan(&contract(good_spec()), &view(), &ProxyOptions::default());
-    let Plan::Publish { config_map, config_version, channels } = plan else { panic!("{plan:?}") };
+    let Plan::Publish { config_map, config_version, channels, endpoints } = plan else { panic!("{plan:?}") };
+    let config_map = config_map.expect("the ConfigMap path is on");
     assert_eq!(config_map.metadata.name.as_deref(), Some("pv-envoy"));
+    assert_eq!(endpoints.channels["primary"].len(), 2, "the endpoints go to the xDS server: {endpoints:?}");
     assert!(config_version.starts_with("sha256:"));
     assert_eq!(crate::watch::endpoints::summary(&channels), "primary:2,cache:1");
     assert_eq!(channels[0].regions, ["gz", "sz"]);
     let cds = &config_map.data.as_ref().expect("data")["cds.yaml"];
     assert!(cds.contains("10.0.0.1") && cds.contains("9000"), "{cds}");
+}
+
+#[test]
+fn without_the_config_map_path_no_config_map_is_made() {
+    let plan = plan_for(&contract(good_spec()), &view(), &ProxyOptions::default(), false);
+    let Plan::Publish { config_map, config_version, .. } = plan else { panic!("{plan:?}") };
+    assert!(config_map.is_none());
+    assert!(config_version.starts_with("sha256:"));
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! The operator as a process: `operator run` ([`run`]): the watches, the controller, the admin server
-//! ([`lifecycle::admin`]: `/healthz`, `/readyz`, `/metrics`) and leader election ([`lifecycle::leader`]).
+//! The operator as a process: `operator run` ([`run`]): the watches, the controller, the xDS server, the
+//! admin server ([`lifecycle::admin`]: `/healthz`, `/readyz`, `/metrics`) and leader election
+//! ([`lifecycle::leader`]); `operator bootstrap` ([`bootstrap`]): a proxy's Envoy bootstrap.
 
+pub mod bootstrap;
 pub mod run;
 pub mod watches;

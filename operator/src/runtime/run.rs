@@ -17,6 +17,7 @@
 //! reconciles finish, the admin server stops, the leader releases its Lease.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crds::ChannelContract;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::watches::{self, Watches};
 use crate::model::{DEFAULT_CONFIG_DIR, ProxyOptions};
 use crate::publish::configmap::{self};
+use crate::publish::xds::Xds;
+use crate::publish::xds::server::{self, RegionOf, ServeError, ServerConfig, TlsFiles};
 use crate::reconcile::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::watch::Caches;
@@ -59,6 +62,65 @@ pub struct RunArgs {
     /// Log format: json (production) or text.
     #[arg(long, env = "CSP_LOG_FORMAT", default_value = "json")]
     pub log_format: lifecycle::LogFormat,
+    /// Where contracts go, and the xDS server.
+    #[command(flatten)]
+    pub xds: XdsArgs,
+}
+
+/// Where a contract's configuration goes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The ConfigMap `<contract>-envoy` (filesystem xDS files), for proxies that cannot speak xDS.
+    Configmap,
+    /// The operator's xDS server (ADS over gRPC).
+    Xds,
+}
+
+/// Where contracts go, and the xDS server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct XdsArgs {
+    /// Where contracts go: `configmap`, `xds`, or both (comma-separated).
+    #[arg(long, env = "CSP_OPERATOR_PUBLISH", value_delimiter = ',', default_value = "configmap")]
+    pub publish: Vec<Target>,
+    /// Where the xDS server listens (every replica serves xDS).
+    #[arg(long, env = "CSP_OPERATOR_XDS_LISTEN", default_value = "0.0.0.0:18000")]
+    pub xds_listen: SocketAddr,
+    /// The xDS server's certificate (PEM).
+    #[arg(long, env = "CSP_OPERATOR_XDS_TLS_CERT", value_name = "FILE", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// The xDS server certificate's key (PEM).
+    #[arg(long, env = "CSP_OPERATOR_XDS_TLS_KEY", value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// Require proxies to present a certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "CSP_OPERATOR_XDS_CLIENT_CA", value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
+    /// Serve xDS without TLS (local tests only).
+    #[arg(long, env = "CSP_OPERATOR_XDS_INSECURE", conflicts_with = "xds_tls_cert")]
+    pub xds_insecure: bool,
+    /// The namespace of the proxies' Pods, when their node metadata does not say (for their Node's region).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+}
+
+impl XdsArgs {
+    fn serves_xds(&self) -> bool {
+        self.publish.contains(&Target::Xds)
+    }
+
+    /// The xDS server's configuration, if xDS is on.
+    fn server_config(&self) -> Result<Option<ServerConfig>, RunError> {
+        if !self.serves_xds() {
+            return Ok(None);
+        }
+        let tls = match (&self.xds_tls_cert, &self.xds_tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.xds_client_ca.clone() })
+            }
+            _ if self.xds_insecure => None,
+            _ => return Err(RunError::XdsTls),
+        };
+        Ok(Some(ServerConfig { listen: self.xds_listen, tls, pod_namespace: self.pod_namespace.clone() }))
+    }
 }
 
 /// How proxies use the ConfigMaps.
@@ -98,10 +160,19 @@ pub enum RunError {
     /// Leadership was lost.
     #[error(transparent)]
     Leader(#[from] LeaderError),
+    /// xDS is on without TLS material.
+    #[error(
+        "--publish includes xds but the xDS server has no certificate: give --xds-tls-cert and --xds-tls-key (the chart mounts them), or --xds-insecure for a local test"
+    )]
+    XdsTls,
+    /// The xDS server failed.
+    #[error(transparent)]
+    Xds(#[from] ServeError),
 }
 
 /// Runs the controller until `cancel` (or until leadership, once held, is lost).
 pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunError> {
+    let xds_config = args.xds.server_config()?;
     let client = connect(&args).await?;
     let admin_listener =
         admin::bind(args.admin_listen).await.map_err(|source| RunError::Admin { addr: args.admin_listen, source })?;
@@ -112,16 +183,23 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
     let identity = args.leader_election.identity();
     let reporter = Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) };
     let proxy = ProxyOptions { listener: None, config_dir: args.proxy.proxy_config_dir.clone(), local_region: None };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        reporter,
-        metrics.clone(),
-        caches.clone(),
-        proxy,
-        leader_rx.clone(),
-        synced_rx,
-    ));
-    let watches = Watches::start(&client, args.contract_selector.as_deref(), &ctx, writers);
+    let xds = xds_config.as_ref().map(|_| Arc::new(Xds::new(metrics.xds.clone())));
+    let ctx = Arc::new(
+        Context::new(client.clone(), reporter, metrics.clone(), caches.clone(), proxy, leader_rx.clone(), synced_rx)
+            .publishing(xds.clone(), args.xds.publish.contains(&Target::Configmap)),
+    );
+    let mut watches = Watches::start(&client, args.contract_selector.as_deref(), &ctx, writers);
+    let (xds_task, status_triggers) = match (&xds, xds_config) {
+        (Some(xds), Some(config)) => {
+            let region_of = region_of(client.clone(), caches.clone());
+            let task = tokio::spawn(server::serve(xds.clone(), config, Some(region_of), cancel.clone()));
+            (Some(task), Some(proxy_triggers(xds.clone(), leader_rx.clone())))
+        }
+        _ => (None, None),
+    };
+    if let Some(status_triggers) = status_triggers {
+        watches.triggers = stream::select(watches.triggers, status_triggers).boxed();
+    }
 
     let ready = Readiness::new(NOT_READY);
     let ready_task = tokio::spawn(announce_sync(caches, ready.clone(), synced_tx, cancel.clone()));
@@ -141,7 +219,22 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
     let controller = controller(watches, ctx, leader_rx, args.concurrency, &cancel);
 
     tracing::info!(admin = %args.admin_listen, proxy_config_dir = %args.proxy.proxy_config_dir, %identity, "operator running");
-    let outcome = until_stopped(controller, leader_task, &cancel).await;
+    let xds_failed = async {
+        match xds_task {
+            Some(task) => match task.await {
+                Ok(Err(e)) => e,
+                _ => future::pending().await,
+            },
+            None => future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = until_stopped(controller, leader_task, &cancel) => outcome,
+        failed = xds_failed => {
+            cancel.cancel();
+            Err(RunError::Xds(failed))
+        }
+    };
     ready_task.abort();
     leader_gauge.abort();
     let admin = match admin_task.await {
@@ -149,6 +242,50 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
         _ => Ok(()),
     };
     outcome.and(admin)
+}
+
+/// The contracts whose proxies answered, to refresh their status (on the leader), at most every
+/// [`STATUS_BATCH`] so that a fleet's ACKs of one push make one status write per contract.
+fn proxy_triggers(
+    xds: Arc<Xds>,
+    leader: watch::Receiver<bool>,
+) -> futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<ChannelContract>> {
+    stream::unfold((xds, leader), |(xds, leader)| async move {
+        loop {
+            xds.dirtied().await;
+            tokio::time::sleep(STATUS_BATCH).await;
+            let keys = xds.take_dirty();
+            if *leader.borrow() && !keys.is_empty() {
+                let refs: Vec<_> = keys.iter().map(|k| k.object_ref()).collect();
+                return Some((stream::iter(refs), (xds, leader)));
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// How long proxy answers are gathered before the statuses they change are refreshed.
+pub const STATUS_BATCH: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The region of a proxy's Pod's Node: the Pod from the API (the operator may get Pods), the Node's
+/// region from the Node cache.
+fn region_of(client: Client, caches: Caches) -> RegionOf {
+    use crate::watch::endpoints::ClusterView;
+    Arc::new(move |namespace: String, pod: String| {
+        let (client, caches) = (client.clone(), caches.clone());
+        Box::pin(async move {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &namespace);
+            let node = match pods.get_opt(&pod).await {
+                Ok(found) => found?.spec?.node_name?,
+                Err(e) => {
+                    tracing::warn!(%namespace, %pod, error = %e, "cannot read the proxy's Pod to find its region");
+                    return None;
+                }
+            };
+            caches.node_region(&node)
+        })
+    })
 }
 
 /// What `/readyz` says until every cache has listed once.

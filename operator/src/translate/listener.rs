@@ -37,3 +37,59 @@ pub(crate) fn listener(spec: &ChannelContractSpec, names: &Names<'_>, options: &
         ..Listener::default()
     }
 }
+
+/// The listener of a gateway proxy for every contract on `port`: `csp~port~<port>` on `address:port`, an
+/// HTTP connection manager whose routes come from the scope that matches the request's authority
+/// ([`scope`](super::scope)), scopes and route configurations both over ADS.
+pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
+    use crate::envoy::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource, config_source};
+    use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        ScopedRds, ScopedRoutes, scoped_routes,
+    };
+    use scoped_routes::scope_key_builder::{FragmentBuilder, fragment_builder};
+    let ads = || ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    };
+    let authority = FragmentBuilder {
+        r#type: Some(fragment_builder::Type::HeaderValueExtractor(fragment_builder::HeaderValueExtractor {
+            name: ":authority".to_owned(),
+            // The whole value: an authority has no commas.
+            element_separator: ",".to_owned(),
+            extract_type: Some(fragment_builder::header_value_extractor::ExtractType::Index(0)),
+        })),
+    };
+    let name = format!("csp~port~{port}");
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.clone(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::ScopedRoutes(ScopedRoutes {
+            name: super::scope::SCOPED_ROUTES.to_owned(),
+            scope_key_builder: Some(scoped_routes::ScopeKeyBuilder { fragments: vec![authority] }),
+            rds_config_source: Some(ads()),
+            config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
+                scoped_rds_config_source: Some(ads()),
+                ..ScopedRds::default()
+            })),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..HttpFilter::default()
+        }],
+        tracing: Some(http_connection_manager::Tracing::default()),
+        ..HttpConnectionManager::default()
+    };
+    Listener {
+        name,
+        address: Some(socket_address(&address.to_string(), u32::from(port))),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}

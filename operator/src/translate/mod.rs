@@ -20,6 +20,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+mod scope;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,8 +59,7 @@ use crate::envoy::pb::envoy::r#type::v3::Percent;
 use crate::envoy::pb::google::protobuf::{self as protobuf, UInt32Value};
 use crate::envoy::{any, path_config_source, upstream_http};
 
-/// Where the ConfigMap with the files is mounted in the proxy by default; `lds.yaml` names
-use crate::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions};
+use crate::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions, XdsContract};
 
 use self::cluster::*;
 use self::endpoint::*;
@@ -67,6 +67,8 @@ use self::listener::*;
 use self::route::*;
 
 pub use self::endpoint::OVERPROVISIONING_FACTOR;
+pub use self::listener::gateway_listener;
+pub use self::scope::{SCOPED_ROUTES, hosts};
 
 /// The request header that sends a request straight to the channel with that selector.
 pub const CHANNEL_HEADER: &str = "x-channel-priority";
@@ -216,6 +218,42 @@ pub fn translate(
     options: &ProxyOptions,
 ) -> Result<EnvoyResources, TranslateError> {
     let names = Names { namespace: contract.namespace, name: contract.name };
+    let Parts { clusters, channels: statuses, route_configuration } =
+        parts(contract, endpoints, options.local_region.as_deref())?;
+    let listener = listener(contract.spec, &names, options);
+    let (files, config_version) = files(&names, &clusters, &route_configuration, &listener)?;
+    Ok(EnvoyResources { clusters, route_configuration, listener, channels: statuses, files, config_version })
+}
+
+/// What a contract becomes for one proxy served over xDS, whose own region is `local_region`: its
+/// clusters (the primary's regions with `local_region` first), its route configuration, and the scopes
+/// that send a gateway listener's requests for the contract's Service to those routes ([`scope`]). The
+/// listener is not the contract's own: every contract on a port shares [`gateway_listener`].
+pub fn xds(
+    contract: &ValidContract<'_>,
+    endpoints: &ChannelEndpoints,
+    local_region: Option<&str>,
+) -> Result<XdsContract, TranslateError> {
+    let names = Names { namespace: contract.namespace, name: contract.name };
+    let Parts { clusters, route_configuration, .. } = parts(contract, endpoints, local_region)?;
+    let port = u16::try_from(contract.spec.port).unwrap_or_default();
+    let scopes = scope::scopes(&names, &contract.spec.service, port);
+    Ok(XdsContract { clusters, route_configuration, scopes, port })
+}
+
+/// The resources of a contract that do not depend on how the proxy takes them.
+struct Parts {
+    clusters: Vec<Cluster>,
+    channels: Vec<ChannelStatus>,
+    route_configuration: RouteConfiguration,
+}
+
+fn parts(
+    contract: &ValidContract<'_>,
+    endpoints: &ChannelEndpoints,
+    local_region: Option<&str>,
+) -> Result<Parts, TranslateError> {
+    let names = Names { namespace: contract.namespace, name: contract.name };
     let (spec, channels) = (contract.spec, &contract.channels);
     if let Some(unknown) = endpoints.channels.keys().find(|c| !channels.iter().any(|r| &r.name == *c)) {
         return Err(TranslateError::UnknownChannel {
@@ -229,7 +267,7 @@ pub fn translate(
     for (i, channel) in channels.iter().enumerate() {
         let published = published_endpoints(&channel.name, endpoints.channels.get(&channel.name))?;
         // Region failover is for the primary (the first channel); the fallbacks keep one priority.
-        let region_order = if i == 0 { failover_order(spec, options) } else { Vec::new() };
+        let region_order = if i == 0 { failover_order(spec, local_region) } else { Vec::new() };
         let assignment = load_assignment(&names.channel_cluster(&channel.name), &published, &region_order);
         statuses.push(channel_status(&channel.name, &assignment, published.len()));
         clusters.push(channel_cluster(spec, &names.channel_cluster(&channel.name), &published, assignment)?);
@@ -238,16 +276,14 @@ pub fn translate(
     clusters.push(aggregate_cluster(spec, &names.base(), chain));
 
     let route_configuration = route_configuration(spec, &names, channels)?;
-    let listener = listener(spec, &names, options);
-    let (files, config_version) = files(&names, &clusters, &route_configuration, &listener)?;
-    Ok(EnvoyResources { clusters, route_configuration, listener, channels: statuses, files, config_version })
+    Ok(Parts { clusters, channels: statuses, route_configuration })
 }
 
 /// The regions of the primary in the order they are tried: the proxy's own region first (over xDS), then
 /// `spec.failover.regions`. Empty when the contract declares no failover.
-pub(crate) fn failover_order(spec: &ChannelContractSpec, options: &ProxyOptions) -> Vec<String> {
+pub(crate) fn failover_order(spec: &ChannelContractSpec, local_region: Option<&str>) -> Vec<String> {
     let Some(failover) = &spec.failover else { return Vec::new() };
-    let mut order: Vec<String> = options.local_region.iter().cloned().collect();
+    let mut order: Vec<String> = local_region.map(str::to_owned).into_iter().collect();
     for region in &failover.regions {
         if !order.contains(region) {
             order.push(region.clone());

@@ -17,37 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crds::ChannelContract;
-use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 use crds::resolve_channels;
 
-/// A contract's namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ContractKey {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl ContractKey {
-    /// The key of a contract.
-    pub fn of(contract: &ChannelContract) -> Self {
-        Self { namespace: contract.namespace().unwrap_or_default(), name: contract.name_any() }
-    }
-
-    /// The controller's reference to it.
-    pub fn object_ref(&self) -> ObjectRef<ChannelContract> {
-        ObjectRef::new(&self.name).within(&self.namespace)
-    }
-}
-
-impl std::fmt::Display for ContractKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::model::ContractKey;
 
 type NamespacedName = (String, String);
 

@@ -1,0 +1,244 @@
+//! The xDS server: every replica of the operator serves the contracts over ADS (gRPC, state of the
+//! world and delta, TLS) to a fleet of Envoys, each proxy with its own region first, and tells status
+//! which proxies acknowledged or rejected each contract's version.
+//!
+//! - [`catalog`]: what is served of each contract; a rejected version is withdrawn for the last accepted.
+//! - [`snapshot`]: what one proxy's view (region, namespaces, listen address) is served, per type.
+//! - [`session`]: one stream's protocol (nonces, ACK and NACK, subscriptions), pure.
+//! - [`fleet`]: the proxies connected, what each runs and rejected; a contract's proxy counts.
+//! - [`server`]: the gRPC service and its TLS.
+//!
+//! [`Xds`] ties them together: the reconciler [`publish`](Xds::publish)es each contract's version, the
+//! streams read snapshots and report answers, and status reads [`observe`](Xds::observe).
+
+pub mod catalog;
+pub mod fleet;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod snapshot;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crds::ChannelContract;
+use tokio::sync::{Notify, watch};
+
+use self::catalog::{Catalog, Published, Rejection};
+use self::fleet::{Fleet, ProxyCounts, ProxyIdentity, counts};
+use self::metrics::XdsMetrics;
+use self::session::Event;
+use self::snapshot::{Snapshot, View, snapshot};
+use crate::model::{ChannelEndpoints, ContractKey};
+
+/// What the xDS server knows of a contract, for its status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XdsObservation {
+    /// The proxies that serve its namespace, and what they did with the current version.
+    pub proxies: ProxyCounts,
+    /// A proxy rejected the current version: this is the rejection.
+    pub rejection: Option<Rejection>,
+    /// The version proxies are served (the current one, the last accepted after a rejection, or none).
+    pub served: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    catalog: Catalog,
+    fleet: Fleet,
+    views: HashMap<View, Arc<Snapshot>>,
+    /// Versions being pushed: since when (for `csp_xds_push_duration_seconds`).
+    pushes: HashMap<ContractKey, (String, Instant)>,
+}
+
+/// The xDS state of one replica.
+#[derive(Debug)]
+pub struct Xds {
+    inner: Mutex<Inner>,
+    generation: watch::Sender<u64>,
+    dirty: Mutex<BTreeSet<ContractKey>>,
+    dirty_notify: Notify,
+    next_stream: AtomicU64,
+    metrics: XdsMetrics,
+}
+
+impl Xds {
+    /// An empty server state.
+    pub fn new(metrics: XdsMetrics) -> Self {
+        Self {
+            inner: Mutex::default(),
+            generation: watch::channel(0).0,
+            dirty: Mutex::default(),
+            dirty_notify: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn announce(&self, inner: &Inner) {
+        self.generation.send_replace(inner.catalog.generation());
+    }
+
+    /// A contract's version, as the reconciler translated it.
+    pub fn publish(
+        &self,
+        key: ContractKey,
+        version: String,
+        contract: Arc<ChannelContract>,
+        endpoints: ChannelEndpoints,
+    ) {
+        let mut inner = self.inner();
+        if inner.catalog.current_version(&key) == Some(version.as_str()) {
+            return;
+        }
+        let published = Published::new(key.clone(), version.clone(), contract, endpoints);
+        if inner.catalog.publish(published) {
+            if inner.fleet.proxies().any(|p| p.identity.serves(&key.namespace)) {
+                inner.pushes.insert(key.clone(), (version, Instant::now()));
+            }
+            self.announce(&inner);
+        }
+        drop(inner);
+        self.mark_dirty([key]);
+    }
+
+    /// A contract is gone.
+    pub fn remove(&self, key: &ContractKey) {
+        let mut inner = self.inner();
+        inner.pushes.remove(key);
+        if inner.catalog.remove(key) {
+            self.announce(&inner);
+        }
+    }
+
+    /// What status says of a contract's proxies.
+    pub fn observe(&self, key: &ContractKey) -> XdsObservation {
+        let inner = self.inner();
+        let Some(current) = inner.catalog.current_version(key) else { return XdsObservation::default() };
+        XdsObservation {
+            proxies: counts(inner.fleet.proxies(), key, current),
+            rejection: inner.catalog.current_rejection(key).cloned(),
+            served: inner.catalog.served(key).map(|p| p.version.clone()),
+        }
+    }
+
+    /// The contracts whose proxy counts may have changed since the last call (status is refreshed for them).
+    pub fn take_dirty(&self) -> BTreeSet<ContractKey> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Waits until some contract is dirty.
+    pub async fn dirtied(&self) {
+        self.dirty_notify.notified().await;
+    }
+
+    fn mark_dirty(&self, keys: impl IntoIterator<Item = ContractKey>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = dirty.len();
+        dirty.extend(keys);
+        if dirty.len() > before {
+            self.dirty_notify.notify_one();
+        }
+    }
+
+    /// The snapshot of a view at the current generation (made once per view and generation).
+    pub fn snapshot(&self, view: &View) -> Arc<Snapshot> {
+        let mut inner = self.inner();
+        let generation = inner.catalog.generation();
+        if let Some(s) = inner.views.get(view).filter(|s| s.generation == generation) {
+            return s.clone();
+        }
+        let made = Arc::new(snapshot(&inner.catalog, view));
+        inner.views.insert(view.clone(), made.clone());
+        made
+    }
+
+    /// Follows the catalog's generation (a stream wakes when it moves).
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// A new stream's id.
+    pub fn next_stream(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A proxy connected on `stream`.
+    pub fn connect(&self, stream: u64, identity: ProxyIdentity) {
+        let mut inner = self.inner();
+        let affected = self.served_in(&inner, &identity);
+        inner.fleet.connect(stream, identity);
+        self.metrics.connected.set(i64::try_from(inner.fleet.len()).unwrap_or(i64::MAX));
+        drop(inner);
+        self.mark_dirty(affected);
+    }
+
+    /// The proxy of `stream` went away.
+    pub fn disconnect(&self, stream: u64) {
+        let mut inner = self.inner();
+        let Some(gone) = inner.fleet.disconnect(stream) else { return };
+        self.metrics.connected.set(i64::try_from(inner.fleet.len()).unwrap_or(i64::MAX));
+        let affected = self.served_in(&inner, &gone.identity);
+        drop(inner);
+        self.mark_dirty(affected);
+    }
+
+    fn served_in(&self, inner: &Inner, identity: &ProxyIdentity) -> Vec<ContractKey> {
+        inner.catalog.all_served().filter(|p| identity.serves(&p.key.namespace)).map(|p| p.key.clone()).collect()
+    }
+
+    /// What a proxy's answers mean: the contracts it runs, those it rejected.
+    pub fn apply(&self, stream: u64, events: Vec<Event>, now: &str) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.inner();
+        let proxy = inner.fleet.proxy(stream).map(|p| p.identity.id.clone()).unwrap_or_default();
+        let mut touched = Vec::new();
+        let mut served_changed = false;
+        for event in events {
+            match event {
+                Event::Running { key, version } => {
+                    inner.fleet.running(stream, &key, version.as_deref());
+                    if let Some(version) = version {
+                        inner.catalog.accepted(&key, &version);
+                        let done = inner.pushes.get(&key).is_some_and(|(v, _)| *v == version)
+                            && inner.fleet.all_run(&key, &version);
+                        if done && let Some((_, since)) = inner.pushes.remove(&key) {
+                            self.metrics.push_duration.observe(since.elapsed().as_secs_f64());
+                        }
+                    }
+                    touched.push(key);
+                }
+                Event::Rejected { key, version, message } => {
+                    tracing::warn!(contract = %key, %proxy, %version, %message, "a proxy rejected the contract's configuration");
+                    self.metrics.nack(&key);
+                    let rejection = Rejection { version, proxy: proxy.clone(), message, time: now.to_owned() };
+                    inner.fleet.rejected(stream, &key, rejection.clone());
+                    served_changed |= inner.catalog.rejected(&key, rejection);
+                    inner.pushes.remove(&key);
+                    touched.push(key);
+                }
+                Event::RejectedShared { type_url, message } => {
+                    tracing::error!(%proxy, %type_url, %message, "a proxy rejected a shared resource (a bug of the operator: please report it)");
+                }
+            }
+        }
+        if served_changed {
+            self.announce(&inner);
+        }
+        drop(inner);
+        self.mark_dirty(touched);
+    }
+}
+
+/// The region and namespaces a proxy's node asks for, and where its listeners bind.
+pub fn view_of(identity: &ProxyIdentity, listen: std::net::IpAddr) -> View {
+    View { region: identity.region.clone(), namespaces: identity.namespaces.clone(), listen }
+}

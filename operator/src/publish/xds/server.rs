@@ -1,0 +1,279 @@
+//! The gRPC service: `envoy.service.discovery.v3.AggregatedDiscoveryService`, both methods (state of the
+//! world and delta), over TLS (optionally requiring client certificates).
+//!
+//! A stream's first request must carry the `node`: `id` (the proxy's pod name), `cluster` (its fleet),
+//! `locality.region`, and in `metadata` the keys of [`metadata`]. When the region is empty, the region of
+//! the proxy's Pod's Node is asked of the [`RegionOf`] the operator gives (from its Node cache).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+use super::fleet::ProxyIdentity;
+use super::session::{Request, Response, Session};
+use super::{Xds, view_of};
+use crate::envoy::pb::envoy::config::core::v3::Node;
+use crate::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::envoy::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use crate::envoy::pb::google::protobuf::value::Kind as ValueKind;
+
+/// The node metadata keys the server reads.
+pub mod metadata {
+    /// The namespaces whose contracts the proxy serves, comma-separated; empty or absent: all.
+    pub const NAMESPACES: &str = "csp.contracts.dev/namespaces";
+    /// The address the proxy's gateway listeners bind (default `0.0.0.0`).
+    pub const LISTEN_ADDRESS: &str = "csp.contracts.dev/listen-address";
+    /// The namespace of the proxy's Pod (to find its Node's region); default: the operator's.
+    pub const POD_NAMESPACE: &str = "csp.contracts.dev/pod-namespace";
+}
+
+/// The region of a Pod's Node: `(namespace, pod) -> region`.
+pub type RegionOf = Arc<dyn Fn(String, String) -> BoxFuture<'static, Option<String>> + Send + Sync>;
+
+/// Where and how the server listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address.
+    pub listen: SocketAddr,
+    /// TLS; None: plaintext.
+    pub tls: Option<TlsFiles>,
+    /// The namespace a proxy's Pod is looked for in when its node does not say.
+    pub pod_namespace: String,
+}
+
+/// The PEM files of the server's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The serving certificate (chain).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// When given, clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why the server cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS file cannot be read.
+    #[error("cannot read the xDS TLS file {path}: {source}")]
+    ReadTls {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address cannot be bound.
+    #[error("cannot listen for xDS on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("the xDS server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The ADS service.
+#[derive(Clone)]
+pub struct Ads {
+    xds: Arc<Xds>,
+    region_of: Option<RegionOf>,
+    pod_namespace: String,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Ads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ads").field("pod_namespace", &self.pod_namespace).finish()
+    }
+}
+
+/// Binds `config.listen` and serves ADS until `cancel`.
+pub async fn serve(
+    xds: Arc<Xds>,
+    config: ServerConfig,
+    region_of: Option<RegionOf>,
+    cancel: CancellationToken,
+) -> Result<(), ServeError> {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
+    if let Some(tls) = &config.tls {
+        let read =
+            |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::ReadTls { path: path.clone(), source });
+        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls_config)?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    tracing::info!(listen = %config.listen, tls = config.tls.is_some(), "xDS server listening");
+    let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
+    builder
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Outbound<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Outbound<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: GrpcRequest<Streaming<DiscoveryRequest>>,
+    ) -> Result<GrpcResponse<Self::StreamAggregatedResourcesStream>, Status> {
+        let inbound = request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))));
+        let rx = self.start(inbound, false);
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
+            match r {
+                Ok(Response::Sotw(r)) => Some(Ok(r)),
+                Ok(Response::Delta(_)) => None,
+                Err(status) => Some(Err(status)),
+            }
+        }))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<GrpcResponse<Self::DeltaAggregatedResourcesStream>, Status> {
+        let inbound = request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))));
+        let rx = self.start(inbound, true);
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
+            match r {
+                Ok(Response::Delta(r)) => Some(Ok(r)),
+                Ok(Response::Sotw(_)) => None,
+                Err(status) => Some(Err(status)),
+            }
+        }))))
+    }
+}
+
+impl Ads {
+    fn start(
+        &self,
+        inbound: impl Stream<Item = Result<(Option<Node>, Request), Status>> + Send + Unpin + 'static,
+        delta: bool,
+    ) -> mpsc::Receiver<Result<Response, Status>> {
+        let (tx, rx) = mpsc::channel(8);
+        let ads = self.clone();
+        tokio::spawn(async move { ads.run(inbound, tx, delta).await });
+        rx
+    }
+
+    async fn run(
+        self,
+        mut inbound: impl Stream<Item = Result<(Option<Node>, Request), Status>> + Send + Unpin,
+        tx: mpsc::Sender<Result<Response, Status>>,
+        delta: bool,
+    ) {
+        let Some(Ok((node, first))) = inbound.next().await else { return };
+        let Some(node) = node.filter(|n| !n.id.is_empty()) else {
+            let _ = tx.send(Err(Status::invalid_argument("the first request of a stream must carry node.id"))).await;
+            return;
+        };
+        let (identity, listen) = self.identity(&node).await;
+        let stream = self.xds.next_stream();
+        let view = view_of(&identity, listen);
+        tracing::info!(stream, proxy = %identity.id, fleet = %identity.fleet, region = ?identity.region, namespaces = ?identity.namespaces, delta, "proxy connected");
+        let proxy = identity.id.clone();
+        self.xds.connect(stream, identity);
+        let mut session = Session::new(stream, delta);
+        let mut generations = self.xds.generations();
+        let mut next = Some(first);
+        loop {
+            if let Some(request) = next.take() {
+                let events = session.request(request);
+                self.xds.apply(stream, events, &now());
+            }
+            let snapshot = self.xds.snapshot(&view);
+            for response in session.respond(&snapshot) {
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            tokio::select! {
+                received = inbound.next() => match received {
+                    Some(Ok((_, request))) => next = Some(request),
+                    Some(Err(status)) => {
+                        tracing::info!(stream, %proxy, %status, "proxy stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = generations.changed() => if changed.is_err() { break },
+                () = self.cancel.cancelled() => break,
+                () = tx.closed() => break,
+            }
+        }
+        self.xds.disconnect(stream);
+        tracing::info!(stream, %proxy, "proxy disconnected");
+    }
+
+    /// Who the node is, and where its listeners bind.
+    async fn identity(&self, node: &Node) -> (ProxyIdentity, IpAddr) {
+        let field = |key: &str| {
+            node.metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| match &v.kind {
+                Some(ValueKind::StringValue(s)) => Some(s.trim().to_owned()),
+                _ => None,
+            })
+        };
+        let namespaces: Option<BTreeSet<String>> = field(metadata::NAMESPACES)
+            .map(|s| s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect::<BTreeSet<_>>())
+            .filter(|n| !n.is_empty());
+        let listen = match field(metadata::LISTEN_ADDRESS).filter(|s| !s.is_empty()) {
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                tracing::warn!(proxy = %node.id, address = %text, "the node's listen address is not an IP address: 0.0.0.0 instead");
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }),
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let mut region = node.locality.as_ref().map(|l| l.region.clone()).filter(|r| !r.is_empty());
+        if region.is_none()
+            && let Some(region_of) = &self.region_of
+        {
+            let namespace =
+                field(metadata::POD_NAMESPACE).filter(|s| !s.is_empty()).unwrap_or(self.pod_namespace.clone());
+            region = region_of(namespace, node.id.clone()).await;
+            if region.is_none() {
+                tracing::info!(proxy = %node.id, "the proxy's region is unknown (no node.locality.region, no region on its Pod's Node): the declared order applies");
+            }
+        }
+        (ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces }, listen)
+    }
+}
+
+/// Now, RFC 3339 to the second.
+fn now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
+}
