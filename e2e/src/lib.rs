@@ -275,3 +275,4 @@ pub mod netns;
 pub mod proxy;
 pub mod rbac;
 pub mod testbed;
+pub mod xds;

@@ -445,7 +445,7 @@ impl Testbed {
     }
 }
 
-fn parse_reply(line: &str) -> Option<Reply> {
+pub(crate) fn parse_reply(line: &str) -> Option<Reply> {
     let mut parts = line.splitn(3, ' ');
     let status = parts.next()?.parse().ok()?;
     let seconds = parts.next()?.parse().ok()?;

@@ -151,7 +151,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: GrpcRequest<Streaming<DiscoveryRequest>>,
     ) -> Result<GrpcResponse<Self::StreamAggregatedResourcesStream>, Status> {
-        let inbound = request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))));
+        let inbound =
+            request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
         let rx = self.start(inbound, false);
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
             match r {
@@ -166,7 +167,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<GrpcResponse<Self::DeltaAggregatedResourcesStream>, Status> {
-        let inbound = request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))));
+        let inbound =
+            request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
         let rx = self.start(inbound, true);
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
             match r {
@@ -181,7 +183,7 @@ impl AggregatedDiscoveryService for Ads {
 impl Ads {
     fn start(
         &self,
-        inbound: impl Stream<Item = Result<(Option<Node>, Request), Status>> + Send + Unpin + 'static,
+        inbound: impl Stream<Item = Result<(Option<Node>, Request), String>> + Send + Unpin + 'static,
         delta: bool,
     ) -> mpsc::Receiver<Result<Response, Status>> {
         let (tx, rx) = mpsc::channel(8);
@@ -192,7 +194,7 @@ impl Ads {
 
     async fn run(
         self,
-        mut inbound: impl Stream<Item = Result<(Option<Node>, Request), Status>> + Send + Unpin,
+        mut inbound: impl Stream<Item = Result<(Option<Node>, Request), String>> + Send + Unpin,
         tx: mpsc::Sender<Result<Response, Status>>,
         delta: bool,
     ) {
