@@ -99,3 +99,87 @@ fn each_proxy_sends_traffic_to_its_own_region_first_and_an_edit_reaches_all_with
     let table = kubectl(&["get", "chc", "-n", &bed.ns.name], None).ok();
     assert!(table.contains("3/3 acked"), "kubectl get shows the proxies: {table}");
 }
+
+fn condition(c: &Value, type_: &str) -> Value {
+    c["status"]["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An Envoy without the upstream HTTP protocol options extension (a locked-down or older build) cannot
+/// take a contract with `protocol: GRPC` (upstream HTTP/2).
+const LOCKED_DOWN: &str = "envoy.upstream_options/envoy.upstreams.http.http_protocol_options";
+
+#[test]
+fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_others_keep_flowing() {
+    let operator = xds_operator();
+    let mut bed = XdsBed::new("xds-nack");
+    for b in ["a-1", "b-1"] {
+        bed.start_backend(b);
+    }
+    bed.service("svc-a", PORT, &[("a-1", "gz")]);
+    bed.service("svc-b", PORT, &[("b-1", "gz")]);
+    let a_spec = "  service: svc-a\n  port: 18080\n  sla: {maxLatency: 3s}\n";
+    bed.contract(operator, "a", a_spec);
+    bed.contract(operator, "b", "  service: svc-b\n  port: 18080\n  sla: {maxLatency: 3s}\n");
+    bed.start_proxy(operator, ProxySpec::new("proxy-new", "gz", 2, 19201));
+    let mut old = ProxySpec::new("proxy-old", "gz", 3, 19202);
+    old.envoy_args = vec!["--disable-extensions".to_owned(), LOCKED_DOWN.to_owned()];
+    bed.start_proxy(operator, old);
+    let log = log_of(operator);
+    let a = bed.wait_status("a", "2/2 acked", Duration::from_secs(60), &log, |c| acked(c, 2));
+    bed.wait_status("b", "2/2 acked", Duration::from_secs(30), &log, |c| acked(c, 2));
+    let accepted = a["status"]["configVersion"].as_str().expect("a configVersion").to_owned();
+    for proxy in ["proxy-new", "proxy-old"] {
+        bed.settles_on(proxy, "svc-a", PORT, "a-1", 3, Duration::from_secs(30));
+    }
+
+    // A real NACK: the locked-down proxy refuses the clusters of a's GRPC version.
+    bed.contract(operator, "a", &format!("{a_spec}  protocol: GRPC\n"));
+    let a = bed.wait_status("a", "ProxyRejected", Duration::from_secs(30), &log, |c| {
+        condition(c, "Programmed")["reason"] == "ProxyRejected"
+    });
+    let programmed = condition(&a, "Programmed");
+    let message = programmed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("proxy-old"), "the message names the proxy: {message}");
+    assert!(
+        message.contains("Didn't find a registered") && message.contains("HttpProtocolOptions"),
+        "the message is Envoy's own: {message}"
+    );
+    assert!(message.contains(&accepted), "the message says which version proxies are served: {message}");
+    let rejection = &a["status"]["proxies"]["lastRejection"];
+    assert_eq!(rejection["proxy"], "proxy-old", "{a:#}");
+    assert!(rejection["message"].as_str().unwrap_or_default().contains("HttpProtocolOptions"), "{a:#}");
+    assert_eq!(a["status"]["configVersion"], accepted.as_str(), "status says what proxies run: {a:#}");
+    assert_eq!(condition(&a, "Ready")["status"], "False");
+    let nacks = operator.metric(&format!("csp_xds_nacks_total{{contract=\"{}/a\"}}", bed.ns.name)).unwrap_or(0.0);
+    assert!(nacks >= 1.0, "the NACK is counted:\n{}", operator.metrics());
+
+    // The other contract stays ACKed and serving on the same proxy; a keeps serving its last accepted
+    // version everywhere (HTTP/1.1, which the backend speaks).
+    let b = bed.get_contract("b").expect("b");
+    assert!(acked(&b, 2) && condition(&b, "Programmed")["status"] == "True", "{b:#}");
+    for proxy in ["proxy-new", "proxy-old"] {
+        bed.settles_on(proxy, "svc-b", PORT, "b-1", 3, Duration::from_secs(10));
+        bed.settles_on(proxy, "svc-a", PORT, "a-1", 3, Duration::from_secs(30));
+    }
+
+    // A restarted proxy gets a's last accepted version, never the rejected one.
+    bed.proxy("proxy-old").restart();
+    bed.settles_on("proxy-old", "svc-a", PORT, "a-1", 3, Duration::from_secs(30));
+    bed.settles_on("proxy-old", "svc-b", PORT, "b-1", 3, Duration::from_secs(10));
+    let clusters = bed.proxy("proxy-old").cluster_versions();
+    let a_clusters: Vec<&(String, String)> =
+        clusters.iter().filter(|(n, _)| n.starts_with(&format!("csp~{}~a", bed.ns.name))).collect();
+    assert!(!a_clusters.is_empty() && a_clusters.iter().all(|(_, v)| *v == accepted), "{clusters:?}");
+    let log = bed.proxies[1].process.log_tail();
+    assert!(!log.contains("config rejected"), "the restarted proxy was never offered the rejected version:\n{log}");
+
+    // Fixing the contract (back to HTTP) programs it again.
+    bed.contract(operator, "a", &format!("{a_spec}  protocol: HTTP\n"));
+    bed.wait_status("a", "programmed and 2/2 acked again", Duration::from_secs(30), &log_of(operator), |c| {
+        condition(c, "Programmed")["status"] == "True" && acked(c, 2)
+    });
+}

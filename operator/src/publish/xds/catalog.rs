@@ -25,6 +25,9 @@ use crate::translate::{self, ValidContract};
 /// How many rejected versions of a contract are remembered (so that flapping between them is not retried).
 const REMEMBERED_REJECTIONS: usize = 8;
 
+/// How many accepted versions of a contract are kept to fall back on.
+const REMEMBERED_ACCEPTED: usize = 4;
+
 /// One resource as it is sent: its name and its encoding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -114,7 +117,9 @@ pub struct Rejection {
 #[derive(Debug)]
 struct Entry {
     current: Arc<Published>,
-    accepted: Option<Arc<Published>>,
+    /// Versions proxies acknowledged, latest first: a version some proxy took and another rejects is
+    /// dropped, and the one before it is served.
+    accepted: VecDeque<Arc<Published>>,
     rejections: VecDeque<Rejection>,
 }
 
@@ -124,7 +129,7 @@ impl Entry {
     }
 
     fn served(&self) -> Option<&Arc<Published>> {
-        if self.rejection_of(&self.current.version).is_some() { self.accepted.as_ref() } else { Some(&self.current) }
+        if self.rejection_of(&self.current.version).is_some() { self.accepted.front() } else { Some(&self.current) }
     }
 }
 
@@ -153,7 +158,8 @@ impl Catalog {
             }
             None => {
                 let key = published.key.clone();
-                self.entries.insert(key, Entry { current: published, accepted: None, rejections: VecDeque::new() });
+                self.entries
+                    .insert(key, Entry { current: published, accepted: VecDeque::new(), rejections: VecDeque::new() });
                 true
             }
         };
@@ -172,9 +178,10 @@ impl Catalog {
         if let Some(entry) = self.entries.get_mut(key)
             && entry.current.version == version
             && entry.rejection_of(version).is_none()
-            && entry.accepted.as_ref().is_none_or(|a| a.version != version)
+            && entry.accepted.front().is_none_or(|a| a.version != version)
         {
-            entry.accepted = Some(entry.current.clone());
+            entry.accepted.push_front(entry.current.clone());
+            entry.accepted.truncate(REMEMBERED_ACCEPTED);
         }
     }
 
@@ -183,10 +190,8 @@ impl Catalog {
     pub fn rejected(&mut self, key: &ContractKey, rejection: Rejection) -> bool {
         let Some(entry) = self.entries.get_mut(key) else { return false };
         let before = entry.served().map(|p| p.version.clone());
-        if entry.accepted.as_ref().is_some_and(|a| a.version == rejection.version) {
-            // A version some proxy took and another refuses: nothing older is known to be better.
-            entry.accepted = None;
-        }
+        // A version some proxy took and another refuses is not served again: the one before it is.
+        entry.accepted.retain(|a| a.version != rejection.version);
         entry.rejections.retain(|r| r.version != rejection.version);
         entry.rejections.push_front(rejection);
         entry.rejections.truncate(REMEMBERED_REJECTIONS);
@@ -254,11 +259,15 @@ mod tests {
         catalog.accepted(&key, "v1");
         assert!(catalog.publish(published("a", "v2")));
         assert_eq!(served(&catalog, "a").as_deref(), Some("v2"));
+        // One proxy takes v2, then another rejects it: v1, accepted before, is served to all.
+        catalog.accepted(&key, "v2");
         let generation = catalog.generation();
         assert!(catalog.rejected(&key, rejection("v2")));
         assert!(catalog.generation() > generation);
         assert_eq!(served(&catalog, "a").as_deref(), Some("v1"));
         assert_eq!(catalog.current_rejection(&key).map(|r| r.version.as_str()), Some("v2"));
+        // The same rejection again changes nothing.
+        assert!(!catalog.rejected(&key, rejection("v2")));
         // A proxy that acknowledges v2 late does not make it accepted.
         catalog.accepted(&key, "v2");
         assert_eq!(served(&catalog, "a").as_deref(), Some("v1"));
