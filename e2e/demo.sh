@@ -53,7 +53,7 @@ step "3. The operator and webhook binaries"
 (cd "$root" && cargo build --locked --bins 2>&1 | { grep -vE '^\s+(Compiling|Checking)' || true; }) \
   || { echo "cargo build --bins failed (output above)" >&2; exit 1; }
 
-webhook_port="$(free_port)"; operator_port="$(free_port)"
+webhook_port="$(free_port)"; operator_port="$(free_port)"; xds_port="$(free_port)"
 step "4. helm install the chart (the operator and webhook run here as local processes: no kubelet)"
 h upgrade --install csp "$root/charts/channel-contracts" -n csp-system --create-namespace \
   -f "$root/charts/channel-contracts/ci/local-values.yaml" \
@@ -66,12 +66,14 @@ start_bg webhook env KUBECONFIG="$demo/webhook.kubeconfig" CSP_WEBHOOK_AUDIT_LEA
   POD_NAME=demo-webhook "$root/target/debug/webhook" --listen "127.0.0.1:$webhook_port" --namespace csp-system \
   --cert-secret csp-channel-contracts-webhook-tls --webhook-config-name csp-channel-contracts \
   --cert-dns-names 127.0.0.1,localhost --audit-interval 10s --log-format text
+"$root/target/debug/demo_traffic" certs --dir "$demo/xds" >/dev/null
 start_bg operator env KUBECONFIG="$demo/operator.kubeconfig" "$root/target/debug/operator" run --admin-listen "127.0.0.1:$operator_port" \
   --proxy-config-dir "$demo/envoy-config" --leader-elect --leader-election-namespace csp-system \
-  --leader-election-lease csp-channel-contracts-operator --log-format text
+  --leader-election-lease csp-channel-contracts-operator --log-format text \
+  --publish xds,configmap --xds-listen "0.0.0.0:$xds_port" --xds-tls-cert "$demo/xds/tls.crt" --xds-tls-key "$demo/xds/tls.key"
 wait_http "the webhook's /readyz" "https://127.0.0.1:$webhook_port/readyz" 60 -k
 wait_http "the operator's /readyz" "http://127.0.0.1:$operator_port/readyz" 60
-echo "webhook https://127.0.0.1:$webhook_port (log $demo/webhook.log), operator admin http://127.0.0.1:$operator_port (log $demo/operator.log)"
+echo "webhook https://127.0.0.1:$webhook_port (log $demo/webhook.log), operator admin http://127.0.0.1:$operator_port and xDS (TLS) on port $xds_port (log $demo/operator.log)"
 for _ in $(seq 1 100); do
   [[ -n "$("$bin/kubectl" get validatingwebhookconfiguration csp-channel-contracts -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]] && break
   sleep 0.2
@@ -101,8 +103,9 @@ for _ in $(seq 1 50); do
 done
 [[ $rejected == 1 ]] || { echo "expected a rejection" >&2; exit 1; }
 
-step "8. Traffic: pods, a real Envoy following the generated configuration, and a failing primary"
-start_bg traffic "$root/target/debug/demo_traffic" --namespace payments --contract payment-verify --mount "$demo/envoy-config"
+step "8. Traffic: pods, three regional Envoys fed over xDS by the operator, each region first, and a failing primary"
+start_bg traffic "$root/target/debug/demo_traffic" run --namespace payments --contract payment-verify \
+  --xds-port "$xds_port" --xds-ca "$demo/xds/ca.crt"
 tail -n +1 -f "$demo/traffic.log" --pid "$(cat "$demo/traffic.pid")" &
 tail_pid=$!
 for _ in $(seq 1 900); do
@@ -112,7 +115,7 @@ for _ in $(seq 1 900); do
 done
 sleep 0.5; kill $tail_pid 2>/dev/null || true
 
-step "9. The generated Envoy configuration (ConfigMap payment-verify-envoy, filesystem xDS)"
+step "9. The same configuration as a ConfigMap (payment-verify-envoy, filesystem xDS) for proxies without xDS"
 k get configmap payment-verify-envoy -n payments -o jsonpath='{.data.cds\.yaml}' | head -n 60
 echo "... ($("$bin/kubectl" get configmap payment-verify-envoy -n payments -o jsonpath='{.data}' | wc -c) bytes in cds.yaml, lds.yaml, rds.yaml)"
 k get csp -A
@@ -124,7 +127,8 @@ cat <<EOF
   $bin/kubectl describe chc payment-verify -n payments
   $bin/kubectl get cpol national-baseline -o yaml   # the audit's findings
   target/debug/operator render -f examples/channelcontract-payment-verify.yaml   # the same, offline
-  curl -s http://127.0.0.1:$operator_port/metrics | grep csp_
+  curl -s http://127.0.0.1:$operator_port/metrics | grep -E 'csp_(xds|operator)'
+  target/debug/operator bootstrap --xds-address 127.0.0.1:$xds_port --ca $demo/xds/ca.crt --server-name csp-xds.e2e.test   # a proxy's bootstrap
   logs: $demo/{webhook,operator,traffic}.log
   make demo-down                                # stops it all
 EOF

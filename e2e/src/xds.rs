@@ -40,8 +40,12 @@ pub struct XdsCerts {
 /// The certificates of this test process.
 pub fn certs() -> &'static XdsCerts {
     static C: OnceLock<XdsCerts> = OnceLock::new();
-    C.get_or_init(|| {
-        let dir = run_dir("xds-certs");
+    C.get_or_init(|| write_certs(&run_dir("xds-certs")))
+}
+
+/// Writes a new CA and an xDS server certificate for [`XDS_SERVER_NAME`] into `dir`.
+pub fn write_certs(dir: &Path) -> XdsCerts {
+    {
         let (ca, serving) = webhook::certs::ca_and_serving(
             "csp-xds-e2e",
             &[XDS_SERVER_NAME.to_owned()],
@@ -54,7 +58,7 @@ pub fn certs() -> &'static XdsCerts {
         std::fs::write(&certs.cert, serving.cert).expect("write tls.crt");
         std::fs::write(&certs.key, serving.key).expect("write tls.key");
         certs
-    })
+    }
 }
 
 /// An operator that serves xDS (and only xDS) over TLS on all addresses, for the contracts labelled
@@ -222,7 +226,7 @@ pub struct AdsEnvoy {
 
 impl AdsEnvoy {
     /// The bootstrap of a proxy (`operator bootstrap`'s code), to the xDS server at `xds`.
-    pub fn bootstrap(spec: &ProxySpec, namespace: &str, xds: &str, xds_port: u16) -> String {
+    pub fn bootstrap(spec: &ProxySpec, namespace: &str, xds: &str, xds_port: u16, ca: &Path) -> String {
         let options = AdsBootstrap {
             node_id: spec.name.clone(),
             fleet: "csp-e2e-gateway".to_owned(),
@@ -233,7 +237,7 @@ impl AdsEnvoy {
             xds_host: xds.to_owned(),
             xds_port,
             tls: Some(AdsTls {
-                ca_file: certs().ca.to_string_lossy().into_owned(),
+                ca_file: ca.to_string_lossy().into_owned(),
                 server_name: Some(XDS_SERVER_NAME.to_owned()),
                 client_cert: None,
             }),
@@ -459,7 +463,7 @@ impl XdsBed {
             );
             kubectl(&["apply", "-f", "-"], Some(&pod)).ok();
         }
-        let bootstrap = AdsEnvoy::bootstrap(&spec, &self.ns.name, &self.link.host, operator.xds_port);
+        let bootstrap = AdsEnvoy::bootstrap(&spec, &self.ns.name, &self.link.host, operator.xds_port, &certs().ca);
         self.proxies.push(AdsEnvoy::start(&self.netns, &self.dir, spec, &bootstrap));
         self.proxies.len() - 1
     }
