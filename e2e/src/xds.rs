@@ -100,13 +100,14 @@ impl XdsOperator {
         Self { process: Mutex::new(process), admin_port, xds_port, id: id.to_owned(), args, log }
     }
 
-    /// Stops it (SIGTERM) and starts it again with the same arguments and ports; returns how long it was
-    /// down.
+    /// Stops it (SIGTERM) and starts it again with the same arguments and xDS port (a new admin port);
+    /// returns how long it was down.
     pub fn restart(&mut self) -> Duration {
         let started = std::time::Instant::now();
         self.process.lock().unwrap_or_else(PoisonError::into_inner).stop();
-        let (process, _) = crate::testbed::spawn_operator(&self.args, &self.log);
+        let (process, admin_port) = crate::testbed::spawn_operator(&self.args, &self.log);
         *self.process.lock().unwrap_or_else(PoisonError::into_inner) = process;
+        self.admin_port = admin_port;
         started.elapsed()
     }
 

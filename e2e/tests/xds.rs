@@ -193,42 +193,49 @@ fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_othe
 }
 
 #[test]
-fn restarting_the_operator_loses_no_request_through_the_proxies_and_status_catches_up() {
+fn two_replicas_serve_proxies_status_counts_both_and_losing_the_leader_loses_no_request() {
     use e2e::rbac;
-    let id = e2e::unique("xds-restart");
-    let mut operator = XdsOperator::start(
-        "xds-restart-operator",
-        &id,
-        &[
-            "--leader-elect".to_owned(),
-            "--leader-election-namespace".to_owned(),
-            rbac::NAMESPACE.to_owned(),
-            "--leader-election-lease".to_owned(),
-            rbac::operator_lease(),
-        ],
-    );
-    let mut bed = XdsBed::new("xds-restart");
+    let id = e2e::unique("xds-replicas");
+    let leader_args = [
+        "--leader-elect".to_owned(),
+        "--leader-election-namespace".to_owned(),
+        rbac::NAMESPACE.to_owned(),
+        "--leader-election-lease".to_owned(),
+        rbac::operator_lease(),
+    ];
+    let mut first = XdsOperator::start("xds-replica-1", &id, &leader_args);
+    let second = XdsOperator::start("xds-replica-2", &id, &leader_args);
+    let both_logs = || format!("--- replica 1 ---\n{}\n--- replica 2 ---\n{}", first.log_tail(), second.log_tail());
+    let mut bed = XdsBed::new("xds-replicas");
     bed.start_backend("gz-1");
     bed.service("pay", PORT, &[("gz-1", "gz")]);
-    let spec = "  service: pay\n  port: 18080\n  sla: {maxLatency: 3s}\n";
-    bed.contract(&operator, "pay", spec);
-    bed.start_proxy(&operator, ProxySpec::new("proxy-gz", "gz", 2, 19301));
-    let c = bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log_of(&operator), |c| acked(c, 1));
+    bed.contract(&first, "pay", "  service: pay\n  port: 18080\n  sla: {maxLatency: 3s}\n");
+    // (e) One proxy on each replica: the leader's status counts both.
+    bed.start_proxy(&first, ProxySpec::new("proxy-1", "gz", 2, 19301));
+    bed.start_proxy(&second, ProxySpec::new("proxy-2", "gz", 3, 19302));
+    let c = bed.wait_status("pay", "2/2 acked over two replicas", Duration::from_secs(60), &both_logs, |c| acked(c, 2));
     let version = c["status"]["configVersion"].as_str().unwrap_or_default().to_owned();
-    bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 3, Duration::from_secs(30));
+    for proxy in ["proxy-1", "proxy-2"] {
+        bed.settles_on(proxy, "pay", PORT, "gz-1", 3, Duration::from_secs(30));
+    }
+    assert_eq!(first.metric("csp_xds_connected_proxies"), Some(1.0));
+    assert_eq!(second.metric("csp_xds_connected_proxies"), Some(1.0));
 
-    // Traffic flows through the proxy while the operator stops (releasing its Lease) and starts again.
+    // (d) The first replica (the leader: it started first) stops and starts again: the second takes the
+    // Lease. Traffic through both proxies loses no request meanwhile.
+    assert_eq!(first.metric("csp_operator_leader"), Some(1.0), "the first replica leads");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (replies, down) = std::thread::scope(|s| {
         let traffic = s.spawn(|| {
             let mut replies = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                replies.extend(bed.get_many("proxy-gz", "pay", PORT, 20, &[]));
+                replies.extend(bed.get_many("proxy-1", "pay", PORT, 10, &[]));
+                replies.extend(bed.get_many("proxy-2", "pay", PORT, 10, &[]));
             }
             replies
         });
         std::thread::sleep(Duration::from_millis(500));
-        let down = operator.restart();
+        let down = first.restart();
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (traffic.join().expect("the traffic thread"), down)
@@ -237,18 +244,25 @@ fn restarting_the_operator_loses_no_request_through_the_proxies_and_status_catch
     assert!(replies.len() >= 40, "too little traffic to judge: {}", replies.len());
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed while the operator restarted: {failed:?}",
+        "{} of {} requests failed while the leader restarted: {failed:?}",
         failed.len(),
         replies.len()
     );
 
-    // Status catches up: the restarted operator sees the proxy again, and an edit reaches it.
-    bed.contract(&operator, "pay", "  service: pay\n  port: 18080\n  sla: {maxLatency: 2s}\n");
-    bed.wait_status("pay", "1/1 acked at the edited version", Duration::from_secs(60), &log_of(&operator), |c| {
-        acked(c, 1) && c["status"]["configVersion"] != version.as_str()
+    // Status catches up under the new leader: an edit is ACKed by both proxies, on both replicas.
+    // (Either replica may hold the Lease now: the restarted one races the other for it.)
+    e2e::wait_until("a replica to lead", Duration::from_secs(30), || {
+        let leaders =
+            first.metric("csp_operator_leader").unwrap_or(0.0) + second.metric("csp_operator_leader").unwrap_or(0.0);
+        (leaders == 1.0).then_some(())
+    });
+    bed.contract(&first, "pay", "  service: pay\n  port: 18080\n  sla: {maxLatency: 2s}\n");
+    let both_logs = || format!("--- replica 1 ---\n{}\n--- replica 2 ---\n{}", first.log_tail(), second.log_tail());
+    bed.wait_status("pay", "2/2 acked at the edited version", Duration::from_secs(60), &both_logs, |c| {
+        acked(c, 2) && c["status"]["configVersion"] != version.as_str()
     });
     println!(
-        "measured: {} requests through the proxy, none failed, while the operator was down for {:.2}s",
+        "measured: {} requests through two proxies, none failed, while the leader was down for {:.2}s",
         replies.len(),
         down.as_secs_f64()
     );

@@ -225,10 +225,14 @@ pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Res
     }
     if !*ctx.leader.borrow() {
         // Every replica serves xDS; only the leader writes.
-        if let Some(xds) = &ctx.xds
-            && let Plan::Publish { config_version, endpoints, .. } = plan_for(&contract, &ctx.caches, &ctx.proxy, false)
-        {
-            xds.publish(ContractKey::of(&contract), config_version, contract.clone(), endpoints);
+        if let Some(xds) = &ctx.xds {
+            let key = ContractKey::of(&contract);
+            match plan_for(&contract, &ctx.caches, &ctx.proxy, false) {
+                Plan::Publish { config_version, endpoints, .. } => {
+                    xds.publish(key, config_version, contract.clone(), endpoints)
+                }
+                Plan::Hold { .. } => xds.held(&key),
+            }
         }
         return Ok(Action::requeue(RESYNC));
     }
@@ -341,6 +345,9 @@ async fn reconcile_contract(
             }
         }
         Plan::Hold { invalid_spec, reason, message } => {
+            if let Some(xds) = &ctx.xds {
+                xds.held(key);
+            }
             tracing::info!(contract = %key.name, namespace = %key.namespace, reason, %message, "not programmed");
             let programming = Programming::NotProgrammed { reason, message };
             (Observation { invalid_spec, programming, channels: None, xds: None, config_map: ctx.config_map }, None)

@@ -3,5 +3,6 @@
 //! ([`lifecycle::leader`]); `operator bootstrap` ([`bootstrap`]): a proxy's Envoy bootstrap.
 
 pub mod bootstrap;
+pub mod reports;
 pub mod run;
 pub mod watches;

@@ -29,6 +29,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::reports::{self, ReportPlace};
 use super::watches::{self, Watches};
 use crate::model::{DEFAULT_CONFIG_DIR, ProxyOptions};
 use crate::publish::configmap::{self};
@@ -37,6 +38,7 @@ use crate::publish::xds::server::{self, RegionOf, ServeError, ServerConfig, TlsF
 use crate::reconcile::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::watch::Caches;
+use crate::watch::index::ContractKey;
 use lifecycle::admin::{self, Readiness};
 use lifecycle::leader::{self, LeaderElectionArgs, LeaderError};
 
@@ -189,14 +191,33 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
             .publishing(xds.clone(), args.xds.publish.contains(&Target::Configmap)),
     );
     let mut watches = Watches::start(&client, args.contract_selector.as_deref(), &ctx, writers);
+    let mut report_task = None;
     let (xds_task, status_triggers) = match (&xds, xds_config) {
         (Some(xds), Some(config)) => {
             let region_of = region_of(client.clone(), caches.clone());
             let task = tokio::spawn(server::serve(xds.clone(), config, Some(region_of), cancel.clone()));
+            if args.leader_election.leader_elect {
+                // Several replicas: each reports its proxies, the leader counts them all.
+                let place = ReportPlace {
+                    namespace: args.leader_election.leader_election_namespace.clone(),
+                    lease: args.leader_election.leader_election_lease.clone(),
+                    identity: identity.clone(),
+                };
+                report_task = Some(tokio::spawn(reports::write_reports(
+                    client.clone(),
+                    xds.clone(),
+                    place.clone(),
+                    cancel.clone(),
+                )));
+                tokio::spawn(reports::read_reports(client.clone(), xds.clone(), place, cancel.clone()));
+            }
             (Some(task), Some(proxy_triggers(xds.clone(), leader_rx.clone())))
         }
         _ => (None, None),
     };
+    if let Some(xds) = &xds {
+        tokio::spawn(warm_up(xds.clone(), caches.clone(), ctx.synced.clone(), cancel.clone()));
+    }
     if let Some(status_triggers) = status_triggers {
         watches.triggers = stream::select(watches.triggers, status_triggers).boxed();
     }
@@ -237,6 +258,10 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
     };
     ready_task.abort();
     leader_gauge.abort();
+    if let Some(task) = report_task {
+        // Let this replica empty its report, so that the leader stops counting its proxies at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     let admin = match admin_task.await {
         Ok(Err(source)) => Err(RunError::Admin { addr: args.admin_listen, source }),
         _ => Ok(()),
@@ -286,6 +311,40 @@ fn region_of(client: Client, caches: Caches) -> RegionOf {
             caches.node_region(&node)
         })
     })
+}
+
+/// How long the xDS server waits, at most, for the reconciler to look at every contract before it answers
+/// proxies anyway.
+pub const WARM_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Lets the xDS server answer once the caches have synced and the reconciler has looked at every contract
+/// they hold, so that a restarted replica never serves a proxy a partial configuration.
+async fn warm_up(xds: Arc<Xds>, caches: Caches, mut synced: watch::Receiver<bool>, cancel: CancellationToken) {
+    tokio::select! {
+        _ = synced.wait_for(|s| *s) => {},
+        () = cancel.cancelled() => return,
+    }
+    let keys: Vec<ContractKey> = caches.contracts.state().iter().map(|c| ContractKey::of(c)).collect();
+    let started = tokio::time::Instant::now();
+    while !xds.has_seen(&keys) {
+        if started.elapsed() > WARM_UP_LIMIT {
+            tracing::warn!(
+                contracts = keys.len(),
+                "not every contract was reconciled within the warm-up limit: serving xDS anyway"
+            );
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {},
+            () = cancel.cancelled() => return,
+        }
+    }
+    tracing::info!(
+        contracts = keys.len(),
+        after_ms = started.elapsed().as_millis() as u64,
+        "xDS warm: every contract is in the catalog"
+    );
+    xds.set_warm();
 }
 
 /// What `/readyz` says until every cache has listed once.

@@ -102,7 +102,7 @@ pub fn contract_type_urls() -> [String; 3] {
 }
 
 /// A proxy's rejection of a contract's version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
     /// The version rejected.
     pub version: String,

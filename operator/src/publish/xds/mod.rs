@@ -18,7 +18,7 @@ pub mod server;
 pub mod session;
 pub mod snapshot;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -44,10 +44,38 @@ pub struct XdsObservation {
     pub served: Option<String>,
 }
 
+/// What one replica's proxies did with each contract: how every replica tells the leader, which writes
+/// status from all of them. Only contracts some proxy of the replica serves are listed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// The replica (its identity).
+    pub replica: String,
+    /// By `<namespace>/<name>`.
+    pub contracts: BTreeMap<String, ContractReport>,
+}
+
+/// One contract in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ContractReport {
+    /// The version the counts are about (the replica's current one).
+    pub version: String,
+    /// Proxies that serve the contract's namespace.
+    pub selected: i32,
+    /// Of those, running `version`.
+    pub acked: i32,
+    /// Of those, rejected `version`.
+    pub rejected: i32,
+    /// The latest rejection of `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejection: Option<Rejection>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     catalog: Catalog,
     fleet: Fleet,
+    /// The other replicas' reports, by replica.
+    peers: BTreeMap<String, Report>,
     views: HashMap<View, Arc<Snapshot>>,
     /// Versions being pushed: since when (for `csp_xds_push_duration_seconds`).
     pushes: HashMap<ContractKey, (String, Instant)>,
@@ -62,6 +90,11 @@ pub struct Xds {
     dirty_notify: Notify,
     next_stream: AtomicU64,
     metrics: XdsMetrics,
+    /// Every contract the reconciler has looked at since the start (published or held).
+    seen: Mutex<BTreeSet<ContractKey>>,
+    /// Whether every contract known at the start has been looked at: until then no response is sent, so
+    /// that a restarted operator never serves a proxy an empty or partial configuration.
+    warm: watch::Sender<bool>,
 }
 
 impl Xds {
@@ -74,7 +107,31 @@ impl Xds {
             dirty_notify: Notify::new(),
             next_stream: AtomicU64::new(1),
             metrics,
+            seen: Mutex::default(),
+            warm: watch::channel(false).0,
         }
+    }
+
+    /// The reconciler looked at a contract and publishes nothing for it (its input is invalid).
+    pub fn held(&self, key: &ContractKey) {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone());
+    }
+
+    /// Whether the reconciler has looked at every one of `keys`.
+    pub fn has_seen(&self, keys: &[ContractKey]) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.iter().all(|k| seen.contains(k))
+    }
+
+    /// Every contract known at the start has been looked at: responses may be sent.
+    pub fn set_warm(&self) {
+        self.warm.send_replace(true);
+    }
+
+    /// Waits until [`set_warm`](Self::set_warm).
+    pub async fn warm(&self) {
+        let mut warm = self.warm.subscribe();
+        let _ = warm.wait_for(|w| *w).await;
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -93,6 +150,7 @@ impl Xds {
         contract: Arc<ChannelContract>,
         endpoints: ChannelEndpoints,
     ) {
+        self.held(&key);
         let mut inner = self.inner();
         if inner.catalog.current_version(&key) == Some(version.as_str()) {
             return;
@@ -121,11 +179,86 @@ impl Xds {
     pub fn observe(&self, key: &ContractKey) -> XdsObservation {
         let inner = self.inner();
         let Some(current) = inner.catalog.current_version(key) else { return XdsObservation::default() };
+        let mut proxies = counts(inner.fleet.proxies(), key, current);
+        let name = key.to_string();
+        for peer in inner.peers.values() {
+            let Some(theirs) = peer.contracts.get(&name) else { continue };
+            proxies.selected += theirs.selected;
+            if theirs.version == current {
+                proxies.acked += theirs.acked;
+                proxies.rejected += theirs.rejected;
+                proxies.stale += theirs.selected - theirs.acked - theirs.rejected;
+                if let Some(r) = &theirs.last_rejection
+                    && proxies.last_rejection.as_ref().is_none_or(|last| last.time < r.time)
+                {
+                    proxies.last_rejection = Some(r.clone());
+                }
+            } else {
+                // The other replica has not seen this version yet: its proxies cannot run it.
+                proxies.stale += theirs.selected;
+            }
+        }
         XdsObservation {
-            proxies: counts(inner.fleet.proxies(), key, current),
+            proxies,
             rejection: inner.catalog.current_rejection(key).cloned(),
             served: inner.catalog.served(key).map(|p| p.version.clone()),
         }
+    }
+
+    /// This replica's report of its proxies.
+    pub fn report(&self, replica: &str) -> Report {
+        let inner = self.inner();
+        let mut contracts = BTreeMap::new();
+        for published in inner.catalog.all_served() {
+            let key = &published.key;
+            let Some(current) = inner.catalog.current_version(key) else { continue };
+            let c = counts(inner.fleet.proxies(), key, current);
+            if c.selected > 0 {
+                contracts.insert(
+                    key.to_string(),
+                    ContractReport {
+                        version: current.to_owned(),
+                        selected: c.selected,
+                        acked: c.acked,
+                        rejected: c.rejected,
+                        last_rejection: c.last_rejection,
+                    },
+                );
+            }
+        }
+        Report { replica: replica.to_owned(), contracts }
+    }
+
+    /// The other replicas' latest reports (those still alive). The contracts whose counts they change
+    /// are refreshed.
+    pub fn peer_reports(&self, reports: Vec<Report>) {
+        let mut inner = self.inner();
+        let next: BTreeMap<String, Report> = reports.into_iter().map(|r| (r.replica.clone(), r)).collect();
+        let mut changed = BTreeSet::new();
+        for replica in next.keys().chain(inner.peers.keys()).collect::<BTreeSet<_>>() {
+            let (before, after) = (inner.peers.get(replica), next.get(replica));
+            if before == after {
+                continue;
+            }
+            for report in [before, after].into_iter().flatten() {
+                for (name, c) in &report.contracts {
+                    let other = [before, after].into_iter().flatten().find(|r| !std::ptr::eq(*r, report));
+                    if other.and_then(|o| o.contracts.get(name)) != Some(c) {
+                        changed.insert(name.clone());
+                    }
+                }
+            }
+        }
+        inner.peers = next;
+        let keys: Vec<ContractKey> = changed
+            .into_iter()
+            .filter_map(|n| {
+                let (namespace, name) = n.split_once('/')?;
+                Some(ContractKey { namespace: namespace.to_owned(), name: name.to_owned() })
+            })
+            .collect();
+        drop(inner);
+        self.mark_dirty(keys);
     }
 
     /// The contracts whose proxy counts may have changed since the last call (status is refreshed for them).

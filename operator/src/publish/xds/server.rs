@@ -212,6 +212,14 @@ impl Ads {
         let mut session = Session::new(stream, delta);
         let mut generations = self.xds.generations();
         let mut next = Some(first);
+        // A restarted operator answers nothing until it has every contract: the proxy keeps what it has.
+        tokio::select! {
+            () = self.xds.warm() => {},
+            () = self.cancel.cancelled() => {
+                self.xds.disconnect(stream);
+                return;
+            }
+        }
         loop {
             if let Some(request) = next.take() {
                 let events = session.request(request);
