@@ -49,7 +49,7 @@ fuzz-webhook: ## fuzz the webhook's request decoding and evaluation for FUZZ_SEC
 	@mkdir -p webhook/fuzz/.corpus && cp -n webhook/fuzz/corpus/review/* webhook/fuzz/.corpus/
 	cd webhook/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run review --sanitizer none -- -max_total_time=$(FUZZ_SECONDS) .corpus
 
-chart-test: tools ## helm lint --strict, golden helm template tests, chart CRDs == crds/manifests
+chart-test: tools ## helm lint --strict, golden helm template tests, chart CRDs == crds/manifests, gateway bootstrap validated
 	@bash charts/test.sh
 
 bench-webhook: ## benchmarks of the webhook (not in CI): criterion, 30 s TLS load, latency through the API server vs a ValidatingAdmissionPolicy

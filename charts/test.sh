@@ -3,10 +3,14 @@
 #   1. helm lint --strict, with the default values and with every values file in ci/
 #   2. values.schema.json refuses wrong values (unknown keys, bad enums) and the templates refuse bad
 #      combinations
-#   3. golden tests: `helm template` with the default values, ci/non-default-values.yaml and
-#      ci/local-values.yaml equals tests/golden/*.yaml (UPDATE_GOLDEN=1 rewrites the goldens)
+#   3. golden tests: `helm template` with the default values, ci/non-default-values.yaml,
+#      ci/local-values.yaml, ci/gateway-values.yaml and operator.publish={configmap} equals
+#      tests/golden/*.yaml (UPDATE_GOLDEN=1 rewrites the goldens; Helm-generated certificates are masked)
 #   4. the chart's crds/ are byte-identical to crds/manifests/, and appVersion is the workspace version
-#   5. with --server: the rendered objects pass `kubectl apply --dry-run=server` on the local control plane
+#   5. the gateway fleet's Envoy bootstrap passes `envoy --mode validate` (with throwaway certificates at its
+#      paths), and is key for key what `operator bootstrap` prints, apart from the chart's readiness
+#      listener (when an operator binary is at hand: $CSP_OPERATOR_BIN, else target/{debug,release}/)
+#   6. with --server: the rendered objects pass `kubectl apply --dry-run=server` on the local control plane
 #      (start it first: `make cluster-up`; nothing is created)
 #
 # Usage: bash charts/test.sh [--server] [--kubeconfig PATH]
@@ -25,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --server) SERVER=1 ;;
     --kubeconfig) KUBECONFIG_PATH="$2"; shift ;;
     --kubeconfig=*) KUBECONFIG_PATH="${1#*=}" ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "charts/test.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,7 +40,8 @@ FAILED=()
 pass() { say "ok   $1"; }
 fail() { say "FAIL $1"; FAILED+=("$1"); }
 
-for tool in "$HELM" "$KUBECTL"; do
+ENVOY="$ROOT/e2e/.bin/envoy"
+for tool in "$HELM" "$KUBECTL" "$ENVOY"; do
   [[ -x "$tool" ]] || { echo "charts/test.sh: $tool is missing: run \`make tools\` first" >&2; exit 2; }
 done
 
@@ -90,13 +95,30 @@ refuses "needs operator.leaderElection.enabled=true" --set operator.leaderElecti
 refuses "use webhook.certificate.mode=selfManaged" \
   --set webhook.external.url=https://127.0.0.1:9443/validate --set webhook.certificate.mode=certManager
 
-# 3. golden tests
+refuses "value must be one of 'xds', 'configmap'" --set 'operator.publish={grpc}'
+refuses "value must be one of 'helm', 'certManager', 'existingSecret'" --set operator.xds.tls.mode=vault
+refuses "additional properties 'replica' not allowed" --set proxy.replica=2
+refuses "minimum: got 80, want 1,024" --set proxy.enabled=true --set 'proxy.ports={80}'
+refuses "needs operator.xds.tls.existingSecret" --set operator.xds.tls.mode=existingSecret
+refuses "proxy.enabled needs the operator's xDS server" --set proxy.enabled=true --set 'operator.publish={configmap}'
+refuses "give proxy.xdsClientSecret" --set proxy.enabled=true --set operator.xds.tls.mode=existingSecret \
+  --set operator.xds.tls.existingSecret=xds-tls --set operator.xds.tls.requireClientCert=true
+refuses "which is proxy.readiness.port" --set proxy.enabled=true --set 'proxy.ports={8080,19001}'
+
+# 3. golden tests. Helm-generated xDS certificates (operator.xds.tls.mode=helm) differ at every render: their
+# data, expiry annotations and the pods' checksums of them are compared as <generated>.
+unrandom() { # unrandom <file>: the generated certificate material replaced by <generated>
+  sed -E -i \
+    -e 's/^( +(tls\.crt|tls\.key|ca\.crt|csp\.contracts\.dev\/not-after|checksum\/xds-tls|checksum\/xds-ca|checksum\/xds-client): ).+$/\1<generated>/' \
+    "$1"
+}
 golden() { # golden <name> [helm args...]
   local name="$1"; shift
   local want="$GOLDEN/$name.yaml" got="$TMP/$name.yaml"
   if ! render "$got" "$@"; then
     cat "$got.err"; fail "golden $name (helm template failed)"; return
   fi
+  unrandom "$got"
   if [[ "${UPDATE_GOLDEN:-}" == 1 ]]; then
     mkdir -p "$GOLDEN"; cp "$got" "$want"; pass "golden $name (rewritten: ${want#"$ROOT/"})"
   elif [[ ! -f "$want" ]]; then
@@ -110,6 +132,8 @@ golden() { # golden <name> [helm args...]
 golden default
 golden non-default -f "$CHART/ci/non-default-values.yaml"
 golden local -f "$CHART/ci/local-values.yaml"
+golden gateway -f "$CHART/ci/gateway-values.yaml"
+golden configmap-only --set 'operator.publish={configmap}'
 
 # 4. the chart's CRDs are crds/manifests, byte for byte; appVersion is the workspace version
 crds_same=1
@@ -134,7 +158,74 @@ else
   fail "appVersion \"$app_version\" != workspace version \"$workspace_version\" (Cargo.toml [workspace.package])"
 fi
 
-# 5. the API server accepts what the chart renders (server-side dry run: validation and admission, nothing
+# 5. the gateway's bootstrap: Envoy accepts it, and it is what `operator bootstrap` prints
+BOOTSTRAP_PKI="$TMP/pki"
+mkdir -p "$BOOTSTRAP_PKI/xds" "$BOOTSTRAP_PKI/xds-client"
+# Throwaway certificate and key at the paths the bootstrap names (Envoy loads them while validating).
+if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=validate \
+  -keyout "$BOOTSTRAP_PKI/xds-client/tls.key" -out "$BOOTSTRAP_PKI/xds-client/tls.crt" >/dev/null 2>&1; then
+  fail "gateway bootstrap (openssl could not make a throwaway certificate)"
+fi
+cp "$BOOTSTRAP_PKI/xds-client/tls.crt" "$BOOTSTRAP_PKI/xds/ca.crt"
+OPERATOR_BIN="${CSP_OPERATOR_BIN:-}"
+for candidate in "$ROOT/target/debug/operator" "$ROOT/target/release/operator"; do
+  [[ -z "$OPERATOR_BIN" && -x "$candidate" ]] && OPERATOR_BIN="$candidate"
+done
+bootstrap_of() { # bootstrap_of <out> [helm args...]: the bootstrap.yaml of the gateway's ConfigMap
+  local out="$1"; shift
+  render "$out.chart" --set proxy.enabled=true --show-only templates/gateway-bootstrap.yaml "$@" || return 1
+  awk '/^  bootstrap.yaml: \|$/ {on=1; next} on && /^    / {print substr($0, 5); next} on && !/^ *$/ {on=0}' \
+    "$out.chart" >"$out"
+  [[ -s "$out" ]]
+}
+gateway_bootstrap() { # gateway_bootstrap <name> <operator bootstrap args> -- [helm args...]
+  local name="$1"; shift
+  local op_args=()
+  while [[ $# -gt 0 && "$1" != -- ]]; do op_args+=("$1"); shift; done
+  shift
+  local file="$TMP/bootstrap-$name.yaml"
+  if ! bootstrap_of "$file" "$@"; then
+    cat "$file.chart.err" 2>/dev/null; fail "gateway bootstrap $name (no bootstrap rendered)"; return
+  fi
+  sed "s#/var/run/csp/#$BOOTSTRAP_PKI/#g" "$file" >"$file.local.yaml"
+  if "$ENVOY" --mode validate -c "$file.local.yaml" --service-node validate >"$file.envoy" 2>&1; then
+    pass "gateway bootstrap $name: envoy --mode validate"
+  else
+    grep -iE 'critical|error|exception' "$file.envoy" | tail -5; fail "gateway bootstrap $name: envoy --mode validate"
+  fi
+  if [[ -z "$OPERATOR_BIN" ]]; then
+    say "skip gateway bootstrap $name == operator bootstrap (no operator binary: cargo build --bins, or CSP_OPERATOR_BIN)"
+    return
+  fi
+  local xds=csp-channel-contracts-xds.csp-system.svc.cluster.local
+  if ! "$OPERATOR_BIN" bootstrap --xds-address "$xds:18000" --ca /var/run/csp/xds/ca.crt --fleet csp-gateway \
+    --pod-namespace "$NAMESPACE" --admin 127.0.0.1:9901 "${op_args[@]}" >"$file.operator" 2>&1; then
+    cat "$file.operator"; fail "gateway bootstrap $name == operator bootstrap (operator bootstrap failed)"; return
+  fi
+  # Key for key, without the chart's readiness listener.
+  if python3 - "$file" "$file.operator" <<'PY'
+import sys, yaml
+chart, operator = (yaml.safe_load(open(p)) for p in sys.argv[1:3])
+chart["static_resources"].pop("listeners", None)
+if chart != operator:
+    import difflib
+    dump = lambda d: yaml.safe_dump(d, sort_keys=True).splitlines()
+    print("\n".join(difflib.unified_diff(dump(operator), dump(chart), "operator bootstrap", "chart", lineterm="")))
+    sys.exit(1)
+PY
+  then
+    pass "gateway bootstrap $name == operator bootstrap ${op_args[*]}"
+  else
+    fail "gateway bootstrap $name == operator bootstrap ${op_args[*]} (the diff above: change _gateway-bootstrap.tpl)"
+  fi
+}
+gateway_bootstrap default --
+gateway_bootstrap mtls-sotw-namespaces \
+  --client-cert /var/run/csp/xds-client/tls.crt --client-key /var/run/csp/xds-client/tls.key --sotw \
+  --namespaces payments,orders -- \
+  --set operator.xds.tls.requireClientCert=true --set proxy.sotw=true --set 'proxy.namespaces={payments,orders}'
+
+# 6. the API server accepts what the chart renders (server-side dry run: validation and admission, nothing
 # stored). Rendered into the namespace `default`, which always exists, so that no namespace is created.
 # cert-manager and Prometheus Operator kinds are left out: their CRDs are not on the local control plane.
 if [[ $SERVER == 1 ]]; then
@@ -144,9 +235,12 @@ if [[ $SERVER == 1 ]]; then
     dry_run() { # dry_run <name> [helm args...]
       local name="$1"; shift
       local out="$TMP/server-$name.yaml"
-      if ! "$HELM" template "$RELEASE" "$CHART" --namespace default --kube-version "$KUBE_VERSION" "$@" >"$out" 2>"$out.err"; then
+      if ! "$HELM" template "$RELEASE" "$CHART" --namespace default --kube-version "$KUBE_VERSION" "$@" >"$out.all" 2>"$out.err"; then
         cat "$out.err"; fail "kubectl apply --dry-run=server ($name: helm template failed)"; return
       fi
+      # Without the documents of cert-manager and Prometheus Operator kinds.
+      awk 'BEGIN { RS = "\n---\n" } !/(^|\n)apiVersion: (cert-manager\.io|monitoring\.coreos\.com)\// { printf "---\n%s\n", $0 }' \
+        "$out.all" >"$out"
       if "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" apply --dry-run=server -f "$out" >"$out.log" 2>&1; then
         pass "kubectl apply --dry-run=server ($name: $(grep -c . "$out.log") objects)"
       else
@@ -155,12 +249,38 @@ if [[ $SERVER == 1 ]]; then
     }
     dry_run default
     dry_run local -f "$CHART/ci/local-values.yaml"
-    shown=()
-    for t in "$CHART"/templates/*.yaml; do
-      case "$(basename "$t")" in webhook-certificates.yaml|servicemonitor.yaml) continue ;; esac
-      shown+=(--show-only "templates/$(basename "$t")")
-    done
-    dry_run non-default -f "$CHART/ci/non-default-values.yaml" "${shown[@]}"
+    dry_run non-default -f "$CHART/ci/non-default-values.yaml"
+    # (its Roles in other namespaces would need those namespaces)
+    dry_run gateway -f "$CHART/ci/gateway-values.yaml" --set-json 'operator.xds.proxyPodNamespaces=[]'
+
+    # A real install with the gateway fleet (nothing runs: there is no kubelet), then an upgrade with the
+    # same values: Helm's xDS certificates are read back (lookup) and rendered again, so the upgrade changes
+    # no object and the certificates stay; then uninstall. failurePolicy Ignore: no webhook runs here.
+    k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+    h() { "$HELM" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+    ns="csp-chart-test-$$"
+    release_state() { # every object of the release with its resourceVersion, and the xDS Secrets' data
+      h get manifest csp-chart-test -n "$ns" | k get -n "$ns" -f - \
+        -o jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.resourceVersion}{"\n"}{end}' | sort
+      k get secret -n "$ns" -l app.kubernetes.io/component=operator -o jsonpath='{range .items[*]}{.metadata.name} {.data}{"\n"}{end}'
+    }
+    install_args=(csp-chart-test "$CHART" -n "$ns" --set webhook.failurePolicy=Ignore
+      --set proxy.enabled=true --set operator.xds.tls.requireClientCert=true)
+    if ! h install "${install_args[@]}" --create-namespace >"$TMP/install.log" 2>&1; then
+      cat "$TMP/install.log"; fail "helm install with the gateway fleet"
+    else
+      release_state >"$TMP/state.before"
+      if ! h upgrade "${install_args[@]}" >"$TMP/upgrade.log" 2>&1; then
+        cat "$TMP/upgrade.log"; fail "helm upgrade keeps the xDS certificates (upgrade failed)"
+      elif release_state >"$TMP/state.after" && diff -u "$TMP/state.before" "$TMP/state.after" >"$TMP/state.diff" \
+        && [[ $(grep -c 'xds' "$TMP/state.before") -ge 3 ]]; then
+        pass "helm upgrade keeps the xDS certificates and changes no object ($(grep -c . "$TMP/state.before") lines)"
+      else
+        cut -c1-200 "$TMP/state.diff"; fail "helm upgrade keeps the xDS certificates and changes no object"
+      fi
+    fi
+    h uninstall csp-chart-test -n "$ns" --wait >/dev/null 2>&1
+    k delete namespace "$ns" --wait=false >/dev/null 2>&1
   fi
 fi
 

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use e2e::{kubectl, rbac, repo_root};
+use std::time::Duration;
+
+use e2e::{TestNamespace, kubectl, rbac, repo_root, unique, wait_until};
 
 /// One thing a subject may do: (resource or non-resource URL, resource name or `*`, verb).
 type Permission = (String, String, String);
@@ -165,4 +167,68 @@ fn each_binary_may_do_exactly_what_the_readme_security_table_says() {
         }
     }
     assert!(problems.is_empty(), "the RBAC and the README's security tables disagree:\n{problems}");
+}
+
+/// The chart's operator RBAC rendered as `release` in `namespace` with `extra` values and applied; deleted
+/// again when dropped.
+struct Applied {
+    yaml: String,
+}
+
+impl Applied {
+    fn new(release: &str, namespace: &str, extra: &[&str]) -> Self {
+        let yaml = rbac::render_rbac(release, namespace, extra);
+        kubectl(&["apply", "-f", "-"], Some(&yaml)).ok();
+        Self { yaml }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&self.yaml));
+    }
+}
+
+/// `kubectl auth can-i <verb> <resource> -n <namespace> --as <user>`.
+fn may(user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+    kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", user], None).stdout.trim() == "yes"
+}
+
+/// The operator reads a proxy's Pod (for its Node's region) only where proxies are: the release namespace
+/// and `operator.xds.proxyPodNamespaces`, with a single get and never a list; and nowhere when it does not
+/// publish to xDS. The README's table covers the default values; this covers the values that change it.
+#[test]
+fn the_operator_may_get_pods_only_where_proxies_run_and_only_with_xds() {
+    rbac::ensure_chart_rbac();
+    let (home, proxies, elsewhere) = (
+        TestNamespace::new("rbac-home", &[]),
+        TestNamespace::new("rbac-proxies", &[]),
+        TestNamespace::new("rbac-other", &[]),
+    );
+    let release = unique("csp-pods");
+    let _applied = Applied::new(
+        &release,
+        &home.name,
+        &["--set", &format!("operator.xds.proxyPodNamespaces={{{}}}", proxies.name)],
+    );
+    let user = format!("system:serviceaccount:{}:{release}-channel-contracts-operator", home.name);
+    wait_until("the RBAC to let the operator get Pods in proxyPodNamespaces", Duration::from_secs(30), || {
+        (may(&user, "get", "pods", &home.name) && may(&user, "get", "pods", &proxies.name)).then_some(())
+    });
+    assert!(!may(&user, "get", "pods", &elsewhere.name), "the operator may get Pods outside the proxies' namespaces");
+    for namespace in [&home.name, &proxies.name] {
+        for verb in ["list", "watch", "create", "update", "patch", "delete"] {
+            assert!(!may(&user, verb, "pods", namespace), "the operator may {verb} Pods in {namespace}");
+        }
+    }
+
+    // Published to ConfigMaps only: no Pod at all, leader election as before.
+    let configmap_only = TestNamespace::new("rbac-configmap", &[]);
+    let release = unique("csp-cm");
+    let _applied = Applied::new(&release, &configmap_only.name, &["--set", "operator.publish={configmap}"]);
+    let user = format!("system:serviceaccount:{}:{release}-channel-contracts-operator", configmap_only.name);
+    wait_until("the RBAC to let the operator create Leases", Duration::from_secs(30), || {
+        may(&user, "create", "leases.coordination.k8s.io", &configmap_only.name).then_some(())
+    });
+    assert!(!may(&user, "get", "pods", &configmap_only.name), "without xDS the operator may still get Pods");
 }

@@ -59,6 +59,76 @@ valid Service names (DNS labels, at most 63).
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
 {{- end }}
 
+{{/*
+xDS. Every operator replica serves ADS on operator.xds.port; the chart renders the Service, the TLS material
+and the gateway fleet only when the operator is deployed and publishes to xds.
+*/}}
+{{- define "channel-contracts.xds.published" -}}
+{{- if has "xds" .Values.operator.publish }}true{{ end }}
+{{- end }}
+
+{{- define "channel-contracts.xds.enabled" -}}
+{{- if and .Values.operator.deploy (include "channel-contracts.xds.published" .) }}true{{ end }}
+{{- end }}
+
+{{/* The xDS Service (every replica behind it). `<fullname>-xds`: `-operator-xds` would not fit 63. */}}
+{{- define "channel-contracts.xds.name" -}}
+{{- printf "%s-xds" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
+{{/* The xDS Service's fully qualified DNS name: where proxies connect and what they check (SNI). */}}
+{{- define "channel-contracts.xds.host" -}}
+{{- printf "%s.%s.svc.%s" (include "channel-contracts.xds.name" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/* The DNS names of the xDS Service, as its serving certificate must cover them. */}}
+{{- define "channel-contracts.xds.dnsNames" -}}
+{{- $svc := include "channel-contracts.xds.name" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/* The Secret of the xDS server: tls.crt, tls.key and ca.crt (every mode). */}}
+{{- define "channel-contracts.xds.tlsSecret" -}}
+{{- if eq .Values.operator.xds.tls.mode "existingSecret" }}
+{{- .Values.operator.xds.tls.existingSecret }}
+{{- else }}
+{{- printf "%s-xds-tls" (include "channel-contracts.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* helm mode: the Secret of the CA that signs the xDS certificates (never mounted). */}}
+{{- define "channel-contracts.xds.caSecret" -}}
+{{- printf "%s-xds-ca" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
+{{/* The Secret of the gateway's client certificate (requireClientCert): tls.crt, tls.key. */}}
+{{- define "channel-contracts.xds.clientSecret" -}}
+{{- if .Values.proxy.xdsClientSecret }}
+{{- .Values.proxy.xdsClientSecret }}
+{{- else }}
+{{- printf "%s-xds-client-tls" (include "channel-contracts.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart's own cert-manager CA chain (selfsigned Issuer -> CA Certificate -> CA Issuer `<fullname>-ca`): used
+by the webhook's and the xDS server's certificates in certManager mode without an issuerRef, rendered once
+(with the webhook's objects when the webhook uses it, else with the xDS server's).
+*/}}
+{{- define "channel-contracts.webhook.usesChartCA" -}}
+{{- if and (eq .Values.webhook.certificate.mode "certManager") (not (include "channel-contracts.webhook.external" .)) (not .Values.webhook.certificate.certManager.issuerRef) }}true{{ end }}
+{{- end }}
+
+{{- define "channel-contracts.xds.usesChartCA" -}}
+{{- if and (include "channel-contracts.xds.enabled" .) (eq .Values.operator.xds.tls.mode "certManager") (not .Values.operator.xds.tls.certManager.issuerRef) }}true{{ end }}
+{{- end }}
+
+{{/* The gateway fleet (proxy.enabled). */}}
+{{- define "channel-contracts.gateway.name" -}}
+{{- printf "%s-gateway" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
 {{/* The webhook runs outside the cluster. */}}
 {{- define "channel-contracts.webhook.external" -}}
 {{- if .Values.webhook.external.url }}true{{ end }}
@@ -171,6 +241,23 @@ topologySpreadConstraints:
 {{- if and .Values.operator.deploy (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true: without a leader every replica would reconcile every contract" }}
 {{- end }}
+{{- $xdsTls := .Values.operator.xds.tls }}
+{{- if and (include "channel-contracts.xds.enabled" .) (eq $xdsTls.mode "existingSecret") (not $xdsTls.existingSecret) }}
+{{- fail "operator.xds.tls.mode=existingSecret needs operator.xds.tls.existingSecret: the name of a Secret in the release namespace with tls.crt, tls.key and ca.crt" }}
+{{- end }}
+{{- if and .Values.proxy.enabled (not (include "channel-contracts.xds.enabled" .)) }}
+{{- fail "proxy.enabled needs the operator's xDS server in this release: operator.deploy=true and xds in operator.publish" }}
+{{- end }}
+{{- if and .Values.proxy.enabled $xdsTls.requireClientCert (eq $xdsTls.mode "existingSecret") (not .Values.proxy.xdsClientSecret) }}
+{{- fail "operator.xds.tls.requireClientCert with mode existingSecret: give proxy.xdsClientSecret, a Secret with the gateway's client certificate (tls.crt, tls.key) signed by the CA in the xDS Secret's ca.crt" }}
+{{- end }}
+{{- if .Values.proxy.enabled }}
+{{- range .Values.proxy.ports }}
+{{- if eq (int .) (int $.Values.proxy.readiness.port) }}
+{{- fail (printf "proxy.ports has %d, which is proxy.readiness.port: the gateway's readiness listener takes that port; move one of them" (int .)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.webhook.external.url (eq .Values.webhook.certificate.mode "certManager") (not .Values.webhook.caBundle) }}
 {{- fail "webhook.external.url runs the webhook outside the cluster, where the cert-manager Secret is not mounted: use webhook.certificate.mode=selfManaged (the external process injects its CA) or give webhook.caBundle" }}
 {{- end }}
@@ -196,4 +283,111 @@ egress:
         port: 53
       - protocol: TCP
         port: 53
+{{- end }}
+
+{{/*
+The chart's self-signed CA chain for cert-manager: (dict "ctx" $ "component" "webhook" "caDuration" "87600h").
+*/}}
+{{- define "channel-contracts.certManager.chartCA" -}}
+{{- $fullname := include "channel-contracts.fullname" .ctx }}
+# A self-signed CA chain private to this release: selfsigned Issuer -> CA Certificate -> CA Issuer.
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: {{ $fullname }}-selfsigned
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "channel-contracts.componentLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+spec:
+  selfSigned: {}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ $fullname }}-ca
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "channel-contracts.componentLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+spec:
+  isCA: true
+  commonName: {{ $fullname }}-ca
+  secretName: {{ $fullname }}-ca
+  duration: {{ .caDuration }}
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+    rotationPolicy: Always
+  issuerRef:
+    group: cert-manager.io
+    kind: Issuer
+    name: {{ $fullname }}-selfsigned
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: {{ $fullname }}-ca
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "channel-contracts.componentLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+spec:
+  ca:
+    secretName: {{ $fullname }}-ca
+{{- end }}
+
+{{/*
+helm mode: the xDS Secrets as a dict name -> {cert, key, notAfter, names} (PEM), computed once per render and
+memoized on .Release, so that the Secrets and the pods' checksums agree. Kept across upgrades: each Secret is
+read back with `lookup` and rendered again unchanged unless it is missing, within renewBeforeDays of the end
+it records (annotation csp.contracts.dev/not-after), issued by another CA, or (a leaf) for other names.
+`lookup` answers nothing under `helm template` and --dry-run: there every render issues new ones.
+*/}}
+{{- define "channel-contracts.xds.helmIssued" -}}
+{{- if not (hasKey .Release "cspXdsIssued") }}
+{{- $tls := .Values.operator.xds.tls }}
+{{- $fullname := include "channel-contracts.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $dnsNames := include "channel-contracts.xds.dnsNames" . | fromJsonArray }}
+{{- $clientCert := and $tls.requireClientCert (not .Values.proxy.xdsClientSecret) }}
+{{- $now := now | unixEpoch | int64 }}
+{{- $renewBefore := mul (int64 $tls.helm.renewBeforeDays) 86400 }}
+{{- $fresh := dict }}
+{{- range $name := list (include "channel-contracts.xds.caSecret" .) (include "channel-contracts.xds.tlsSecret" .) (include "channel-contracts.xds.clientSecret" .) }}
+{{- $live := lookup "v1" "Secret" $ns $name | default dict }}
+{{- $notAfter := dig "metadata" "annotations" "csp.contracts.dev/not-after" "" $live }}
+{{- if and $notAfter (gt (toDate "2006-01-02T15:04:05Z07:00" $notAfter | unixEpoch | int64) (add $now $renewBefore)) (dig "data" "tls.crt" "" $live) (dig "data" "tls.key" "" $live) }}
+{{- $_ := set $fresh $name $live }}
+{{- end }}
+{{- end }}
+{{- $issued := dict }}
+{{- /* The CA: kept while it is fresh, else a new one (and then new certificates). */}}
+{{- $caName := include "channel-contracts.xds.caSecret" . }}
+{{- $ca := dict }}
+{{- $caLive := get $fresh $caName }}
+{{- if $caLive }}
+{{- $ca = buildCustomCert (get $caLive.data "tls.crt") (get $caLive.data "tls.key") }}
+{{- $_ := set $issued $caName (dict "cert" $ca.Cert "key" $ca.Key "notAfter" (get $caLive.metadata.annotations "csp.contracts.dev/not-after") "names" "") }}
+{{- else }}
+{{- $ca = genCA (printf "%s-xds-ca" $fullname) (int $tls.helm.caValidityDays) }}
+{{- $_ := set $issued $caName (dict "cert" $ca.Cert "key" $ca.Key "notAfter" (dateInZone "2006-01-02T15:04:05Z07:00" (now | dateModify (printf "+%dh" (mul (int $tls.helm.caValidityDays) 24))) "UTC") "names" "") }}
+{{- end }}
+{{- $caCrt := get (get $issued $caName) "cert" }}
+{{- /* The serving certificate, and the gateway's client certificate (requireClientCert). */}}
+{{- $leaves := list (list (include "channel-contracts.xds.tlsSecret" .) (printf "%s.%s.svc" (include "channel-contracts.xds.name" .) $ns) $dnsNames "server") }}
+{{- if $clientCert }}
+{{- $leaves = append $leaves (list (include "channel-contracts.xds.clientSecret" .) .Values.proxy.fleet (list) "client") }}
+{{- end }}
+{{- range $leaf := $leaves }}
+{{- $name := index $leaf 0 }}
+{{- $names := index $leaf 2 | join "," }}
+{{- $live := get $fresh $name }}
+{{- if and $live $caLive (eq (b64dec (dig "data" "ca.crt" "" $live)) $caCrt) (eq (dig "metadata" "annotations" "csp.contracts.dev/dns-names" "" $live) $names) }}
+{{- $_ := set $issued $name (dict "cert" (b64dec (get $live.data "tls.crt")) "key" (b64dec (get $live.data "tls.key")) "notAfter" (get $live.metadata.annotations "csp.contracts.dev/not-after") "names" $names) }}
+{{- else }}
+{{- $cert := genSignedCert (index $leaf 1) nil (index $leaf 2) (int $tls.helm.validityDays) $ca }}
+{{- $_ := set $issued $name (dict "cert" $cert.Cert "key" $cert.Key "notAfter" (dateInZone "2006-01-02T15:04:05Z07:00" (now | dateModify (printf "+%dh" (mul (int $tls.helm.validityDays) 24))) "UTC") "names" $names) }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Release "cspXdsIssued" $issued }}
+{{- end }}
+{{- get .Release "cspXdsIssued" | toJson }}
 {{- end }}
