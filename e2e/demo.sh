@@ -57,7 +57,8 @@ webhook_port="$(free_port)"; operator_port="$(free_port)"; xds_port="$(free_port
 step "4. helm install the chart (the operator and webhook run here as local processes: no kubelet)"
 h upgrade --install csp "$root/charts/channel-contracts" -n csp-system --create-namespace \
   -f "$root/charts/channel-contracts/ci/local-values.yaml" \
-  --set "webhook.external.url=https://127.0.0.1:$webhook_port/validate"
+  --set "webhook.external.url=https://127.0.0.1:$webhook_port/validate" \
+  --set "operator.xds.proxyPodNamespaces={payments}"
 
 step "5. The webhook (self-managed certificate: CA in a Secret, caBundle injected) and the operator, each as its ServiceAccount"
 sa_kubeconfig csp-channel-contracts-webhook "$demo/webhook.kubeconfig"

@@ -186,6 +186,10 @@ pub struct ProxySpec {
     pub region: Option<String>,
     /// The Node region of its Pod, when `region` is None.
     pub pod_region: Option<String>,
+    /// Its Pod's namespace, when `region` is None (the operator may read Pods there).
+    pub pod_namespace: Option<String>,
+    /// Its `node.id` when not `name` (a Pod's name, unique in the Pod's namespace).
+    pub node_id: Option<String>,
     /// Its listeners' address: `10.77.0.<host>`.
     pub host: u8,
     /// Envoy's admin port inside the namespace.
@@ -203,6 +207,8 @@ impl ProxySpec {
             name: name.to_owned(),
             region: Some(region.to_owned()),
             pod_region: None,
+            pod_namespace: None,
+            node_id: None,
             host,
             admin_port,
             envoy_args: Vec::new(),
@@ -229,11 +235,11 @@ impl AdsEnvoy {
     /// The bootstrap of a proxy (`operator bootstrap`'s code), to the xDS server at `xds`.
     pub fn bootstrap(spec: &ProxySpec, namespace: &str, xds: &str, xds_port: u16, ca: &Path) -> String {
         let options = AdsBootstrap {
-            node_id: spec.name.clone(),
+            node_id: spec.node_id.clone().unwrap_or_else(|| spec.name.clone()),
             fleet: "csp-e2e-gateway".to_owned(),
             region: spec.region.clone(),
             namespaces: vec![namespace.to_owned()],
-            pod_namespace: Some(namespace.to_owned()),
+            pod_namespace: Some(spec.pod_namespace.clone().unwrap_or_else(|| namespace.to_owned())),
             listen_address: Some(NetworkNamespace::address(spec.host).parse().expect("an IP address")),
             xds_host: xds.to_owned(),
             xds_port,
@@ -354,6 +360,7 @@ pub struct XdsBed {
     pub dir: PathBuf,
     node_prefix: String,
     next_host: u8,
+    pods: Vec<(String, String)>,
 }
 
 impl XdsBed {
@@ -372,7 +379,17 @@ impl XdsBed {
             );
             kubectl(&["create", "-f", "-"], Some(&yaml)).ok();
         }
-        Self { proxies: Vec::new(), backends: Vec::new(), ns, netns, link, dir, node_prefix, next_host: 10 }
+        Self {
+            proxies: Vec::new(),
+            backends: Vec::new(),
+            ns,
+            netns,
+            link,
+            dir,
+            node_prefix,
+            next_host: 10,
+            pods: Vec::new(),
+        }
     }
 
     /// The Node of a region.
@@ -454,15 +471,19 @@ impl XdsBed {
     }
 
     /// Starts a proxy: a Pod object on its region's Node when its region comes from there, then Envoy.
-    pub fn start_proxy(&mut self, operator: &XdsOperator, spec: ProxySpec) -> usize {
-        if let Some(region) = &spec.pod_region {
-            let pod = format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}}}\nspec:\n  nodeName: {}\n  containers: [{{name: envoy, image: envoyproxy/envoy:v1.40.0}}]\n",
-                spec.name,
-                self.ns.name,
-                self.node(region)
+    /// A proxy whose region comes from its Pod is, as a gateway's, in the chart's release namespace (where
+    /// the operator may read Pods), under a name unique to the test.
+    pub fn start_proxy(&mut self, operator: &XdsOperator, mut spec: ProxySpec) -> usize {
+        if let Some(region) = spec.pod_region.clone() {
+            let (pod, namespace) = (format!("{}-{}", spec.name, self.ns.name), crate::rbac::NAMESPACE.to_owned());
+            let yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {namespace}}}\nspec:\n  nodeName: {}\n  automountServiceAccountToken: false\n  containers: [{{name: envoy, image: envoyproxy/envoy:v1.40.0}}]\n",
+                self.node(&region)
             );
-            kubectl(&["apply", "-f", "-"], Some(&pod)).ok();
+            kubectl(&["apply", "-f", "-"], Some(&yaml)).ok();
+            self.pods.push((namespace.clone(), pod.clone()));
+            spec.node_id = Some(pod);
+            spec.pod_namespace = Some(namespace);
         }
         let bootstrap = AdsEnvoy::bootstrap(&spec, &self.ns.name, &self.link.host, operator.xds_port, &certs().ca);
         self.proxies.push(AdsEnvoy::start(&self.netns, &self.dir, spec, &bootstrap));
@@ -533,6 +554,8 @@ impl Drop for XdsBed {
         for region in REGIONS {
             let _ = kubectl(&["delete", "node", &self.node(region), "--ignore-not-found", "--wait=false"], None);
         }
-        let _ = &self.link;
+        for (namespace, pod) in &self.pods {
+            let _ = kubectl(&["delete", "pod", pod, "-n", namespace, "--ignore-not-found", "--wait=false"], None);
+        }
     }
 }
