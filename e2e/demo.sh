@@ -55,6 +55,8 @@ step "3. The operator and webhook binaries"
 
 webhook_port="$(free_port)"; operator_port="$(free_port)"; xds_port="$(free_port)"
 step "4. helm install the chart (the operator and webhook run here as local processes: no kubelet)"
+# The gateway's Pods live in payments: the chart lets the operator read Pods there (their Node's region).
+"$bin/kubectl" apply -f "$root/examples/namespace-payments.yaml" >/dev/null
 h upgrade --install csp "$root/charts/channel-contracts" -n csp-system --create-namespace \
   -f "$root/charts/channel-contracts/ci/local-values.yaml" \
   --set "webhook.external.url=https://127.0.0.1:$webhook_port/validate" \
