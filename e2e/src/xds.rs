@@ -72,6 +72,8 @@ pub struct XdsOperator {
     pub xds_port: u16,
     /// The contract selector's value.
     pub id: String,
+    /// The CA proxies trust for it.
+    pub ca: PathBuf,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -79,8 +81,12 @@ pub struct XdsOperator {
 impl XdsOperator {
     /// Starts one: `id` selects its contracts, `extra` are more `operator run` arguments.
     pub fn start(name: &str, id: &str, extra: &[String]) -> Self {
+        Self::start_with(name, id, extra, certs())
+    }
+
+    /// [`start`](Self::start) with these certificate files.
+    pub fn start_with(name: &str, id: &str, extra: &[String], certs: &XdsCerts) -> Self {
         crate::ensure_crds();
-        let certs = certs();
         let xds_port = free_port();
         let mut args: Vec<String> = vec![
             "--publish".into(),
@@ -97,7 +103,7 @@ impl XdsOperator {
         args.extend_from_slice(extra);
         let log = run_dir(name).join("operator.log");
         let (process, admin_port) = crate::testbed::spawn_operator(&args, &log);
-        Self { process: Mutex::new(process), admin_port, xds_port, id: id.to_owned(), args, log }
+        Self { process: Mutex::new(process), admin_port, xds_port, id: id.to_owned(), ca: certs.ca.clone(), args, log }
     }
 
     /// Stops it (SIGTERM) and starts it again with the same arguments and xDS port (a new admin port);
@@ -485,7 +491,7 @@ impl XdsBed {
             spec.node_id = Some(pod);
             spec.pod_namespace = Some(namespace);
         }
-        let bootstrap = AdsEnvoy::bootstrap(&spec, &self.ns.name, &self.link.host, operator.xds_port, &certs().ca);
+        let bootstrap = AdsEnvoy::bootstrap(&spec, &self.ns.name, &self.link.host, operator.xds_port, &operator.ca);
         self.proxies.push(AdsEnvoy::start(&self.netns, &self.dir, spec, &bootstrap));
         self.proxies.len() - 1
     }

@@ -267,3 +267,31 @@ fn two_replicas_serve_proxies_status_counts_both_and_losing_the_leader_loses_no_
         down.as_secs_f64()
     );
 }
+
+#[test]
+fn a_renewed_xds_certificate_is_served_without_restarting_the_operator() {
+    let dir = e2e::run_dir("xds-renewal-certs");
+    let certs = e2e::xds::write_certs(&dir);
+    let operator = XdsOperator::start_with("xds-renewal-operator", &e2e::unique("xds-renewal"), &[], &certs);
+    let mut bed = XdsBed::new("xds-renewal");
+    bed.start_backend("gz-1");
+    bed.service("pay", PORT, &[("gz-1", "gz")]);
+    bed.contract(&operator, "pay", "  service: pay\n  port: 18080\n  sla: {maxLatency: 3s}\n");
+    bed.start_proxy(&operator, ProxySpec::new("proxy-before", "gz", 2, 19401));
+    bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log_of(&operator), |c| acked(c, 1));
+
+    // The Secret is renewed (here: a new CA, so that only the new pair can pass): the files change.
+    let renewed = e2e::xds::write_certs(&e2e::run_dir("xds-renewal-new"));
+    std::fs::copy(&renewed.cert, &certs.cert).expect("replace tls.crt");
+    std::fs::copy(&renewed.key, &certs.key).expect("replace tls.key");
+    std::fs::copy(&renewed.ca, &certs.ca).expect("replace ca.crt");
+    e2e::wait_until("the operator to reload its certificate", Duration::from_secs(30), || {
+        operator.log_tail().contains("xDS serving certificate reloaded").then_some(())
+    });
+    // A proxy that trusts only the new CA connects; the one connected before keeps its stream.
+    bed.start_proxy(&operator, ProxySpec::new("proxy-after", "gz", 3, 19402));
+    bed.wait_status("pay", "2/2 acked", Duration::from_secs(60), &log_of(&operator), |c| acked(c, 2));
+    for proxy in ["proxy-before", "proxy-after"] {
+        bed.settles_on(proxy, "pay", PORT, "gz-1", 3, Duration::from_secs(30));
+    }
+}

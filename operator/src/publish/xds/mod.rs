@@ -6,7 +6,7 @@
 //! - [`snapshot`]: what one proxy's view (region, namespaces, listen address) is served, per type.
 //! - [`session`]: one stream's protocol (nonces, ACK and NACK, subscriptions), pure.
 //! - [`fleet`]: the proxies connected, what each runs and rejected; a contract's proxy counts.
-//! - [`server`]: the gRPC service and its TLS.
+//! - [`server`]: the gRPC service; [`tls`]: its certificate, reloaded when the files change.
 //!
 //! [`Xds`] ties them together: the reconciler [`publish`](Xds::publish)es each contract's version, the
 //! streams read snapshots and report answers, and status reads [`observe`](Xds::observe).
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

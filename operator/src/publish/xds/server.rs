@@ -17,11 +17,12 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 use super::fleet::ProxyIdentity;
 use super::session::{Request, Response, Session};
+use super::tls;
 use super::{Xds, view_of};
 use crate::envoy::pb::envoy::config::core::v3::Node;
 use crate::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -70,15 +71,9 @@ pub struct TlsFiles {
 /// Why the server cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A TLS file cannot be read.
-    #[error("cannot read the xDS TLS file {path}: {source}")]
-    ReadTls {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// TLS cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The address cannot be bound.
     #[error("cannot listen for xDS on {addr}: {source}")]
     Bind {
@@ -115,28 +110,23 @@ pub async fn serve(
     region_of: Option<RegionOf>,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)));
-    if let Some(tls) = &config.tls {
-        let read =
-            |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::ReadTls { path: path.clone(), source });
-        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-        if let Some(ca) = &tls.client_ca {
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-        builder = builder.tls_config(tls_config)?;
-    }
+    let acceptor = config.tls.as_ref().map(|files| tls::acceptor(files, cancel.clone())).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, tls = config.tls.is_some(), "xDS server listening");
     let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
-    builder
-        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
-        .await?;
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20));
+    match acceptor {
+        Some(acceptor) => {
+            let incoming = tls::incoming(listener, acceptor, cancel.clone());
+            router.serve_with_incoming_shutdown(ReceiverStream::new(incoming), cancel.cancelled_owned()).await?
+        }
+        None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned()).await?,
+    }
     Ok(())
 }
 
