@@ -376,3 +376,6 @@ impl Xds {
 pub fn view_of(identity: &ProxyIdentity, listen: std::net::IpAddr) -> View {
     View { region: identity.region.clone(), namespaces: identity.namespaces.clone(), listen }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,80 @@
+//! The server state: what status reads of a contract's proxies, this replica's and the others'.
+
+use super::*;
+use crate::publish::xds::fleet::ProxyIdentity;
+
+fn contract(name: &str) -> Arc<ChannelContract> {
+    Arc::new(
+        serde_json::from_value(
+            serde_json::json!({"apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"service": "svc", "port": 8080, "sla": {"maxLatency": "1s"}}}),
+        )
+        .expect("a contract"),
+    )
+}
+
+fn key(name: &str) -> ContractKey {
+    ContractKey { namespace: "ns".into(), name: name.into() }
+}
+
+fn proxy(id: &str) -> ProxyIdentity {
+    ProxyIdentity { id: id.into(), fleet: "f".into(), region: None, namespaces: None }
+}
+
+#[test]
+fn status_counts_this_replicas_proxies_and_the_fresh_reports_of_the_others() {
+    let xds = Xds::new(XdsMetrics::default());
+    xds.publish(key("a"), "v2".into(), contract("a"), ChannelEndpoints::default());
+    xds.connect(1, proxy("p1"));
+    xds.apply(1, vec![Event::Running { key: key("a"), version: Some("v2".into()) }], "t1");
+    let mine = xds.report("me");
+    assert_eq!(
+        mine.contracts["ns/a"],
+        ContractReport { version: "v2".into(), selected: 1, acked: 1, ..Default::default() }
+    );
+
+    let rejection = Rejection { version: "v2".into(), proxy: "p3".into(), message: "no".into(), time: "t9".into() };
+    let peer = |replica: &str, version: &str, selected, acked, rejected, last: Option<Rejection>| Report {
+        replica: replica.into(),
+        contracts: BTreeMap::from([(
+            "ns/a".to_owned(),
+            ContractReport { version: version.into(), selected, acked, rejected, last_rejection: last },
+        )]),
+    };
+    xds.take_dirty();
+    xds.peer_reports(vec![peer("b", "v2", 3, 1, 1, Some(rejection.clone())), peer("c", "v1", 2, 2, 0, None)]);
+    assert!(xds.take_dirty().contains(&key("a")), "a peer's change refreshes the contract's status");
+    let seen = xds.observe(&key("a")).proxies;
+    // Mine: 1 acked. b: 3 selected, 1 acked, 1 rejected, 1 stale. c is behind (v1): its 2 are stale.
+    assert_eq!(seen, ProxyCounts { selected: 6, acked: 2, rejected: 1, stale: 3, last_rejection: Some(rejection) });
+    // A replica that is gone (its report no longer fresh) no longer counts.
+    xds.peer_reports(Vec::new());
+    assert_eq!(xds.observe(&key("a")).proxies.selected, 1);
+}
+
+#[test]
+fn a_rejection_withdraws_the_version_for_the_last_accepted_one_and_says_so() {
+    let xds = Xds::new(XdsMetrics::default());
+    xds.connect(1, proxy("p1"));
+    xds.publish(key("a"), "v1".into(), contract("a"), ChannelEndpoints::default());
+    xds.apply(1, vec![Event::Running { key: key("a"), version: Some("v1".into()) }], "t1");
+    xds.publish(key("a"), "v2".into(), contract("a"), ChannelEndpoints::default());
+    let generation = *xds.generations().borrow();
+    xds.apply(1, vec![Event::Rejected { key: key("a"), version: "v2".into(), message: "bad".into() }], "t2");
+    assert!(*xds.generations().borrow() > generation, "the proxies are told");
+    let seen = xds.observe(&key("a"));
+    assert_eq!(seen.served.as_deref(), Some("v1"));
+    assert_eq!(seen.rejection.map(|r| (r.proxy, r.message)), Some(("p1".to_owned(), "bad".to_owned())));
+    assert_eq!(seen.proxies.rejected, 1);
+}
+
+#[test]
+fn nothing_is_answered_until_every_contract_known_at_the_start_was_looked_at() {
+    let xds = Xds::new(XdsMetrics::default());
+    let keys = [key("a"), key("b")];
+    xds.publish(key("a"), "v1".into(), contract("a"), ChannelEndpoints::default());
+    assert!(!xds.has_seen(&keys));
+    xds.held(&key("b"));
+    assert!(xds.has_seen(&keys));
+}
