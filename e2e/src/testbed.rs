@@ -388,25 +388,7 @@ impl Testbed {
     /// `n` requests, one after the other, through Envoy's listener (inside the network namespace).
     pub fn get_many(&self, n: usize, headers: &[(&str, &str)]) -> Vec<Reply> {
         let url = format!("http://{}:{}/", NetworkNamespace::address(1), self.listen_port);
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "--max-time".into(),
-            "10".into(),
-            "-w".into(),
-            "%{http_code} %{time_total} [%header{x-backend}] [%header{x-csp-contract}]\\n".into(),
-        ];
-        for (k, v) in headers {
-            args.push("-H".into());
-            args.push(format!("{k}: {v}"));
-        }
-        for _ in 0..n {
-            args.extend([url.clone(), "-o".into(), "/dev/null".into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.netns.run("curl", &args);
-        let mut replies: Vec<Reply> = out.stdout.lines().filter_map(parse_reply).collect();
-        replies.resize(n, Reply { status: 0, seconds: 0.0, backend: String::new(), contract: String::new() });
-        replies
+        requests(&self.netns, &url, n, headers)
     }
 
     /// One request through Envoy's listener.
@@ -445,7 +427,31 @@ impl Testbed {
     }
 }
 
-pub(crate) fn parse_reply(line: &str) -> Option<Reply> {
+/// `n` GETs of `url`, one after the other, from inside `netns` (one curl), with `headers`: each reply's
+/// status, time, `x-backend` and `x-csp-contract` (a request that got no answer is status 0).
+pub fn requests(netns: &NetworkNamespace, url: &str, n: usize, headers: &[(&str, &str)]) -> Vec<Reply> {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "-w".into(),
+        "%{http_code} %{time_total} [%header{x-backend}] [%header{x-csp-contract}]\\n".into(),
+    ];
+    for (k, v) in headers {
+        args.push("-H".into());
+        args.push(format!("{k}: {v}"));
+    }
+    for _ in 0..n {
+        args.extend([url.to_owned(), "-o".into(), "/dev/null".into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = netns.run("curl", &args);
+    let mut replies: Vec<Reply> = out.stdout.lines().filter_map(parse_reply).collect();
+    replies.resize(n, Reply { status: 0, seconds: 0.0, backend: String::new(), contract: String::new() });
+    replies
+}
+
+fn parse_reply(line: &str) -> Option<Reply> {
     let mut parts = line.splitn(3, ' ');
     let status = parts.next()?.parse().ok()?;
     let seconds = parts.next()?.parse().ok()?;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::backend::{self, Backend};
 use crate::netns::NetworkNamespace;
-use crate::testbed::{NODE_LABEL, REGIONS, Reply, parse_reply};
+use crate::testbed::{NODE_LABEL, REGIONS, Reply, requests};
 use crate::{TestNamespace, Tied, curl, free_port, kubectl, product_bin, run_dir, tool, unique, wait_until};
 
 /// The name in the xDS server's test certificate, which proxies check.
@@ -506,27 +506,10 @@ impl XdsBed {
         let spec =
             &self.proxies.iter().find(|p| p.spec.name == proxy).unwrap_or_else(|| panic!("no proxy {proxy}")).spec;
         let url = format!("http://{}:{port}/", NetworkNamespace::address(spec.host));
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "--max-time".into(),
-            "10".into(),
-            "-H".into(),
-            format!("Host: {service}.{}:{port}", self.ns.name),
-            "-w".into(),
-            "%{http_code} %{time_total} [%header{x-backend}] [%header{x-csp-contract}]\\n".into(),
-        ];
-        for (k, v) in headers {
-            args.push("-H".into());
-            args.push(format!("{k}: {v}"));
-        }
-        for _ in 0..n {
-            args.extend([url.clone(), "-o".into(), "/dev/null".into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.netns.run("curl", &args);
-        let mut replies: Vec<Reply> = out.stdout.lines().filter_map(parse_reply).collect();
-        replies.resize(n, Reply { status: 0, seconds: 0.0, backend: String::new(), contract: String::new() });
-        replies
+        let authority = format!("{service}.{}:{port}", self.ns.name);
+        let mut all = vec![("Host", authority.as_str())];
+        all.extend_from_slice(headers);
+        requests(&self.netns, &url, n, &all)
     }
 
     /// Waits until `n` requests in a row through `proxy` are all answered 200 by `backend`.

@@ -10,12 +10,19 @@ pub(crate) fn listener(spec: &ChannelContractSpec, names: &Names<'_>, options: &
     let address = options.listener.unwrap_or_else(|| {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), u16::try_from(spec.port).unwrap_or_default())
     });
+    let routes = http_connection_manager::RouteSpecifier::Rds(Rds {
+        config_source: Some(path_config_source(&options.config_dir, "rds.yaml")),
+        route_config_name: names.base(),
+    });
+    http_listener(names.base(), address.ip(), address.port(), routes)
+}
+
+/// A listener `name` on `ip:port` with one HTTP connection manager (stats under `name`, tracing on, the
+/// router filter) whose routes come from `routes`.
+fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_manager::RouteSpecifier) -> Listener {
     let hcm = HttpConnectionManager {
-        stat_prefix: names.base(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(path_config_source(&options.config_dir, "rds.yaml")),
-            route_config_name: names.base(),
-        })),
+        stat_prefix: name.clone(),
+        route_specifier: Some(routes),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
             config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
@@ -25,8 +32,8 @@ pub(crate) fn listener(spec: &ChannelContractSpec, names: &Names<'_>, options: &
         ..HttpConnectionManager::default()
     };
     Listener {
-        name: names.base(),
-        address: Some(socket_address(&address.ip().to_string(), u32::from(address.port()))),
+        name,
+        address: Some(socket_address(&ip.to_string(), u32::from(port))),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
@@ -60,36 +67,14 @@ pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
             extract_type: Some(fragment_builder::header_value_extractor::ExtractType::Index(0)),
         })),
     };
-    let name = format!("csp~port~{port}");
-    let hcm = HttpConnectionManager {
-        stat_prefix: name.clone(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::ScopedRoutes(ScopedRoutes {
-            name: super::scope::SCOPED_ROUTES.to_owned(),
-            scope_key_builder: Some(scoped_routes::ScopeKeyBuilder { fragments: vec![authority] }),
-            rds_config_source: Some(ads()),
-            config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
-                scoped_rds_config_source: Some(ads()),
-                ..ScopedRds::default()
-            })),
+    let routes = http_connection_manager::RouteSpecifier::ScopedRoutes(ScopedRoutes {
+        name: super::scope::SCOPED_ROUTES.to_owned(),
+        scope_key_builder: Some(scoped_routes::ScopeKeyBuilder { fragments: vec![authority] }),
+        rds_config_source: Some(ads()),
+        config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
+            scoped_rds_config_source: Some(ads()),
+            ..ScopedRds::default()
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
-            ..HttpFilter::default()
-        }],
-        tracing: Some(http_connection_manager::Tracing::default()),
-        ..HttpConnectionManager::default()
-    };
-    Listener {
-        name,
-        address: Some(socket_address(&address.to_string(), u32::from(port))),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-            }],
-            ..FilterChain::default()
-        }],
-        ..Listener::default()
-    }
+    });
+    http_listener(format!("csp~port~{port}"), address, port, routes)
 }
