@@ -259,9 +259,13 @@ if [[ $SERVER == 1 ]]; then
     k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
     h() { "$HELM" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
     ns="csp-chart-test-$$"
-    release_state() { # every object of the release with its resourceVersion, and the xDS Secrets' data
+    # Every object of the release with its generation (objects with a spec: only a spec change moves it, not
+    # the status a controller writes, e.g. the deployment controller's with no kubelet) or else its
+    # resourceVersion, and the xDS Secrets' data.
+    release_state() {
       h get manifest csp-chart-test -n "$ns" | k get -n "$ns" -f - \
-        -o jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.resourceVersion}{"\n"}{end}' | sort
+        -o jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.generation}/{.metadata.resourceVersion}{"\n"}{end}' \
+        | sed -E 's#^([^ ]+) ([0-9]+)/[0-9]+$#\1 generation \2#; s#^([^ ]+) /([0-9]+)$#\1 resourceVersion \2#' | sort
       k get secret -n "$ns" -l app.kubernetes.io/component=operator -o jsonpath='{range .items[*]}{.metadata.name} {.data}{"\n"}{end}'
     }
     install_args=(csp-chart-test "$CHART" -n "$ns" --set webhook.failurePolicy=Ignore
