@@ -25,9 +25,11 @@ pub fn tool(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// The admin kubeconfig of the local control plane.
+/// The admin kubeconfig of the local control plane: that of `CSP_RUN_DIR` when set (the state folder of
+/// `e2e/cluster.sh`, e.g. a benchmark's control plane of its own), else of `e2e/.run`.
 pub fn kubeconfig() -> PathBuf {
-    let path = repo_root().join("e2e/.run/kubeconfig");
+    let dir = std::env::var_os("CSP_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("e2e/.run"));
+    let path = dir.join("kubeconfig");
     assert!(
         path.exists(),
         "{} is missing: the e2e tests need the local control plane (`make cluster-up`, or run them with `make e2e`)",

@@ -20,24 +20,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use channel_contracts_bench::fixtures;
+use channel_contracts_bench::load::{Load, RUN_LABEL, typed};
+use channel_contracts_bench::process::{cpu_ticks, machine_ticks, status_mib};
+use channel_contracts_bench::prometheus::parse_sample;
+use channel_contracts_bench::stats::stats;
 use clap::{Parser, Subcommand};
 use crds::ChannelContract;
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-#[path = "../../../operator/benches/fixtures/mod.rs"]
-mod fixtures;
-
-/// The label on everything a run creates.
-const RUN_LABEL: &str = "csp-bench-run";
 /// The operator's ConfigMaps.
 const MANAGED_CONFIG_MAPS: &str = "app.kubernetes.io/managed-by=channel-contracts-operator";
 /// The ConfigMap annotation with the configuration's version.
@@ -136,53 +133,7 @@ async fn main() -> Result<()> {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("[bench_operator {}] {}", clock(), msg.as_ref());
-}
-
-fn clock() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
-}
-
-fn typed<T: DeserializeOwned>(v: Value) -> Result<T> {
-    serde_json::from_value(v).context("build a Kubernetes object")
-}
-
-// ---------------------------------------------------------------------------------------------------
-// statistics
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-struct Stats {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-fn stats(v: &[f64]) -> Stats {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    Stats {
-        n: s.len(),
-        min: s.first().copied().unwrap_or(f64::NAN),
-        p50: percentile(&s, 50.0),
-        p90: percentile(&s, 90.0),
-        p99: percentile(&s, 99.0),
-        max: s.last().copied().unwrap_or(f64::NAN),
-        mean: s.iter().sum::<f64>() / s.len().max(1) as f64,
-    }
+    channel_contracts_bench::log("bench_operator", msg);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -244,33 +195,6 @@ fn render(counts: &[usize]) -> Result<(Value, String)> {
 
 // ---------------------------------------------------------------------------------------------------
 // process and machine sampling
-
-/// utime + stime of a process, in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state (3), ..., utime (14), stime (15).
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A `kB` field of /proc/<pid>/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// (busy, total) ticks of the whole machine, all CPUs.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4)?;
-    Some((total - idle, total))
-}
 
 #[derive(Debug, Clone)]
 struct Procs {
@@ -343,24 +267,6 @@ impl Procs {
 
 // ---------------------------------------------------------------------------------------------------
 // metrics scrapes
-
-/// Splits `name{k="v",…} value` into (name, labels, value).
-fn parse_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some((name, labels)) = series.split_once('{') else { return Some((series, BTreeMap::new(), value)) };
-    let mut map = BTreeMap::new();
-    let mut rest = labels.strip_suffix('}')?;
-    while let Some((k, after)) = rest.split_once("=\"") {
-        let (v, after) = after.split_once('"')?;
-        map.insert(k.trim_start_matches(','), v);
-        rest = after;
-    }
-    Some((name, map, value))
-}
 
 /// The API server's `apiserver_request_total`, summed by "VERB resource[/subresource]".
 async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
@@ -513,123 +419,26 @@ fn watch_config_maps(client: Client, tx: mpsc::UnboundedSender<Seen>) {
 struct Bench {
     client: Client,
     args: ApiArgs,
+    load: Load,
     /// Where the watches report (the ConfigMap watch starts with the edits).
     sender: mpsc::UnboundedSender<Seen>,
 }
 
 impl Bench {
     fn namespace(&self, i: usize) -> String {
-        format!("{}-{:02}", self.args.run_id, i % self.args.namespaces)
-    }
-
-    fn node_name(&self, region: &str, k: usize) -> String {
-        format!("{}-node-{region}-{k}", self.args.run_id)
-    }
-
-    /// The Node of endpoint `e` of contract `i`: in the endpoint's region, spread over its Nodes.
-    fn node(&self, i: usize, e: usize) -> String {
-        self.node_name(fixtures::region(e), (i + e) % self.args.nodes_per_region)
+        self.load.namespace(i)
     }
 
     fn key(&self, i: usize) -> String {
-        format!("{}/{}", self.namespace(i), fixtures::contract_name(i))
-    }
-
-    fn labels(&self) -> Value {
-        json!({RUN_LABEL: self.args.run_id})
-    }
-
-    /// Creates everything with `concurrency` requests in flight; fails on the first error.
-    async fn create_all<T>(&self, what: &str, objects: Vec<(Api<T>, T)>) -> Result<Duration>
-    where
-        T: kube::Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
-    {
-        let n = objects.len();
-        let start = Instant::now();
-        let pp = PostParams::default();
-        let mut results = stream::iter(objects)
-            .map(|(api, object)| {
-                let pp = pp.clone();
-                async move {
-                    api.create(&pp, &object).await.map(|_| ()).with_context(|| format!("create {}", object.name_any()))
-                }
-            })
-            .buffer_unordered(self.args.concurrency);
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        let took = start.elapsed();
-        log(format!("created {n} {what} in {:.1} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64()));
-        Ok(took)
+        self.load.key(i)
     }
 
     async fn setup(&self, contracts: usize) -> Result<Value> {
-        let labels = self.labels();
-        let nodes: Vec<(Api<Node>, Node)> = fixtures::REGIONS
-            .iter()
-            .flat_map(|region| (0..self.args.nodes_per_region).map(move |k| (*region, k)))
-            .map(|(region, k)| {
-                let node = typed(json!({"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": self.node_name(region, k),
-                        "labels": {RUN_LABEL: self.args.run_id, crds::REGION_LABEL: region}}}))?;
-                Ok((Api::all(self.client.clone()), node))
-            })
-            .collect::<Result<_>>()?;
-        let t_nodes = self.create_all("Nodes", nodes).await?;
-        let namespaces: Vec<(Api<Namespace>, Namespace)> = (0..self.args.namespaces)
-            .map(|k| {
-                let ns = typed(json!({"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": self.namespace(k), "labels": labels}}))?;
-                Ok((Api::all(self.client.clone()), ns))
-            })
-            .collect::<Result<_>>()?;
-        let t_ns = self.create_all("namespaces", namespaces).await?;
-
-        let mut services = Vec::with_capacity(contracts * 3);
-        let mut slices = Vec::with_capacity(contracts * 3);
-        for i in 0..contracts {
-            let ns = self.namespace(i);
-            let name = fixtures::contract_name(i);
-            for (c, channel) in fixtures::CHANNELS.iter().enumerate() {
-                let svc = fixtures::service_name(&name, channel);
-                // Headless and selector-less: the API server allocates no ClusterIP and no controller
-                // writes EndpointSlices for it; the slices below are the endpoints.
-                let service: Service = typed(json!({"apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": svc, "namespace": ns, "labels": labels},
-                    "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": fixtures::SERVICE_PORT,
-                        "targetPort": fixtures::TARGET_PORT, "protocol": "TCP"}]}}))?;
-                services.push((Api::namespaced(self.client.clone(), &ns), service));
-                let endpoints: Vec<Value> = (0..fixtures::ENDPOINTS_PER_CHANNEL)
-                    .map(|e| {
-                        json!({"addresses": [fixtures::address(i, c, e)], "conditions": {"ready": true},
-                            "nodeName": self.node(i, e)})
-                    })
-                    .collect();
-                let slice: EndpointSlice = typed(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                    "metadata": {"name": format!("{svc}-1"), "namespace": ns,
-                        "labels": {RUN_LABEL: self.args.run_id, operator::watch::cache::SERVICE_NAME_LABEL: svc}},
-                    "addressType": "IPv4",
-                    "ports": [{"name": "http", "port": fixtures::TARGET_PORT, "protocol": "TCP"}],
-                    "endpoints": endpoints}))?;
-                slices.push((Api::namespaced(self.client.clone(), &ns), slice));
-            }
-        }
-        let t_services = self.create_all("Services", services).await?;
-        let t_slices = self.create_all("EndpointSlices", slices).await?;
-        Ok(json!({
-            "nodes": fixtures::REGIONS.len() * self.args.nodes_per_region, "nodes_s": t_nodes.as_secs_f64(),
-            "namespaces": self.args.namespaces, "namespaces_s": t_ns.as_secs_f64(),
-            "services": contracts * 3, "services_s": t_services.as_secs_f64(),
-            "endpoint_slices": contracts * 3, "endpoint_slices_s": t_slices.as_secs_f64(),
-        }))
+        self.load.setup(contracts).await
     }
 
     fn contract(&self, i: usize) -> Result<ChannelContract> {
-        typed(json!({
-            "apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ChannelContract",
-            "metadata": {"name": fixtures::contract_name(i), "namespace": self.namespace(i), "labels": self.labels()},
-            "spec": fixtures::spec(i),
-        }))
+        self.load.contract(i)
     }
 
     /// Creates contracts `from..to` and waits until all of `0..to` are Programmed.
@@ -824,7 +633,16 @@ async fn api(client: Client, args: &ApiArgs) -> Result<(Value, String)> {
     let Some(&total) = steps.last() else { bail!("--steps is empty") };
     let procs = Procs::new(args)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let bench = Bench { client: client.clone(), args: args.clone(), sender: tx.clone() };
+    let load = Load {
+        client: client.clone(),
+        run_id: args.run_id.clone(),
+        namespaces: args.namespaces,
+        nodes_per_region: args.nodes_per_region,
+        concurrency: args.concurrency,
+        tolerate_existing: false,
+        who: "bench_operator",
+    };
+    let bench = Bench { client: client.clone(), args: args.clone(), load, sender: tx.clone() };
 
     log(format!(
         "setup: {} Nodes, {} namespaces, {} Services and {} EndpointSlices ({} endpoints each)",
