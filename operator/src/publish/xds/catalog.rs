@@ -9,7 +9,7 @@
 //!
 //! Pure: no clock (times are arguments), no I/O.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crds::ChannelContract;
@@ -31,8 +31,8 @@ const REMEMBERED_ACCEPTED: usize = 4;
 /// One resource as it is sent: its name and its encoding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
-    /// The resource's name.
-    pub name: String,
+    /// The resource's name (shared by every snapshot that has the resource).
+    pub name: Arc<str>,
     /// The resource.
     pub any: Any,
 }
@@ -60,7 +60,8 @@ pub struct Published {
     pub version: String,
     contract: Arc<ChannelContract>,
     endpoints: ChannelEndpoints,
-    by_region: Mutex<HashMap<Option<String>, Option<Arc<ContractResources>>>>,
+    /// Made per region (a few), looked up without allocating.
+    by_region: Mutex<Vec<(Option<String>, Option<Arc<ContractResources>>)>>,
 }
 
 impl Published {
@@ -73,7 +74,12 @@ impl Published {
     /// None if the contract does not translate (it did when published, so never in practice).
     pub fn resources(&self, region: Option<&str>) -> Option<Arc<ContractResources>> {
         let mut memo = self.by_region.lock().unwrap_or_else(PoisonError::into_inner);
-        memo.entry(region.map(str::to_owned)).or_insert_with(|| self.translate(region)).clone()
+        if let Some((_, made)) = memo.iter().find(|(r, _)| r.as_deref() == region) {
+            return made.clone();
+        }
+        let made = self.translate(region);
+        memo.push((region.map(str::to_owned), made.clone()));
+        made
     }
 
     fn translate(&self, region: Option<&str>) -> Option<Arc<ContractResources>> {
@@ -82,14 +88,14 @@ impl Published {
             .inspect_err(|e| tracing::error!(contract = %self.key, error = %e, "cannot translate for xDS"))
             .ok()?;
         let encode_all = |items: Vec<(String, Any)>| -> Vec<Arc<Resource>> {
-            items.into_iter().map(|(name, any)| Arc::new(Resource { name, any })).collect()
+            items.into_iter().map(|(name, any)| Arc::new(Resource { name: Arc::from(name), any })).collect()
         };
         Some(Arc::new(ContractResources {
             port: translated.port,
             clusters: encode_all(translated.clusters.iter().map(|c| (c.name.clone(), any(c))).collect()),
             scopes: encode_all(translated.scopes.iter().map(|s| (s.name.clone(), any(s))).collect()),
             routes: vec![Arc::new(Resource {
-                name: translated.route_configuration.name.clone(),
+                name: Arc::from(translated.route_configuration.name.as_str()),
                 any: any(&translated.route_configuration),
             })],
         }))
@@ -133,11 +139,68 @@ impl Entry {
     }
 }
 
+/// How many changes the [`ChangeLog`] keeps.
+const LOGGED_CHANGES: usize = 4096;
+
+/// The contracts whose served version changed at each of the latest catalog generations (one contract per
+/// generation), so that what two snapshots of a view differ in is found without comparing them whole.
+/// Immutable once shared: the catalog copies it on write, each snapshot holds the one of its generation.
+#[derive(Debug, Clone)]
+pub struct ChangeLog {
+    /// (generation, contract), oldest first.
+    entries: VecDeque<(u64, Arc<ContractKey>)>,
+    /// Changes at generations up to this one may be missing.
+    floor: u64,
+    capacity: usize,
+}
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        Self::with_capacity(LOGGED_CHANGES)
+    }
+}
+
+impl ChangeLog {
+    /// A log that keeps the latest `capacity` changes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { entries: VecDeque::new(), floor: 0, capacity: capacity.max(1) }
+    }
+
+    /// The served version of `key` changed at `generation` (later than every one recorded before).
+    pub fn record(&mut self, generation: u64, key: ContractKey) {
+        self.entries.push_back((generation, Arc::new(key)));
+        while self.entries.len() > self.capacity {
+            if let Some((oldest, _)) = self.entries.pop_front() {
+                self.floor = oldest;
+            }
+        }
+    }
+
+    /// The contracts whose served version changed after generation `since` up to `until`; None when the
+    /// log does not hold every one of those generations (it no longer reaches back to `since`, or a
+    /// snapshot was made without it).
+    pub fn changed(&self, since: u64, until: u64) -> Option<BTreeSet<&ContractKey>> {
+        if since < self.floor || until < since {
+            return None;
+        }
+        // Generations only grow along the log: the first change after `since` is found by bisection.
+        let first = self.entries.partition_point(|(g, _)| *g <= since);
+        let logged: Vec<&(u64, Arc<ContractKey>)> =
+            self.entries.range(first..).take_while(|(g, _)| *g <= until).collect();
+        // One change per generation: a missing one means the log cannot say what changed.
+        if u64::try_from(logged.len()).ok() != Some(until - since) {
+            return None;
+        }
+        Some(logged.into_iter().map(|(_, key)| key.as_ref()).collect())
+    }
+}
+
 /// What is served of every contract.
 #[derive(Debug, Default)]
 pub struct Catalog {
     entries: BTreeMap<ContractKey, Entry>,
     generation: u64,
+    log: Arc<ChangeLog>,
 }
 
 impl Catalog {
@@ -149,6 +212,7 @@ impl Catalog {
     /// A contract's new version. Returns whether what is served changed.
     pub fn publish(&mut self, published: Published) -> bool {
         let published = Arc::new(published);
+        let key = published.key.clone();
         let changed = match self.entries.get_mut(&published.key) {
             Some(entry) if entry.current.version == published.version => false,
             Some(entry) => {
@@ -157,19 +221,18 @@ impl Catalog {
                 before != entry.served().map(|p| p.version.clone())
             }
             None => {
-                let key = published.key.clone();
                 self.entries
-                    .insert(key, Entry { current: published, accepted: VecDeque::new(), rejections: VecDeque::new() });
+                    .insert(key.clone(), Entry { current: published, accepted: VecDeque::new(), rejections: VecDeque::new() });
                 true
             }
         };
-        self.bump(changed)
+        self.bump(changed, key)
     }
 
     /// A contract is gone. Returns whether what is served changed.
     pub fn remove(&mut self, key: &ContractKey) -> bool {
         let changed = self.entries.remove(key).is_some_and(|e| e.served().is_some());
-        self.bump(changed)
+        self.bump(changed, key.clone())
     }
 
     /// A proxy acknowledged `version` of a contract: while it is the current one, it becomes the version
@@ -196,7 +259,7 @@ impl Catalog {
         entry.rejections.push_front(rejection);
         entry.rejections.truncate(REMEMBERED_REJECTIONS);
         let changed = before != entry.served().map(|p| p.version.clone());
-        self.bump(changed)
+        self.bump(changed, key.clone())
     }
 
     /// What is served of a contract now, if anything.
@@ -220,9 +283,15 @@ impl Catalog {
         self.entries.get(key).map(|e| e.current.version.as_str())
     }
 
-    fn bump(&mut self, changed: bool) -> bool {
+    /// The contracts changed at the latest generations.
+    pub fn log(&self) -> &Arc<ChangeLog> {
+        &self.log
+    }
+
+    fn bump(&mut self, changed: bool, key: ContractKey) -> bool {
         if changed {
             self.generation += 1;
+            Arc::make_mut(&mut self.log).record(self.generation, key);
         }
         changed
     }
@@ -310,7 +379,30 @@ mod tests {
         let none = p.resources(None).expect("translates");
         assert_ne!(sz.clusters[0].any, none.clusters[0].any, "the primary's order differs by region");
         assert_eq!(sz.scopes.len(), 3);
-        assert_eq!(sz.routes[0].name, "csp~ns~a");
+        assert_eq!(&*sz.routes[0].name, "csp~ns~a");
         assert!(Arc::ptr_eq(&sz, &p.resources(Some("sz")).expect("memo")), "made once per region");
+    }
+
+    #[test]
+    fn the_change_log_says_which_contracts_changed_between_two_generations_while_it_reaches_back() {
+        let key = |n: &str| ContractKey { namespace: "ns".into(), name: n.into() };
+        let mut log = ChangeLog::with_capacity(2);
+        assert_eq!(log.changed(0, 0).map(|c| c.len()), Some(0));
+        log.record(1, key("a"));
+        log.record(2, key("b"));
+        assert_eq!(log.changed(0, 2), Some([&key("a"), &key("b")].into_iter().collect()));
+        assert_eq!(log.changed(1, 2), Some([&key("b")].into_iter().collect()));
+        assert_eq!(log.changed(0, 1), Some([&key("a")].into_iter().collect()));
+        log.record(3, key("a"));
+        assert_eq!(log.changed(0, 3), None, "generation 1 is no longer logged");
+        assert_eq!(log.changed(1, 3), Some([&key("a"), &key("b")].into_iter().collect()));
+
+        let mut catalog = Catalog::default();
+        catalog.publish(published("a", "v1"));
+        catalog.publish(published("b", "w1"));
+        catalog.publish(published("a", "v1"));
+        assert_eq!(catalog.generation(), 2, "the same version changes nothing");
+        catalog.remove(&key("a"));
+        assert_eq!(catalog.log().changed(1, 3), Some([&key("a"), &key("b")].into_iter().collect()));
     }
 }

@@ -31,7 +31,7 @@ use self::catalog::{Catalog, Published, Rejection};
 use self::fleet::{Fleet, ProxyCounts, ProxyIdentity, counts};
 use self::metrics::XdsMetrics;
 use self::session::Event;
-use self::snapshot::{Snapshot, View, snapshot};
+use self::snapshot::{Contracts, Snapshot, View, contracts, derive, snapshot_of};
 use crate::model::{ChannelEndpoints, ContractKey};
 
 /// What the xDS server knows of a contract, for its status.
@@ -78,6 +78,8 @@ struct Inner {
     /// The other replicas' reports, by replica.
     peers: BTreeMap<String, Report>,
     views: HashMap<View, Arc<Snapshot>>,
+    /// The contracts' resources of each region and set of namespaces, shared by their views.
+    contracts: HashMap<(Option<String>, Option<BTreeSet<String>>), Arc<Contracts>>,
     /// Versions being pushed: since when (for `csp_xds_push_duration_seconds`).
     pushes: HashMap<ContractKey, (String, Instant)>,
 }
@@ -281,14 +283,27 @@ impl Xds {
         }
     }
 
-    /// The snapshot of a view at the current generation (made once per view and generation).
+    /// The snapshot of a view at the current generation: made once per view and generation, its
+    /// contracts' resources once per region and namespaces (from the previous ones when the catalog's log
+    /// says what changed since).
     pub fn snapshot(&self, view: &View) -> Arc<Snapshot> {
         let mut inner = self.inner();
         let generation = inner.catalog.generation();
         if let Some(s) = inner.views.get(view).filter(|s| s.generation == generation) {
             return s.clone();
         }
-        let made = Arc::new(snapshot(&inner.catalog, view));
+        let audience = view.audience();
+        let earlier = inner.contracts.get(&audience).cloned();
+        let contracts = match earlier {
+            Some(current) if current.generation == generation => current,
+            earlier => {
+                let derived = earlier.and_then(|earlier| derive(&earlier, &inner.catalog, view));
+                let made = Arc::new(derived.unwrap_or_else(|| contracts(&inner.catalog, view)));
+                inner.contracts.insert(audience, made.clone());
+                made
+            }
+        };
+        let made = Arc::new(snapshot_of(&contracts, inner.catalog.log(), view));
         inner.views.insert(view.clone(), made.clone());
         made
     }

@@ -13,12 +13,19 @@
 //!   Delta: only what changed since the proxy's state, and the names removed; `initial_resource_versions`
 //!   of a reconnecting proxy count as its state.
 //!
+//! What a proxy has, and what a response makes it have, is kept as a reference to the snapshot it came
+//! from ([`State::Of`]) rather than as a list of every name: so a session costs little memory, and after a
+//! change the next response is found by comparing only the resources of the contracts the catalog says
+//! changed between the two snapshots ([`Snapshot::changed_since`]), not every resource of the type. When
+//! that is not known (a state built from a reconnecting proxy's versions or an unsubscription, a log that
+//! no longer reaches back), the states are compared name by name, which gives the same answer.
+//!
 //! Pure: the server feeds it requests and snapshots and sends what it returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::snapshot::{Item, Kind, Snapshot, owner};
+use super::snapshot::{Kind, Snapshot, owner};
 use crate::envoy::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
@@ -107,15 +114,205 @@ pub enum Event {
     },
 }
 
-type State = HashMap<String, Arc<str>>;
+/// Resource name -> version.
+type Versions = HashMap<String, Arc<str>>;
+
+/// Up to this many contracts, an answer's contracts are looked up by name range rather than by one pass
+/// over everything the proxy has.
+const FEW_CONTRACTS: usize = 64;
+
+/// What a proxy has, or is sent, of one type: resource name -> version.
+#[derive(Debug, Clone)]
+enum State {
+    /// Every resource of the type in a snapshot; for a type subscribed by name, those of these names.
+    Of {
+        /// The snapshot.
+        snapshot: Arc<Snapshot>,
+        /// The names subscribed when the state was made (None: a wildcard type).
+        names: Option<Arc<BTreeSet<String>>>,
+    },
+    /// Name by name.
+    Listed(Versions),
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Listed(Versions::new())
+    }
+}
+
+/// A name whose version differs between two states (`a` and `b`; None: absent).
+#[derive(Debug)]
+struct Difference<'s> {
+    name: &'s str,
+    a: Option<&'s Arc<str>>,
+    b: Option<&'s Arc<str>>,
+}
+
+impl State {
+    /// Every resource with its version.
+    fn iter(&self, kind: Kind) -> Box<dyn Iterator<Item = (&str, &Arc<str>)> + '_> {
+        match self {
+            State::Of { snapshot, names } => Box::new(
+                snapshot.kinds[kind.index()]
+                    .iter()
+                    .filter(move |(name, _)| names.as_ref().is_none_or(|n| n.contains(&***name)))
+                    .map(|(name, item)| (&**name, &item.version)),
+            ),
+            State::Listed(versions) => Box::new(versions.iter().map(|(name, version)| (name.as_str(), version))),
+        }
+    }
+
+    /// The version of one resource.
+    fn get(&self, kind: Kind, name: &str) -> Option<&Arc<str>> {
+        match self {
+            State::Of { snapshot, names } => {
+                if names.as_ref().is_some_and(|n| !n.contains(name)) {
+                    return None;
+                }
+                snapshot.kinds[kind.index()].get(name).map(|item| &item.version)
+            }
+            State::Listed(versions) => versions.get(name),
+        }
+    }
+
+    /// The resources of one contract with their versions.
+    fn of_contract(&self, kind: Kind, key: &ContractKey) -> BTreeMap<&str, &Arc<str>> {
+        match self {
+            State::Of { snapshot, names } => snapshot
+                .of_contract(kind, key)
+                .filter(|(name, _)| names.as_ref().is_none_or(|n| n.contains(&***name)))
+                .map(|(name, item)| (&**name, &item.version))
+                .collect(),
+            State::Listed(versions) => versions
+                .iter()
+                .filter(|(name, _)| owner(kind, name).as_ref() == Some(key))
+                .map(|(name, version)| (name.as_str(), version))
+                .collect(),
+        }
+    }
+
+    /// The state name by name, to change it.
+    fn listed(&mut self, kind: Kind) -> &mut Versions {
+        if let State::Of { .. } = self {
+            let versions: Versions =
+                self.iter(kind).map(|(name, version)| (name.to_owned(), version.clone())).collect();
+            *self = State::Listed(versions);
+        }
+        match self {
+            State::Listed(versions) => versions,
+            State::Of { .. } => unreachable!("made Listed above"),
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, name: &str) {
+        if self.get(kind, name).is_some() {
+            self.listed(kind).remove(name);
+        }
+    }
+
+    /// Keeps the resources of these names alone (a type subscribed by name).
+    fn retain_names(&mut self, kind: Kind, names: &Arc<BTreeSet<String>>) {
+        if let State::Of { names: Some(of), .. } = self
+            && (Arc::ptr_eq(of, names) || of.is_subset(names))
+        {
+            return;
+        }
+        self.listed(kind).retain(|name, _| names.contains(name));
+    }
+}
+
+/// The contracts whose resources may differ between two states, when both come from snapshots (of the
+/// session's view, with the same names subscribed) and the catalog's log says which contracts changed
+/// between them; None when every name must be compared.
+fn changed_between<'s>(kind: Kind, a: &'s State, b: &'s State) -> Option<BTreeSet<&'s ContractKey>> {
+    if kind == Kind::Listener {
+        // A few listeners, owned by no contract: compared whole.
+        return None;
+    }
+    let (State::Of { snapshot: sa, names: na }, State::Of { snapshot: sb, names: nb }) = (a, b) else {
+        return None;
+    };
+    let same_names = match (na, nb) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+        _ => false,
+    };
+    if !same_names {
+        return None;
+    }
+    if sa.generation <= sb.generation { sb.changed_since(sa) } else { sa.changed_since(sb) }
+}
+
+/// The names whose versions differ between `a` and `b`, in name order.
+fn differences<'s>(kind: Kind, a: &'s State, b: &'s State) -> Vec<Difference<'s>> {
+    let mut out = Vec::new();
+    match changed_between(kind, a, b) {
+        Some(keys) => {
+            for key in keys {
+                let (of_a, of_b) = (a.of_contract(kind, key), b.of_contract(kind, key));
+                compare(
+                    &mut out,
+                    of_a.iter().map(|(n, v)| (*n, *v)),
+                    |name| of_a.get(name).copied(),
+                    of_b.iter().map(|(n, v)| (*n, *v)),
+                    |name| of_b.get(name).copied(),
+                );
+            }
+        }
+        None => compare(&mut out, a.iter(kind), |name| a.get(kind, name), b.iter(kind), |name| b.get(kind, name)),
+    }
+    out.sort_by(|x, y| x.name.cmp(y.name));
+    out
+}
+
+/// Adds to `out` the names of `a` at another version in `b` or absent there, and those of `b` absent in `a`.
+fn compare<'s>(
+    out: &mut Vec<Difference<'s>>,
+    of_a: impl Iterator<Item = (&'s str, &'s Arc<str>)>,
+    get_a: impl Fn(&str) -> Option<&'s Arc<str>>,
+    of_b: impl Iterator<Item = (&'s str, &'s Arc<str>)>,
+    get_b: impl Fn(&str) -> Option<&'s Arc<str>>,
+) {
+    for (name, version) in of_a {
+        let other = get_b(name);
+        if other != Some(version) {
+            out.push(Difference { name, a: Some(version), b: other });
+        }
+    }
+    for (name, version) in of_b {
+        if get_a(name).is_none() {
+            out.push(Difference { name, a: None, b: Some(version) });
+        }
+    }
+}
+
+/// The contracts that own these names.
+fn owners<'n>(kind: Kind, names: impl Iterator<Item = &'n str>) -> BTreeSet<ContractKey> {
+    let parts: BTreeSet<(&str, &str)> = names.filter_map(|name| owner_parts(kind, name)).collect();
+    parts
+        .into_iter()
+        .map(|(namespace, name)| ContractKey { namespace: namespace.to_owned(), name: name.to_owned() })
+        .collect()
+}
+
+/// [`owner`] without allocating: the namespace and name of the contract that owns a resource.
+fn owner_parts(kind: Kind, name: &str) -> Option<(&str, &str)> {
+    if kind == Kind::Listener {
+        return None;
+    }
+    let mut parts = name.split('~');
+    (parts.next()? == "csp").then_some(())?;
+    Some((parts.next()?, parts.next()?))
+}
 
 #[derive(Debug, Default)]
 struct TypeState {
     /// The proxy asked for the type.
     requested: bool,
-    /// Names subscribed (routes).
-    names: BTreeSet<String>,
-    /// What the proxy has: name -> version.
+    /// Names subscribed (routes); shared with the states made while they were these.
+    names: Arc<BTreeSet<String>>,
+    /// What the proxy has.
     acked: State,
     /// A response has been answered once (the first one is sent even if empty).
     answered_once: bool,
@@ -157,19 +354,25 @@ impl Session {
         state.requested = true;
         if !kind.wildcard() {
             if delta {
-                for name in &request.unsubscribe {
-                    state.names.remove(name);
-                    state.acked.remove(name);
+                if !request.unsubscribe.is_empty() || !request.subscribe.is_empty() {
+                    let names = Arc::make_mut(&mut state.names);
+                    for name in &request.unsubscribe {
+                        names.remove(name);
+                        state.acked.remove(kind, name);
+                    }
+                    names.extend(request.subscribe.iter().cloned());
                 }
-                state.names.extend(request.subscribe.iter().cloned());
             } else {
-                state.names = request.names.iter().cloned().collect();
+                let names: BTreeSet<String> = request.names.iter().cloned().collect();
+                if *state.names != names {
+                    state.names = Arc::new(names);
+                }
             }
         }
         if delta && first {
             for (name, version) in &request.initial_versions {
                 if kind.wildcard() || state.names.contains(name) {
-                    state.acked.insert(name.clone(), Arc::from(version.as_str()));
+                    state.acked.listed(kind).insert(name.clone(), Arc::from(version.as_str()));
                 }
             }
         }
@@ -188,18 +391,16 @@ impl Session {
                 // Routes the proxy no longer subscribes to are not its.
                 if !kind.wildcard() {
                     let names = state.names.clone();
-                    state.acked.retain(|name, _| names.contains(name));
+                    state.acked.retain_names(kind, &names);
                 }
                 state.refused = None;
-                let touched: BTreeSet<ContractKey> = changed_names(&before, &state.acked)
-                    .chain(changed_names(&state.acked, &before))
-                    .filter_map(|name| owner(kind, name))
-                    .collect();
-                touched.into_iter().map(|key| self.running(key)).collect()
+                let touched = owners(kind, differences(kind, &before, &state.acked).into_iter().map(|d| d.name));
+                self.running(touched)
             }
             Some(message) => {
-                let suspects: Vec<(ContractKey, String)> = changed_names(&sent, &state.acked)
-                    .filter_map(|name| Some((owner(kind, name)?, sent.get(name)?.to_string())))
+                let suspects: Vec<(ContractKey, String)> = differences(kind, &sent, &state.acked)
+                    .into_iter()
+                    .filter_map(|difference| Some((owner(kind, difference.name)?, difference.a?.to_string())))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
@@ -223,62 +424,93 @@ impl Session {
         }
     }
 
-    /// The version of a contract the proxy runs: all its resources of every kind at one version.
-    fn running(&self, key: ContractKey) -> Event {
-        let mut versions = BTreeSet::new();
-        let mut missing = false;
+    /// The version of each contract the proxy runs: all its resources of every kind at one version.
+    fn running(&self, keys: BTreeSet<ContractKey>) -> Vec<Event> {
+        let index: HashMap<(&str, &str), usize> =
+            keys.iter().enumerate().map(|(i, k)| ((k.namespace.as_str(), k.name.as_str()), i)).collect();
+        // Per contract: the versions of its resources, and of how many kinds it has any.
+        let mut found: Vec<(BTreeSet<&Arc<str>>, usize)> = vec![Default::default(); keys.len()];
         for kind in Kind::OF_CONTRACTS {
-            let of_key: BTreeSet<&Arc<str>> = self.types[kind.index()]
-                .acked
-                .iter()
-                .filter(|(name, _)| owner(kind, name).as_ref() == Some(&key))
-                .map(|(_, v)| v)
-                .collect();
-            missing |= of_key.is_empty();
-            versions.extend(of_key);
+            let acked = &self.types[kind.index()].acked;
+            let mut seen = vec![false; keys.len()];
+            if matches!(acked, State::Of { .. }) && keys.len() <= FEW_CONTRACTS {
+                // A few contracts: their resources by name range in the snapshot.
+                for (i, key) in keys.iter().enumerate() {
+                    for version in acked.of_contract(kind, key).into_values() {
+                        found[i].0.insert(version);
+                        seen[i] = true;
+                    }
+                }
+            } else {
+                // Many, or a state listed name by name: one pass over it.
+                for (name, version) in acked.iter(kind) {
+                    if let Some(&i) = owner_parts(kind, name).and_then(|parts| index.get(&parts)) {
+                        found[i].0.insert(version);
+                        seen[i] = true;
+                    }
+                }
+            }
+            for (i, seen) in seen.into_iter().enumerate() {
+                found[i].1 += usize::from(seen);
+            }
         }
-        let version =
-            (!missing && versions.len() == 1).then(|| versions.iter().next().map(|v| v.to_string())).flatten();
-        Event::Running { key, version }
+        keys.into_iter()
+            .zip(found)
+            .map(|(key, (versions, kinds))| {
+                let complete = kinds == Kind::OF_CONTRACTS.len() && versions.len() == 1;
+                let version = complete.then(|| versions.iter().next().map(|v| v.to_string())).flatten();
+                Event::Running { key, version }
+            })
+            .collect()
     }
 
     /// The responses to send now for `snapshot`: for each type in sending order that the proxy asked for,
     /// has no response in flight, and whose state differs from the proxy's (the first response is sent
     /// even if it is empty: Envoy waits for it).
-    pub fn respond(&mut self, snapshot: &Snapshot) -> Vec<Response> {
+    pub fn respond(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Response> {
         let mut responses = Vec::new();
         for kind in Kind::ALL {
             let state = &self.types[kind.index()];
             if !state.requested || state.in_flight.is_some() {
                 continue;
             }
-            let desired: HashMap<&String, &Item> = snapshot.kinds[kind.index()]
-                .iter()
-                .filter(|(name, _)| kind.wildcard() || state.names.contains(*name))
-                .collect();
-            let same =
-                |s: &State| s.len() == desired.len() && desired.iter().all(|(n, i)| s.get(*n) == Some(&i.version));
+            let desired =
+                State::Of { snapshot: snapshot.clone(), names: (!kind.wildcard()).then(|| state.names.clone()) };
+            let same = |s: &State| differences(kind, s, &desired).is_empty();
             if (state.answered_once && same(&state.acked)) || state.refused.as_ref().is_some_and(same) {
                 continue;
             }
             self.sent += 1;
             let nonce = format!("{}-{}", self.stream, self.sent);
-            let state = &self.types[kind.index()];
+            let items = &snapshot.kinds[kind.index()];
             let response = if self.delta {
-                let mut resources: Vec<DeltaResource> = desired
-                    .iter()
-                    .filter(|(name, item)| state.acked.get(**name) != Some(&item.version))
-                    .map(|(name, item)| DeltaResource {
-                        name: (*name).clone(),
-                        version: item.version.to_string(),
-                        resource: Some(item.resource.any.clone()),
-                        ..DeltaResource::default()
-                    })
-                    .collect();
-                resources.sort_by(|a, b| a.name.cmp(&b.name));
-                let mut removed: Vec<String> =
-                    state.acked.keys().filter(|name| !desired.contains_key(name)).cloned().collect();
-                removed.sort();
+                let mut resources = Vec::new();
+                let mut removed = Vec::new();
+                if matches!(&state.acked, State::Listed(acked) if acked.is_empty()) {
+                    // The proxy has nothing yet (its first response): everything desired, in name order.
+                    resources = items
+                        .iter()
+                        .filter(|(name, _)| kind.wildcard() || state.names.contains(&***name))
+                        .map(|(name, item)| DeltaResource {
+                            name: name.to_string(),
+                            version: item.version.to_string(),
+                            resource: Some(item.resource.any.clone()),
+                            ..DeltaResource::default()
+                        })
+                        .collect();
+                } else {
+                    for difference in differences(kind, &state.acked, &desired) {
+                        match (difference.b, items.get(difference.name)) {
+                            (Some(version), Some(item)) => resources.push(DeltaResource {
+                                name: difference.name.to_owned(),
+                                version: version.to_string(),
+                                resource: Some(item.resource.any.clone()),
+                                ..DeltaResource::default()
+                            }),
+                            _ => removed.push(difference.name.to_owned()),
+                        }
+                    }
+                }
                 Response::Delta(DeltaDiscoveryResponse {
                     system_version_info: format!("g{}", snapshot.generation),
                     resources,
@@ -288,27 +520,23 @@ impl Session {
                     ..DeltaDiscoveryResponse::default()
                 })
             } else {
-                let mut items: Vec<(&&String, &&Item)> = desired.iter().collect();
-                items.sort_by(|a, b| a.0.cmp(b.0));
                 Response::Sotw(DiscoveryResponse {
                     version_info: format!("g{}-{}", snapshot.generation, self.sent),
-                    resources: items.iter().map(|(_, item)| item.resource.any.clone()).collect(),
+                    resources: items
+                        .iter()
+                        .filter(|(name, _)| kind.wildcard() || state.names.contains(&***name))
+                        .map(|(_, item)| item.resource.any.clone())
+                        .collect(),
                     type_url: kind.type_url(),
                     nonce: nonce.clone(),
                     ..DiscoveryResponse::default()
                 })
             };
-            let sent: State = desired.iter().map(|(n, i)| ((*n).clone(), i.version.clone())).collect();
-            self.types[kind.index()].in_flight = Some((nonce, sent));
+            self.types[kind.index()].in_flight = Some((nonce, desired));
             responses.push(response);
         }
         responses
     }
-}
-
-/// Names in `a` whose version differs in `b` (or that `b` lacks).
-fn changed_names<'a>(a: &'a State, b: &'a State) -> impl Iterator<Item = &'a String> {
-    a.iter().filter(|(name, version)| b.get(*name) != Some(version)).map(|(name, _)| name)
 }
 
 /// Whether Envoy's message names a resource of the contract (`csp~<ns>~<name>` as a whole name).
