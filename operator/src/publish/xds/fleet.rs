@@ -3,7 +3,8 @@
 //!
 //! Pure: no clock, no I/O.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::model::ContractKey;
 
@@ -34,8 +35,9 @@ impl ProxyIdentity {
 pub struct ProxyState {
     /// Who it is.
     pub identity: ProxyIdentity,
-    /// The version of each contract it runs (all of the contract's resources acknowledged at it).
-    pub running: HashMap<ContractKey, String>,
+    /// The version of each contract it runs (all of the contract's resources acknowledged at it). Keys
+    /// and versions are shared (a fleet of proxies runs the same few versions of the same contracts).
+    pub running: HashMap<Arc<ContractKey>, Arc<str>>,
     /// Its last rejection of each contract.
     pub rejected: HashMap<ContractKey, Rejection>,
 }
@@ -59,6 +61,8 @@ pub struct ProxyCounts {
 #[derive(Debug, Default)]
 pub struct Fleet {
     proxies: HashMap<u64, ProxyState>,
+    /// One copy of each contract's key, shared by the proxies' `running`.
+    keys: HashSet<Arc<ContractKey>>,
 }
 
 impl Fleet {
@@ -93,17 +97,29 @@ impl Fleet {
     }
 
     /// The proxy of `stream` runs `version` of a contract (None: it no longer has the contract).
-    pub fn running(&mut self, stream: u64, key: &ContractKey, version: Option<&str>) {
-        if let Some(proxy) = self.proxies.get_mut(&stream) {
-            match version {
-                Some(v) => {
-                    proxy.running.insert(key.clone(), v.to_owned());
-                }
-                None => {
-                    proxy.running.remove(key);
-                }
+    pub fn running(&mut self, stream: u64, key: &ContractKey, version: Option<Arc<str>>) {
+        let Some(proxy) = self.proxies.get_mut(&stream) else { return };
+        match version {
+            Some(v) => {
+                let shared = match self.keys.get(key) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let shared = Arc::new(key.clone());
+                        self.keys.insert(shared.clone());
+                        shared
+                    }
+                };
+                proxy.running.insert(shared, v);
+            }
+            None => {
+                proxy.running.remove(key);
             }
         }
+    }
+
+    /// A contract is gone: its key is no longer kept for proxies that will run it.
+    pub fn forget(&mut self, key: &ContractKey) {
+        self.keys.remove(key);
     }
 
     /// The proxy of `stream` rejected a version of a contract.
@@ -117,7 +133,7 @@ impl Fleet {
     pub fn all_run(&self, key: &ContractKey, version: &str) -> bool {
         let mut any = false;
         for proxy in self.proxies.values().filter(|p| p.identity.serves(&key.namespace)) {
-            if proxy.running.get(key).map(String::as_str) != Some(version) {
+            if proxy.running.get(key).map(|v| &**v) != Some(version) {
                 return false;
             }
             any = true;
@@ -131,7 +147,7 @@ pub fn counts<'a>(proxies: impl Iterator<Item = &'a ProxyState>, key: &ContractK
     let mut counts = ProxyCounts::default();
     for proxy in proxies.filter(|p| p.identity.serves(&key.namespace)) {
         counts.selected += 1;
-        if proxy.running.get(key).map(String::as_str) == Some(current) {
+        if proxy.running.get(key).map(|v| &**v) == Some(current) {
             counts.acked += 1;
         } else if let Some(rejection) = proxy.rejected.get(key).filter(|r| r.version == current) {
             counts.rejected += 1;
@@ -166,8 +182,8 @@ mod tests {
         fleet.connect(2, identity("p2", Some(&["a"])));
         fleet.connect(3, identity("p3", None));
         fleet.connect(4, identity("p4", Some(&["b"])));
-        fleet.running(1, &key, Some("v2"));
-        fleet.running(2, &key, Some("v1"));
+        fleet.running(1, &key, Some("v2".into()));
+        fleet.running(2, &key, Some("v1".into()));
         let rejection = Rejection { version: "v2".into(), proxy: "p3".into(), message: "no".into(), time: "t".into() };
         fleet.rejected(3, &key, rejection.clone());
         let counts = counts(fleet.proxies(), &key, "v2");
@@ -176,7 +192,7 @@ mod tests {
             ProxyCounts { selected: 3, acked: 1, rejected: 1, stale: 1, last_rejection: Some(rejection) }
         );
         assert!(!fleet.all_run(&key, "v2"));
-        fleet.running(2, &key, Some("v2"));
+        fleet.running(2, &key, Some("v2".into()));
         fleet.disconnect(3);
         assert!(fleet.all_run(&key, "v2"));
         assert_eq!(fleet.len(), 3);

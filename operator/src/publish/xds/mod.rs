@@ -173,6 +173,7 @@ impl Xds {
     pub fn remove(&self, key: &ContractKey) {
         let mut inner = self.inner();
         inner.pushes.remove(key);
+        inner.fleet.forget(key);
         if inner.catalog.remove(key) {
             self.announce(&inner);
         }
@@ -354,10 +355,10 @@ impl Xds {
         for event in events {
             match event {
                 Event::Running { key, version } => {
-                    inner.fleet.running(stream, &key, version.as_deref());
+                    inner.fleet.running(stream, &key, version.clone());
                     if let Some(version) = version {
                         inner.catalog.accepted(&key, &version);
-                        let done = inner.pushes.get(&key).is_some_and(|(v, _)| *v == version)
+                        let done = inner.pushes.get(&key).is_some_and(|(v, _)| **v == *version)
                             && inner.fleet.all_run(&key, &version);
                         if done && let Some((_, since)) = inner.pushes.remove(&key) {
                             self.metrics.push_duration.observe(since.elapsed().as_secs_f64());

@@ -94,7 +94,7 @@ pub enum Event {
         /// The contract.
         key: ContractKey,
         /// The version all its resources are at.
-        version: Option<String>,
+        version: Option<Arc<str>>,
     },
     /// The proxy rejected this version of the contract.
     Rejected {
@@ -458,7 +458,7 @@ impl Session {
             .zip(found)
             .map(|(key, (versions, kinds))| {
                 let complete = kinds == Kind::OF_CONTRACTS.len() && versions.len() == 1;
-                let version = complete.then(|| versions.iter().next().map(|v| v.to_string())).flatten();
+                let version = complete.then(|| versions.iter().next().map(|v| Arc::clone(v))).flatten();
                 Event::Running { key, version }
             })
             .collect()

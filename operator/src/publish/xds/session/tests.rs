@@ -125,7 +125,7 @@ mod reference {
                 versions.extend(of_key);
             }
             let version =
-                (!missing && versions.len() == 1).then(|| versions.iter().next().map(|v| v.to_string())).flatten();
+                (!missing && versions.len() == 1).then(|| versions.iter().next().map(|v| Arc::clone(v))).flatten();
             Event::Running { key, version }
         }
 
