@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crds::ChannelContract;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use self::catalog::{Catalog, Published, Rejection};
 use self::fleet::{Fleet, ProxyCounts, ProxyIdentity, counts};
@@ -84,10 +84,14 @@ struct Inner {
     pushes: HashMap<ContractKey, (String, Instant)>,
 }
 
+/// How many proxies take their whole configuration at once (see [`Xds::initial_push`]).
+pub const INITIAL_PUSHES: usize = 16;
+
 /// The xDS state of one replica.
 #[derive(Debug)]
 pub struct Xds {
     inner: Mutex<Inner>,
+    initial_pushes: Arc<Semaphore>,
     generation: watch::Sender<u64>,
     dirty: Mutex<BTreeSet<ContractKey>>,
     dirty_notify: Notify,
@@ -105,6 +109,7 @@ impl Xds {
     pub fn new(metrics: XdsMetrics) -> Self {
         Self {
             inner: Mutex::default(),
+            initial_pushes: Arc::new(Semaphore::new(INITIAL_PUSHES)),
             generation: watch::channel(0).0,
             dirty: Mutex::default(),
             dirty_notify: Notify::new(),
@@ -307,6 +312,14 @@ impl Xds {
         let made = Arc::new(snapshot_of(&contracts, inner.catalog.log(), view));
         inner.views.insert(view.clone(), made.clone());
         made
+    }
+
+    /// Waits for a turn to send a new proxy its whole configuration. Each of its first responses carries
+    /// every resource of a type (tens of MiB with thousands of contracts) and stays in memory until the
+    /// proxy has read it: a fleet that connects at once (an operator restart) would otherwise have all of
+    /// them in memory together. The stream keeps the permit until the proxy has answered them.
+    pub async fn initial_push(&self) -> Option<OwnedSemaphorePermit> {
+        self.initial_pushes.clone().acquire_owned().await.ok()
     }
 
     /// Follows the catalog's generation (a stream wakes when it moves).

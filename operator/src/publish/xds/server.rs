@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -132,6 +132,9 @@ pub async fn serve(
 
 type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// How long a new proxy keeps its turn to take the whole configuration ([`Xds::initial_push`]) at most.
+const INITIAL_PUSH_HOLD: Duration = Duration::from_secs(30);
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = Outbound<DiscoveryResponse>;
@@ -203,13 +206,22 @@ impl Ads {
         let mut generations = self.xds.generations();
         let mut next = Some(first);
         // A restarted operator answers nothing until it has every contract: the proxy keeps what it has.
-        tokio::select! {
-            () = self.xds.warm() => {},
-            () = self.cancel.cancelled() => {
-                self.xds.disconnect(stream);
-                return;
-            }
-        }
+        // Then a turn to take the whole configuration, kept until the proxy has answered it (or for at
+        // most INITIAL_PUSH_HOLD, so that a proxy that never answers keeps no one waiting).
+        let waited = tokio::select! {
+            permit = async {
+                self.xds.warm().await;
+                self.xds.initial_push().await
+            } => Some(permit),
+            () = self.cancel.cancelled() => None,
+            () = tx.closed() => None,
+        };
+        let Some(turn) = waited else {
+            self.xds.disconnect(stream);
+            tracing::info!(stream, %proxy, "proxy disconnected before its turn");
+            return;
+        };
+        let mut initial = turn.map(|permit| (permit, tokio::time::Instant::now() + INITIAL_PUSH_HOLD));
         loop {
             if let Some(request) = next.take() {
                 let events = session.request(request);
@@ -221,7 +233,12 @@ impl Ads {
                     break;
                 }
             }
+            if !session.awaiting() {
+                initial = None;
+            }
+            let hold = initial.as_ref().map(|(_, until)| *until);
             tokio::select! {
+                () = until(hold) => initial = None,
                 received = inbound.next() => match received {
                     Some(Ok((_, request))) => next = Some(request),
                     Some(Err(status)) => {
@@ -269,6 +286,14 @@ impl Ads {
             }
         }
         (ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces }, listen)
+    }
+}
+
+/// Sleeps until `deadline`; never ends without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => future::pending().await,
     }
 }
 
