@@ -6,13 +6,15 @@
 //! - [`snapshot`]: what one proxy's view (region, namespaces, listen address) is served, per type.
 //! - [`session`]: one stream's protocol (nonces, ACK and NACK, subscriptions), pure.
 //! - [`fleet`]: the proxies connected, what each runs and rejected; a contract's proxy counts.
-//! - [`server`]: the gRPC service; [`tls`]: its certificate, reloaded when the files change.
+//! - [`server`]: the gRPC service; [`framing`]: its messages on the wire, each in a buffer of its own;
+//!   [`tls`]: its certificate, reloaded when the files change.
 //!
 //! [`Xds`] ties them together: the reconciler [`publish`](Xds::publish)es each contract's version, the
 //! streams read snapshots and report answers, and status reads [`observe`](Xds::observe).
 
 pub mod catalog;
 pub mod fleet;
+pub mod framing;
 pub mod metrics;
 pub mod server;
 pub mod session;

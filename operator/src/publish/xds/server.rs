@@ -6,9 +6,9 @@
 //! the proxy's Pod's Node is asked of the [`RegionOf`] the operator gives (from its Node cache).
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +17,19 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::body::BoxBody;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 use super::fleet::ProxyIdentity;
+use super::framing;
 use super::session::{Request, Response, Session};
 use super::tls;
 use super::{Xds, view_of};
 use crate::envoy::pb::envoy::config::core::v3::Node;
-use crate::envoy::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use crate::envoy::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use crate::envoy::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use crate::envoy::pb::google::protobuf::value::Kind as ValueKind;
 
 /// The node metadata keys the server reads.
@@ -55,6 +54,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The namespace a proxy's Pod is looked for in when its node does not say.
     pub pod_namespace: String,
+    /// How long a proxy may leave an HTTP/2 PING unanswered before it is disconnected.
+    pub keepalive_timeout: Duration,
 }
 
 /// The PEM files of the server's TLS.
@@ -118,8 +119,8 @@ pub async fn serve(
     let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 << 20));
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .add_service(AdsService { ads });
     match acceptor {
         Some(acceptor) => {
             let incoming = tls::incoming(listener, acceptor, cancel.clone());
@@ -130,46 +131,61 @@ pub async fn serve(
     Ok(())
 }
 
-type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 /// How long a new proxy keeps its turn to take the whole configuration ([`Xds::initial_push`]) at most.
 const INITIAL_PUSH_HOLD: Duration = Duration::from_secs(30);
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = Outbound<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Outbound<DeltaDiscoveryResponse>;
+/// The largest request accepted (a proxy subscribing to many route configurations at once).
+const MAX_REQUEST: usize = 16 << 20;
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: GrpcRequest<Streaming<DiscoveryRequest>>,
-    ) -> Result<GrpcResponse<Self::StreamAggregatedResourcesStream>, Status> {
-        let inbound =
-            request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
-        let rx = self.start(inbound, false);
-        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
-            match r {
-                Ok(Response::Sotw(r)) => Some(Ok(r)),
-                Ok(Response::Delta(_)) => None,
-                Err(status) => Some(Err(status)),
-            }
-        }))))
+/// The service's two methods.
+const STREAM_AGGREGATED: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_AGGREGATED: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` over [`framing`], which keeps no buffer per
+/// stream (the generated service kept one the size of a stream's largest response).
+#[derive(Clone, Debug)]
+pub struct AdsService {
+    ads: Ads,
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl Service<http::Request<BoxBody>> for AdsService {
+    type Response = http::Response<BoxBody>;
+    type Error = Infallible;
+    type Future = future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<GrpcResponse<Self::DeltaAggregatedResourcesStream>, Status> {
-        let inbound =
-            request.into_inner().map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
-        let rx = self.start(inbound, true);
-        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx).filter_map(|r| async move {
-            match r {
-                Ok(Response::Delta(r)) => Some(Ok(r)),
-                Ok(Response::Sotw(_)) => None,
-                Err(status) => Some(Err(status)),
+    fn call(&mut self, request: http::Request<BoxBody>) -> Self::Future {
+        let (delta, body) = match request.uri().path() {
+            DELTA_AGGREGATED => (true, request.into_body()),
+            STREAM_AGGREGATED => (false, request.into_body()),
+            other => {
+                let status = Status::unimplemented(format!("{other} is not a method of this server"));
+                return future::ready(Ok(status.into_http()));
             }
-        }))))
+        };
+        let rx = if delta {
+            let inbound = framing::Inbound::<DeltaDiscoveryRequest>::new(body, MAX_REQUEST)
+                .map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
+            self.ads.start(inbound, true)
+        } else {
+            let inbound = framing::Inbound::<DiscoveryRequest>::new(body, MAX_REQUEST)
+                .map(|r| r.map(|r| (r.node.clone(), Request::from(r))).map_err(|s| s.to_string()));
+            self.ads.start(inbound, false)
+        };
+        let outbound = framing::Outbound::new(rx, |response| match response {
+            Response::Delta(r) => framing::frame(r),
+            Response::Sotw(r) => framing::frame(r),
+        });
+        let mut response = http::Response::new(tonic::body::boxed(outbound));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        future::ready(Ok(response))
     }
 }
 
