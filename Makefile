@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator
+.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ bench-webhook: ## benchmarks of the webhook (not in CI): criterion, 30 s TLS loa
 
 bench-operator: ## benchmarks of the operator (not in CI): render time, time to Programmed for 1k/5k contracts, peak RSS, edit-to-ConfigMap latency
 	@bash bench/operator.sh
+
+bench-xds: ## benchmarks of the xDS server (not in CI): 5k contracts, 10 Envoys + 1k simulated proxies, edit -> all ACKed, memory per proxy
+	@bash bench/xds.sh

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod load;
 pub mod process;
 pub mod prometheus;
+pub mod simulated_proxy;
 pub mod stats;
 
 /// A line on standard error, with the wall-clock time: `[<who> HH:MM:SS] msg`.
