@@ -125,9 +125,10 @@ pub fn markdown(j: &Value) -> String {
     md += &s_row("simulated proxy: every resource received and acked", &i["simulated_s"]);
     md += &s_row("Envoy: every cluster active, the listener up (admin stats)", &i["envoys_s"]);
     md += &format!(
-        "\nEvery contract's status says `acked == selected == {selected}` after **{:.1} s**. Bytes received per simulated proxy: {:.1} MiB.\n\n",
+        "\nEvery contract's status says `acked == selected == {selected}` after **{:.1} s**. Bytes received per simulated proxy: {:.1} MiB. Connection attempts the simulated proxies retried (a TLS handshake the server timed out after 10 s while the others were under way): {}.\n\n",
         f(&i["status_all_acked_s"]),
-        f(&i["simulated_bytes"]["p50"]) / 1048576.0
+        f(&i["simulated_bytes"]["p50"]) / 1048576.0,
+        i["simulated_connect_retries"]
     );
 
     md += &format!("### Edits ({} edits of `spec.sla.maxLatency`, one contract at a time)\n\n", e["n"]);

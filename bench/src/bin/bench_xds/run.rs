@@ -316,6 +316,8 @@ struct SimBook {
     /// (contract base, version) -> proxy -> (received, acked)
     runs: HashMap<(String, String), HashMap<usize, (Instant, Instant)>>,
     ended: Vec<(usize, String)>,
+    /// Connection attempts that failed before proxies connected.
+    retries: u32,
 }
 
 fn collect_reports(mut rx: mpsc::UnboundedReceiver<Report>, book: Shared<SimBook>) {
@@ -331,6 +333,9 @@ fn collect_reports(mut rx: mpsc::UnboundedReceiver<Report>, book: Shared<SimBook
                 }
                 Report::Runs { index, contract, version, received, acked } => {
                     b.runs.entry((contract, version)).or_default().insert(index, (received, acked));
+                }
+                Report::Retried { retries, .. } => {
+                    b.retries += retries;
                 }
                 Report::Ended { index, reason } => {
                     log(format!("simulated proxy {index}: {reason}"));
@@ -782,7 +787,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let reports = reports_tx.clone();
         tokio::spawn(async move {
             match simulated_proxy::connect(&config).await {
-                Ok(channel) => simulated_proxy::run(config, channel, reports).await,
+                Ok((channel, retries)) => {
+                    if retries > 0 {
+                        let _ = reports.send(Report::Retried { index: config.index, retries });
+                    }
+                    simulated_proxy::run(config, channel, reports).await
+                }
                 Err(e) => {
                     let _ = reports.send(Report::Ended { index: config.index, reason: format!("connect: {e}") });
                 }
@@ -882,6 +892,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "simulated_s": stats(&sim_times),
             "simulated_connected_s": stats(&sim_connect),
             "simulated_bytes": stats(&bytes),
+            "simulated_connect_retries": s.retries,
             "envoys_s": stats(&envoy_times),
             "status_all_acked_s": status_done.map(|t| secs(&t)),
             "all_s": all.map(|t| secs(&t)),

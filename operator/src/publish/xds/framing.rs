@@ -12,7 +12,6 @@
 //! 4-byte big-endian length, and the protobuf encoding; the response ends with the trailers `grpc-status`
 //! and `grpc-message`.
 
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -35,7 +34,7 @@ pub struct Inbound<M> {
     header: Vec<u8>,
     message: Option<(usize, Vec<u8>)>,
     max: usize,
-    _message: PhantomData<fn() -> M>,
+    decode: fn(Bytes) -> Result<M, prost::DecodeError>,
 }
 
 impl<M> std::fmt::Debug for Inbound<M> {
@@ -44,21 +43,25 @@ impl<M> std::fmt::Debug for Inbound<M> {
     }
 }
 
-impl<M> Inbound<M> {
+impl<M: Message + Default> Inbound<M> {
     /// The messages of `body`, each at most `max` bytes.
     pub fn new(body: BoxBody, max: usize) -> Self {
-        Self {
-            body,
-            chunk: Bytes::new(),
-            header: Vec::with_capacity(HEADER),
-            message: None,
-            max,
-            _message: PhantomData,
-        }
+        Self::with_decoder(body, max, M::decode)
     }
 }
 
-impl<M: Message + Default> Inbound<M> {
+impl Inbound<Bytes> {
+    /// The messages of `body` undecoded, each at most `max` bytes.
+    pub fn raw(body: BoxBody, max: usize) -> Self {
+        Self::with_decoder(body, max, Ok)
+    }
+}
+
+impl<M> Inbound<M> {
+    fn with_decoder(body: BoxBody, max: usize, decode: fn(Bytes) -> Result<M, prost::DecodeError>) -> Self {
+        Self { body, chunk: Bytes::new(), header: Vec::with_capacity(HEADER), message: None, max, decode }
+    }
+
     /// Takes what the current chunk has of the message being read; the message if it is complete.
     fn take(&mut self) -> Option<Result<M, Status>> {
         while self.chunk.has_remaining() {
@@ -93,16 +96,15 @@ impl<M: Message + Default> Inbound<M> {
             if let Some((len, buf)) = &self.message
                 && buf.len() == *len
             {
-                let decoded = M::decode(buf.as_slice()).map_err(|e| Status::internal(format!("cannot decode: {e}")));
-                self.message = None;
-                return Some(decoded);
+                let Some((_, buf)) = self.message.take() else { continue };
+                return Some((self.decode)(Bytes::from(buf)).map_err(|e| Status::internal(format!("cannot decode: {e}"))));
             }
         }
         None
     }
 }
 
-impl<M: Message + Default> Stream for Inbound<M> {
+impl<M> Stream for Inbound<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
