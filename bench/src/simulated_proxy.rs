@@ -356,10 +356,12 @@ async fn stream(config: &Config, channel: Channel, reports: &mpsc::UnboundedSend
             if let Some(contract) = base(&resource.name).and_then(|b| std::str::from_utf8(b).ok())
                 && config.watched.contains(contract)
             {
+                // Copies: the received fields are slices of the whole response (~13 MiB for the first
+                // clusters), which a slice kept here would keep alive for as long as the proxy runs.
                 held.watched
                     .entry(contract.to_owned())
                     .or_default()
-                    .insert((kind, resource.name.clone()), resource.version.clone());
+                    .insert((kind, Bytes::copy_from_slice(&resource.name)), Bytes::copy_from_slice(&resource.version));
                 touched.insert(contract.to_owned());
             }
             if kind == Kind::Scope
