@@ -24,7 +24,8 @@
 # proxies per second), CSP_BENCH_XDS_TLS (1; 0 serves plaintext with --xds-insecure),
 # CSP_BENCH_SERVICE_ACCOUNT (1; 0 runs the operator with the admin kubeconfig), CSP_BENCH_OPERATOR_ARGS
 # (extra `operator run` flags), CSP_BENCH_MAX_OPERATOR_RSS_MIB (8192: the run stops beyond it),
-# CSP_BENCH_SKIP_PROFILE (0), CSP_BENCH_SKIP_API (0), CSP_BENCH_PROFILE_EDITS (10), CSP_BENCH_RUN_DIR (the
+# CSP_BENCH_SKIP_PROFILE (0), CSP_BENCH_REPORT_ONLY (a run's work folder, target/bench-xds/<stamp>: its
+# summary written again from its run.json and profile.json, nothing run), CSP_BENCH_SKIP_API (0), CSP_BENCH_PROFILE_EDITS (10), CSP_BENCH_RUN_DIR (the
 # control plane's folder), CSP_BENCH_KEEP (0).
 set -euo pipefail
 
@@ -46,8 +47,14 @@ skip_api="${CSP_BENCH_SKIP_API:-0}"
 profile_edits="${CSP_BENCH_PROFILE_EDITS:-10}"
 keep="${CSP_BENCH_KEEP:-0}"
 
-stamp="$(date +%Y-%m-%d-%H%M%S)"
-work="$root/target/bench-xds/$stamp"
+report_only="${CSP_BENCH_REPORT_ONLY:-}"
+if [[ -n $report_only ]]; then
+  work="$(cd "$report_only" && pwd)"
+  stamp="$(basename "$work")"
+else
+  stamp="$(date +%Y-%m-%d-%H%M%S)"
+  work="$root/target/bench-xds/$stamp"
+fi
 results="$root/bench/results"
 summary="$results/xds-$stamp.md"
 json_out="$results/xds.json"
@@ -79,6 +86,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+if [[ -n $report_only ]]; then
+  # Only the summary of a finished run, written again from its JSON.
+  [[ -f "$work/run.json" || -f "$work/profile.json" ]] || die "$work has neither run.json nor profile.json"
+  command -v jq >/dev/null || { log "installing jq (Debian)"; apt-get install -y -qq jq >/dev/null; }
+  cargo build --release -p channel-contracts-bench --bin bench_xds
+  driver="$root/target/release/bench_xds"
+  [[ ! -f "$work/run.json" ]] || "$driver" report --json "$work/run.json" --md-out "$work/run.md"
+  skip_profile=1 skip_api=1
+  commit="$(jq -r '.machine.commit // "?"' "$work/run.json" 2>/dev/null || echo '?')"
+else
 # --- build and tools ---------------------------------------------------------------------------------
 log "building the release binaries (operator, bench_xds)"
 cargo build --release -p channel-contracts-operator -p channel-contracts-bench --bin operator --bin bench_xds
@@ -91,6 +108,7 @@ command -v jq >/dev/null || { log "installing jq (Debian)"; apt-get install -y -
 ulimit -n "$(ulimit -Hn)"
 (( $(ulimit -n) >= 4 * (envoys + simulated) )) || die "open files are limited to $(ulimit -n): $((4 * (envoys + simulated))) are needed"
 commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD 2>/dev/null || echo '+uncommitted')"
+fi
 
 # --- 1. in process -----------------------------------------------------------------------------------
 if [[ $skip_profile != 1 ]]; then
@@ -131,8 +149,9 @@ jq -n --slurpfile run "$run_json" --slurpfile profile "$profile_json" --arg comm
 {
   echo "# xDS benchmark — $stamp"
   echo
+  load_end="$(jq -r '.machine.load_average // empty' "$run_json" 2>/dev/null)"
   echo "Commit $commit; $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;" \
-    "load average at the end $(cut -d' ' -f1-3 /proc/loadavg); kube-apiserver $(grep KUBERNETES_VERSION "$root/e2e/tools/versions.env" | cut -d= -f2) with etcd on loopback (a control plane of its own);" \
+    "load average at the end ${load_end:-$(cut -d' ' -f1-3 /proc/loadavg)}; kube-apiserver $(grep KUBERNETES_VERSION "$root/e2e/tools/versions.env" | cut -d= -f2) with etcd on loopback (a control plane of its own);" \
     "Envoy $("$root/e2e/.bin/envoy" --version | sed -n 's/.*version: \([^ ]*\).*/\1/p'). The machine is shared: other builds and tests may run at the same time (the CPU table counts them as other processes)."
   echo
   if [[ -f "$work/run.md" ]]; then

@@ -29,6 +29,15 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// The xDS server's steps in process: snapshot, respond, encode, request, apply; memory per session.
     Profile(profile::ProfileArgs),
+    /// The markdown of a run's results again, from its JSON (`run --json-out`).
+    Report {
+        /// The run's JSON.
+        #[arg(long)]
+        json: std::path::PathBuf,
+        /// Where the markdown goes.
+        #[arg(long)]
+        md_out: std::path::PathBuf,
+    },
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -46,6 +55,11 @@ fn main() -> Result<()> {
             if let Some(path) = &args.json_out {
                 std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
             }
+            Ok(())
+        }
+        Command::Report { json, md_out } => {
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+            std::fs::write(md_out, report::markdown(&json))?;
             Ok(())
         }
     }

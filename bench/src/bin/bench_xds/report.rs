@@ -138,7 +138,7 @@ pub fn markdown(j: &Value) -> String {
     md += &ms_row("PATCH answered", &e["patch_ms"]);
     md += &ms_row("all simulated proxies received the new version", &e["simulated_all_received_ms"]);
     md += &ms_row("all simulated proxies acked it", &e["simulated_all_acked_ms"]);
-    md += &ms_row(&format!("status: all {total} acked"), &e["status_all_acked_ms"]);
+    md += &ms_row("status: every proxy selected acked", &e["status_all_acked_ms"]);
     md += &ms_row("operator CPU time per edit", &e["operator_cpu_ms_per_edit"]);
     if let Some(failures) = e["failures"].as_array().filter(|v| !v.is_empty()) {
         md += &format!("\n**{} edits did not complete**: {}\n", failures.len(), e["failures"]);
