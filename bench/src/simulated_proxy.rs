@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use http_body::Frame;
 use operator::envoy::pb::envoy::config::core::v3::{Locality, Node};
 use operator::envoy::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use operator::envoy::pb::google::protobuf::{Struct, Value, value};
+use operator::publish::xds::framing;
 use prost::Message;
 use tokio::sync::mpsc;
-use http_body::Frame;
-use operator::publish::xds::framing;
 use tonic::Status;
 use tonic::codegen::{Service, http};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -297,6 +297,8 @@ pub async fn run(config: Config, channel: Channel, reports: mpsc::UnboundedSende
     let _ = reports.send(Report::Ended { index: config.index, reason });
 }
 
+// Its errors are tonic::Status, the error of a gRPC stream (what a proxy reports as its end).
+#[allow(clippy::result_large_err)]
 async fn stream(config: &Config, channel: Channel, reports: &mpsc::UnboundedSender<Report>) -> Result<(), Status> {
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let wildcard = |kind: Kind, node: Option<Node>| DeltaDiscoveryRequest {

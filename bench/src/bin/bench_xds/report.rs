@@ -76,8 +76,10 @@ pub fn markdown(j: &Value) -> String {
         a["contracts"],
         f(&j["operator_start"]["all_programmed_s"])
     );
-    md +=
-        &format!("| all {total} proxies have their whole configuration (from connecting) | {:.1} s |\n", f(&i["all_s"]));
+    md += &format!(
+        "| all {total} proxies have their whole configuration (from connecting) | {:.1} s |\n",
+        f(&i["all_s"])
+    );
     md += &format!(
         "| edit → all {} simulated proxies acked, p50 / p99 (max) | {:.0} / {:.0} ms ({:.0}) |\n",
         a["simulated"],

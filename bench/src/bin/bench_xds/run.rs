@@ -399,9 +399,8 @@ impl Envoy {
 
 /// The namespaces Envoy `j` serves; None: all.
 fn envoy_namespaces(args: &RunArgs, load: &Load, j: usize) -> Option<Vec<String>> {
-    (args.envoy_namespaces > 0).then(|| {
-        (0..args.envoy_namespaces.min(args.namespaces)).map(|m| load.namespace(j + m)).collect()
-    })
+    (args.envoy_namespaces > 0)
+        .then(|| (0..args.envoy_namespaces.min(args.namespaces)).map(|m| load.namespace(j + m)).collect())
 }
 
 fn start_envoy(args: &RunArgs, load: &Load, xds_port: u16, j: usize, tls: Option<&Path>) -> Result<Envoy> {

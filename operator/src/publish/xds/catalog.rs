@@ -50,6 +50,9 @@ pub struct ContractResources {
     pub routes: Vec<Arc<Resource>>,
 }
 
+/// A region (None: no region) and its translation, if it translates.
+type RegionResources = (Option<String>, Option<Arc<ContractResources>>);
+
 /// One version of a contract as the reconciler published it, from which the resources of each region
 /// are made (once per region, on demand).
 #[derive(Debug)]
@@ -61,7 +64,7 @@ pub struct Published {
     contract: Arc<ChannelContract>,
     endpoints: ChannelEndpoints,
     /// Made per region (a few), looked up without allocating.
-    by_region: Mutex<Vec<(Option<String>, Option<Arc<ContractResources>>)>>,
+    by_region: Mutex<Vec<RegionResources>>,
 }
 
 impl Published {
@@ -221,8 +224,10 @@ impl Catalog {
                 before != entry.served().map(|p| p.version.clone())
             }
             None => {
-                self.entries
-                    .insert(key.clone(), Entry { current: published, accepted: VecDeque::new(), rejections: VecDeque::new() });
+                self.entries.insert(
+                    key.clone(),
+                    Entry { current: published, accepted: VecDeque::new(), rejections: VecDeque::new() },
+                );
                 true
             }
         };

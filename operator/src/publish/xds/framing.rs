@@ -12,6 +12,10 @@
 //! 4-byte big-endian length, and the protobuf encoding; the response ends with the trailers `grpc-status`
 //! and `grpc-message`.
 
+// tonic's bodies carry `tonic::Status` as their error (`BoxBody`'s error type): these functions return it
+// as it is, as tonic's own codecs do.
+#![allow(clippy::result_large_err)]
+
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -97,7 +101,9 @@ impl<M> Inbound<M> {
                 && buf.len() == *len
             {
                 let Some((_, buf)) = self.message.take() else { continue };
-                return Some((self.decode)(Bytes::from(buf)).map_err(|e| Status::internal(format!("cannot decode: {e}"))));
+                return Some(
+                    (self.decode)(Bytes::from(buf)).map_err(|e| Status::internal(format!("cannot decode: {e}"))),
+                );
             }
         }
         None

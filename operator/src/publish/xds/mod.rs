@@ -57,6 +57,9 @@ pub struct Report {
     pub contracts: BTreeMap<String, ContractReport>,
 }
 
+/// The views whose contracts are the same: a region and a set of namespaces (None: all).
+type ContractsOf = (Option<String>, Option<BTreeSet<String>>);
+
 /// One contract in a [`Report`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ContractReport {
@@ -81,7 +84,7 @@ struct Inner {
     peers: BTreeMap<String, Report>,
     views: HashMap<View, Arc<Snapshot>>,
     /// The contracts' resources of each region and set of namespaces, shared by their views.
-    contracts: HashMap<(Option<String>, Option<BTreeSet<String>>), Arc<Contracts>>,
+    contracts: HashMap<ContractsOf, Arc<Contracts>>,
     /// Versions being pushed: since when (for `csp_xds_push_duration_seconds`).
     pushes: HashMap<ContractKey, (String, Instant)>,
 }

@@ -161,6 +161,8 @@ impl Service<http::Request<BoxBody>> for AdsService {
         std::task::Poll::Ready(Ok(()))
     }
 
+    // The framing's errors are tonic::Status, the error of tonic's bodies.
+    #[allow(clippy::result_large_err)]
     fn call(&mut self, request: http::Request<BoxBody>) -> Self::Future {
         let (delta, body) = match request.uri().path() {
             DELTA_AGGREGATED => (true, request.into_body()),

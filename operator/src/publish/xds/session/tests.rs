@@ -490,9 +490,9 @@ fn an_edit_sends_only_the_changed_contract_and_its_ack_reports_it_running() {
 /// The protocol of one stream, from plain requests and snapshots (no change log: every name compared).
 mod protocol {
     use super::super::*;
-    use crate::publish::xds::snapshot::{Item, Items};
     use crate::envoy::pb::google::protobuf::Any;
     use crate::publish::xds::catalog::Resource;
+    use crate::publish::xds::snapshot::{Item, Items};
 
     fn item(version: &str, name: &str) -> Item {
         Item {
@@ -688,7 +688,9 @@ mod protocol {
         assert!(session.request(answer(Kind::Cluster, &nonce, Some("late NACK"))).is_empty());
         assert!(session.respond(&snap).is_empty());
         let snap2 = snapshot(2, &[("a", "v1"), ("b", "w2")]);
-        assert!(session.request(answer(Kind::Cluster, &r.nonce, None)).iter().all(|e| matches!(e, Event::Running { .. })));
+        assert!(
+            session.request(answer(Kind::Cluster, &r.nonce, None)).iter().all(|e| matches!(e, Event::Running { .. }))
+        );
         let responses = session.respond(&snap2);
         let Response::Sotw(r) = &responses[0] else { panic!("SotW") };
         assert_eq!(r.resources.len(), 4, "state of the world: every resource, not only b's");
