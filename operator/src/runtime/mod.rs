@@ -6,3 +6,4 @@ pub mod bootstrap;
 pub mod reports;
 pub mod run;
 pub mod watches;
+pub mod xds;
