@@ -3,21 +3,29 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds
+.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-tools: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm and envoy into e2e/.bin
+tools: ## build the test tools into e2e/.bin (control plane, node, helm, envoy) and the node's pause and Envoy images
 	@bash e2e/tools/build.sh
+	@bash e2e/images.sh pause
+	@bash e2e/images.sh envoy
 
-cluster-up: tools ## start the local control plane; kubeconfig in e2e/.run/kubeconfig
+# The image `make image` builds: override to tag it for your registry.
+IMAGE ?= ghcr.io/channel-contracts/channel-contracts:$(shell sed -n 's/^appVersion: *"*\([^"]*\)"*/\1/p' charts/channel-contracts/Chart.yaml)
+IMAGE_ARCHIVE ?= dist/channel-contracts-image.tar
+image: ## the product image (release build, the repository's Dockerfile, buildah, no daemon) as IMAGE, saved to IMAGE_ARCHIVE
+	@bash e2e/images.sh project --release --tag $(IMAGE) --output $(IMAGE_ARCHIVE)
+
+cluster-up: tools ## start the local cluster (control plane and a node; CSP_NODE=0: control plane only); kubeconfig in e2e/.run/kubeconfig
 	@bash e2e/cluster.sh up
 
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the local cluster
 	@bash e2e/cluster.sh down
 
-cluster-status: ## say whether the local control plane runs
+cluster-status: ## say whether the local cluster runs
 	@bash e2e/cluster.sh status
 
 crds: ## regenerate crds/manifests from the types

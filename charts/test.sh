@@ -188,10 +188,23 @@ gateway_bootstrap() { # gateway_bootstrap <name> <operator bootstrap args> -- [h
     cat "$file.chart.err" 2>/dev/null; fail "gateway bootstrap $name (no bootstrap rendered)"; return
   fi
   sed "s#/var/run/csp/#$BOOTSTRAP_PKI/#g" "$file" >"$file.local.yaml"
-  if "$ENVOY" --mode validate -c "$file.local.yaml" --service-node validate >"$file.envoy" 2>&1; then
-    pass "gateway bootstrap $name: envoy --mode validate"
+  # Envoy started with the Deployment's own arguments (the bootstrap at its local path, $(POD_NAME) filled).
+  local envoy_args=()
+  if ! render "$file.deploy" --set proxy.enabled=true --show-only templates/gateway-deployment.yaml "$@" \
+    || ! mapfile -t envoy_args < <(python3 - "$file.deploy" "$file.local.yaml" <<'PY'
+import sys, yaml
+deploy = yaml.safe_load(open(sys.argv[1]))
+for arg in deploy["spec"]["template"]["spec"]["containers"][0]["args"]:
+    print(str(arg).replace("/etc/envoy/bootstrap.yaml", sys.argv[2]).replace("$(POD_NAME)", "validate"))
+PY
+  ) || [[ ${#envoy_args[@]} == 0 ]]; then
+    fail "gateway bootstrap $name (no gateway Deployment arguments rendered)"; return
+  fi
+  if "$ENVOY" --mode validate "${envoy_args[@]}" >"$file.envoy" 2>&1; then
+    pass "gateway bootstrap $name: envoy --mode validate with the Deployment's arguments"
   else
-    grep -iE 'critical|error|exception' "$file.envoy" | tail -5; fail "gateway bootstrap $name: envoy --mode validate"
+    grep -iE 'critical|error|exception|match for argument' "$file.envoy" | tail -5
+    fail "gateway bootstrap $name: envoy --mode validate with the Deployment's arguments"
   fi
   if [[ -z "$OPERATOR_BIN" ]]; then
     say "skip gateway bootstrap $name == operator bootstrap (no operator binary: cargo build --bins, or CSP_OPERATOR_BIN)"

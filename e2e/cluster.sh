@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The local control plane: a real etcd, kube-apiserver and kube-controller-manager on free loopback
-# ports, with generated certificates, service-account keys and RBAC on.
+# The local cluster: a real etcd, kube-apiserver and kube-controller-manager on free loopback ports, with
+# generated certificates, service-account keys and RBAC on, and a real node (e2e/node.sh: containerd,
+# kubelet, kube-proxy, kube-scheduler, CoreDNS) that runs pods.
 #
-#   e2e/cluster.sh up      start it (or say that it already runs), wait for /readyz,
+#   e2e/cluster.sh up      start it (or say that it already runs), wait for /readyz and the node Ready,
 #                          write the admin kubeconfig to e2e/.run/kubeconfig
 #   e2e/cluster.sh down    stop everything it started
 #   e2e/cluster.sh status  say whether it runs
 #
+# CSP_NODE=0: the control plane only (no kubelet; the product then runs as local processes). A control
+# plane of its own (CSP_RUN_DIR set, e.g. a benchmark's) has no node unless CSP_NODE=1: there is one node
+# per machine.
+#
 # State lives in e2e/.run/ (pids, logs, certificates, etcd data); the binaries in e2e/.bin/ come
-# from `make tools`.
+# from `make tools`, the node's images from e2e/images.sh.
 set -euo pipefail
 
 e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +22,10 @@ run="${CSP_RUN_DIR:-$e2e/.run}"
 pki="$run/pki"
 logs="$run/logs"
 pids="$run/pids"
+
+if [[ -n "${CSP_RUN_DIR:-}" ]]; then node="${CSP_NODE:-0}"; else node="${CSP_NODE:-1}"; fi
+# The node's address on its bridge (e2e/node.sh): where pods reach the API server.
+NODE_IP=10.244.0.1
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { log "error: $*" >&2; exit 1; }
@@ -54,9 +63,11 @@ gen_certs() {
       rm -f "$name.csr" "$ext"
     }
     issue apiserver "/CN=kube-apiserver" \
-      "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+      "IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     issue admin "/O=system:masters/CN=kubernetes-admin"
     issue controller-manager "/CN=system:kube-controller-manager"
+    # The API server's client certificate towards kubelets (logs, exec, port-forward).
+    issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     openssl genrsa -out sa.key 2048 >/dev/null 2>&1
     openssl rsa -in sa.key -pubout -out sa.pub >/dev/null 2>&1
   )
@@ -117,10 +128,17 @@ up() {
   for b in etcd kube-apiserver kube-controller-manager kubectl; do
     [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run 'make tools' first"
   done
+  if [[ $node == 1 ]]; then
+    for b in kubelet kube-proxy kube-scheduler containerd coredns; do
+      [[ -x "$bin/$b" ]] || die "$bin/$b is missing: run 'make tools' first (or CSP_NODE=0 for no node)"
+    done
+  fi
   if running; then
     log "the local control plane already runs (kubeconfig: $run/kubeconfig); 'make cluster-down' stops it"
     return 0
   fi
+  # A crashed node leaves mounts, rules and a bridge behind: remove them before its directory.
+  if [[ -d "$run/node" ]]; then CSP_RUN_DIR="$run" bash "$e2e/node.sh" cleanup; fi
   rm -rf "$run"
   mkdir -p "$run" "$logs" "$pids"
   log "generating certificates and service-account keys in $pki"
@@ -138,17 +156,26 @@ up() {
     --quota-backend-bytes 4294967296
   wait_for "etcd healthy" 60 etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
 
+  # With a node: pods reach the API server through the Service kubernetes (10.96.0.1:443), whose endpoint
+  # is the node's address (the lease reconciler publishes it); the Node authorizer and NodeRestriction
+  # hold the kubelet to its own node.
+  local node_flags=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none
+    --authorization-mode RBAC)
+  if [[ $node == 1 ]]; then
+    node_flags=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --endpoint-reconciler-type lease
+      --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+      --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+      --kubelet-client-key "$pki/apiserver-kubelet-client.key" --kubelet-preferred-address-types InternalIP)
+  fi
   log "starting kube-apiserver on https://127.0.0.1:$api_port"
   start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" --secure-port "$api_port" "${node_flags[@]}" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --api-audiences https://kubernetes.default.svc.cluster.local \
-    --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
-    --endpoint-reconciler-type none --allow-privileged=true --profiling="${CSP_APISERVER_PROFILING:-false}" \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling="${CSP_APISERVER_PROFILING:-false}" \
     --cert-dir "$run/apiserver-certs" --v=1
   write_kubeconfig "$run/kubeconfig" admin "https://127.0.0.1:$api_port"
   wait_for "kube-apiserver /readyz" 180 kube-apiserver \
@@ -172,11 +199,16 @@ up() {
   wait_for "controllers acting (default ServiceAccount created)" 120 kube-controller-manager \
     "$bin/kubectl" --kubeconfig "$run/kubeconfig" get serviceaccount default -n default
 
-  log "the local control plane is up: export KUBECONFIG=$run/kubeconfig"
+  if [[ $node == 1 ]]; then
+    echo 1 > "$run/node-enabled"
+    CSP_RUN_DIR="$run" bash "$e2e/node.sh" up
+  fi
+  log "the local cluster is up: export KUBECONFIG=$run/kubeconfig"
 }
 
 down() {
   if [[ ! -d "$pids" ]]; then log "nothing runs"; return 0; fi
+  if [[ -d "$run/node" ]]; then CSP_RUN_DIR="$run" bash "$e2e/node.sh" down; fi
   for c in kube-controller-manager kube-apiserver etcd; do
     if alive "$c"; then
       local pid; pid="$(cat "$pids/$c")"
@@ -193,6 +225,12 @@ down() {
 status() {
   if running; then
     log "running: https://127.0.0.1:$(cat "$run/apiserver-port") (kubeconfig: $run/kubeconfig)"
+    if [[ -f "$run/node-enabled" ]]; then
+      for c in containerd kubelet kube-proxy kube-scheduler coredns; do
+        alive "$c" || { log "the node's $c is not running (log: $logs/$c.log)"; return 1; }
+      done
+      log "node: running (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS)"
+    fi
   else
     log "not running"; return 1
   fi

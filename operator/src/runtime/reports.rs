@@ -4,13 +4,15 @@
 //! every [`REPORT_EVERY`] when it changes and every [`HEARTBEAT`] regardless. Every replica reads the
 //! others' reports every [`REPORT_EVERY`]; the leader adds them to its own proxies' counts when it writes
 //! status. A report not renewed for [`STALE_AFTER`] (a replica that died) no longer counts; a replica that
-//! stops cleanly empties its report.
+//! stops cleanly empties its report. A replica that runs in a Pod makes the Pod its report's owner, so that
+//! the report goes with the Pod (a deleted replica, `helm uninstall`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
@@ -40,6 +42,32 @@ pub struct ReportPlace {
     pub lease: String,
     /// This replica.
     pub identity: String,
+    /// The report's owner: this replica's Pod (None outside a Pod).
+    pub owner: Option<OwnerReference>,
+}
+
+/// This replica's Pod as an owner, when it runs in one: `$POD_NAME` in `namespace` (the chart's Downward
+/// API). None, with the reason logged, when there is no such Pod or it cannot be read.
+pub async fn own_pod(client: Client, namespace: &str) -> Option<OwnerReference> {
+    let name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty())?;
+    match Api::<Pod>::namespaced(client, namespace).get_opt(&name).await {
+        Ok(Some(pod)) => Some(OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Pod".to_owned(),
+            name,
+            uid: pod.metadata.uid?,
+            controller: None,
+            block_owner_deletion: None,
+        }),
+        Ok(None) => {
+            tracing::info!(pod = %name, %namespace, "not running in a Pod of this name: the xDS report has no owner");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(pod = %name, %namespace, error = %e, "cannot read this replica's Pod: the xDS report has no owner");
+            None
+        }
+    }
 }
 
 impl ReportPlace {
@@ -88,6 +116,7 @@ async fn write(api: &Api<ConfigMap>, place: &ReportPlace, report: &Report) -> Re
         metadata: ObjectMeta {
             name: Some(place.name()),
             labels: Some(BTreeMap::from([(REPORT_LABEL.to_owned(), place.lease.clone())])),
+            owner_references: place.owner.clone().map(|o| vec![o]),
             annotations: Some(BTreeMap::from([(RENEWED_ANNOTATION.to_owned(), Timestamp::now().to_string())])),
             ..ObjectMeta::default()
         },
@@ -160,7 +189,12 @@ mod tests {
 
     #[test]
     fn report_names_are_valid_object_names() {
-        let place = ReportPlace { namespace: "ns".into(), lease: "csp-operator".into(), identity: "Op_7:x".into() };
+        let place = ReportPlace {
+            namespace: "ns".into(),
+            lease: "csp-operator".into(),
+            identity: "Op_7:x".into(),
+            owner: None,
+        };
         assert_eq!(place.name(), "csp-operator-xds-op-7-x");
     }
 }

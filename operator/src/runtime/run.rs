@@ -141,8 +141,10 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
             let task = tokio::spawn(server::serve(xds.clone(), config, Some(region_of), cancel.clone()));
             if args.leader_election.leader_elect {
                 // Several replicas: each reports its proxies, the leader counts them all.
+                let namespace = args.leader_election.leader_election_namespace.clone();
                 let place = ReportPlace {
-                    namespace: args.leader_election.leader_election_namespace.clone(),
+                    owner: reports::own_pod(client.clone(), &namespace).await,
+                    namespace,
                     lease: args.leader_election.leader_election_lease.clone(),
                     identity: identity.clone(),
                 };

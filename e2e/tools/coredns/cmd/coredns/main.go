@@ -7,6 +7,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/coremain"
 
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
@@ -19,6 +20,7 @@ import (
 
 // The order plugins run in, as in CoreDNS's own plugin.cfg.
 var directives = []string{
+	"bind",
 	"errors",
 	"log",
 	"health",
