@@ -45,7 +45,7 @@ e2e: tools ## end-to-end tests against the real control plane (brings it up and 
 
 test: fmt lint unit chart-test e2e ## everything CI runs
 
-demo: tools ## the main job locally: control plane, chart, operator, webhook, policy, contracts, Envoy traffic and failover
+demo: tools ## the main job locally: cluster with a node, image, helm install + test, policy, contract, traffic through the gateway, fallback (CSP_DEMO_MODE=process: local processes)
 	@bash e2e/demo.sh
 
 demo-down: ## stop what `make demo` started

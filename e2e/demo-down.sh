@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo-down`: stops what `make demo` started (traffic demo, webhook, operator, control plane).
+# `make demo-down`: stops what `make demo` started: the local cluster with its node and pods (and, in process
+# mode, the traffic demo, webhook and operator processes).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 demo="$root/e2e/.run/demo"

@@ -176,6 +176,8 @@ state = "$ctrd/state"
     runtime_type = "io.containerd.runc.v2"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
       SystemdCgroup = false
+      # runc's container state under the node's directory, not /run/containerd/runc.
+      Root = "$ctrd/runc"
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$node_dir/cni/net.d"

@@ -290,6 +290,33 @@ fn in_cluster_helm_install_with_the_chart_defaults_runs_the_products_own_pods() 
     );
     kubectl(&["create", "-n", &team.name, "-f", "-"], Some(&service("compliant", "gz,sz,hz"))).ok();
 
+    // `helm test`: the chart's check proves the same in a throwaway namespace, and removes what it made.
+    let t_check = Instant::now();
+    let tested = helm(&["test", RELEASE, "-n", NAMESPACE, "--timeout", "180s"]);
+    let check_log = kubectl(&["logs", "-n", NAMESPACE, &format!("{FULLNAME}-check")], None).stdout;
+    assert!(tested.success, "helm test failed:\n{}\n{}\n{check_log}", tested.stdout, tested.stderr);
+    assert!(tested.stdout.contains("Phase:          Succeeded"), "{}", tested.stdout);
+    for line in ["webhook: denied Service csp-check-", "missing failover regions [check-b]", "Programmed", "passed"] {
+        assert!(check_log.contains(line), "the check's log lacks {line:?}:\n{check_log}");
+    }
+    println!("measured: helm test passed in {:.1}s", t_check.elapsed().as_secs_f64());
+    wait_until("the check's namespace and policy deleted", Duration::from_secs(120), || {
+        let ns = kubectl(&["get", "namespaces", "-l", "csp.contracts.dev/check=true", "-o", "name"], None).ok();
+        let policies = kubectl(&["get", "contractpolicies", "-o", "name"], None).ok();
+        (ns.trim().is_empty() && !policies.contains("csp-check-")).then_some(())
+    });
+    // The passed test's ServiceAccount and RBAC are gone (hook-succeeded); its Pod stays for `--logs`.
+    let r = kubectl(&["get", "serviceaccount", &format!("{FULLNAME}-check"), "-n", NAMESPACE], None);
+    assert!(!r.success, "the passed test's ServiceAccount is deleted");
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        let r = kubectl(&["get", kind, &format!("{FULLNAME}-check")], None);
+        assert!(!r.success, "the passed test's {kind} is deleted");
+    }
+    let phase =
+        kubectl(&["get", "pod", &format!("{FULLNAME}-check"), "-n", NAMESPACE, "-o", "jsonpath={.status.phase}"], None)
+            .ok();
+    assert_eq!(phase, "Succeeded");
+
     // 3. helm upgrade with the same values changes nothing: no object, no pod.
     let before = release_objects();
     let pods_before: BTreeSet<String> = operators.iter().chain(&webhooks).cloned().collect();
@@ -440,13 +467,16 @@ spec:
     // (README, "Uninstall"): the Leases are the chart's, the operators' xDS reports are owned by their Pods.
     let contents_before = namespace_contents();
     helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s"]).ok();
+    let check_pod = format!("pod/{FULLNAME}-check");
     wait_until("the release's pods gone", Duration::from_secs(120), || {
         let left = kubectl(&["get", "pods", "-n", NAMESPACE, "-o", "name"], None).stdout;
-        left.trim().is_empty().then_some(())
+        left.lines().all(|p| p == check_pod).then_some(())
     });
     let left = namespace_contents();
     let expected: BTreeSet<String> = [
         format!("secret/{FULLNAME}-webhook-tls"),
+        // The last `helm test` Pod (Completed): Helm does not track hooks, and it stays for `--logs`.
+        check_pod.clone(),
         // What every namespace has.
         "configmap/kube-root-ca.crt".to_owned(),
         "serviceaccount/default".to_owned(),

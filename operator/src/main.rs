@@ -22,6 +22,18 @@ enum Command {
     Run(operator::runtime::run::RunArgs),
     /// Print the Envoy bootstrap that connects a proxy to the operator's xDS server.
     Bootstrap(operator::runtime::bootstrap::BootstrapArgs),
+    /// Check an installation in a throwaway namespace: the webhook denies a Service that falls short of a
+    /// policy, and the operator programs a contract (what `helm test` runs).
+    Check(operator::runtime::check::CheckArgs),
+}
+
+fn check(args: operator::runtime::check::CheckArgs) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kube::Client::try_default().await?;
+        operator::runtime::check::run(&args, client, &mut std::io::stdout().lock()).await?;
+        println!("passed");
+        Ok(())
+    })
 }
 
 fn run(args: operator::runtime::run::RunArgs) -> anyhow::Result<()> {
@@ -42,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bootstrap(args) => {
             operator::runtime::bootstrap::run(&args, &mut std::io::stdout().lock()).map_err(Into::into)
         }
+        Command::Check(args) => check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

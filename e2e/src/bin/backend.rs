@@ -130,7 +130,24 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     write_atomically(&shared.count_file, "0");
     eprintln!("backend {} listening on {}", shared.name, args.listen);
-    axum::serve(listener, Router::new().fallback(handle).with_state(shared)).await
+    // SIGTERM (a pod being deleted; as PID 1 nothing else would stop it) or SIGINT: finish in-flight requests
+    // and exit.
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = sigterm => {},
+        }
+    };
+    axum::serve(listener, Router::new().fallback(handle).with_state(shared)).with_graceful_shutdown(stop).await
 }
 
 #[cfg(test)]

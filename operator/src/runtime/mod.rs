@@ -3,6 +3,7 @@
 //! ([`lifecycle::leader`]); `operator bootstrap` ([`bootstrap`]): a proxy's Envoy bootstrap.
 
 pub mod bootstrap;
+pub mod check;
 pub mod reports;
 pub mod run;
 pub mod watches;
