@@ -27,19 +27,14 @@ if [[ -n "${CSP_RUN_DIR:-}" ]]; then node="${CSP_NODE:-0}"; else node="${CSP_NOD
 # The node's address on its bridge (e2e/node.sh): where pods reach the API server.
 NODE_IP=10.244.0.1
 
-log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { log "error: $*" >&2; exit 1; }
-
-alive() { [[ -f "$pids/$1" ]] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
+LOG_TAG=cluster
+# shellcheck source=lib.sh
+source "$e2e/lib.sh"
 
 running() {
   local any=0
   for c in etcd kube-apiserver kube-controller-manager; do alive "$c" && any=1; done
   [[ $any == 1 ]]
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
 gen_certs() {
@@ -98,30 +93,6 @@ contexts:
 current-context: local
 EOF
   mv "$file.tmp" "$file"
-}
-
-start() {
-  local name="$1"; shift
-  setsid "$@" > "$logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$pids/$name"
-}
-
-wait_for() {
-  local what="$1" timeout="$2" name="$3"; shift 3
-  local t0=$SECONDS next=$((SECONDS + 5))
-  until "$@" >/dev/null 2>&1; do
-    if ! alive "$name"; then
-      tail -n 30 "$logs/$name.log" >&2 || true
-      die "$name exited while waiting for $what (log: $logs/$name.log)"
-    fi
-    if (( SECONDS - t0 > timeout )); then
-      tail -n 30 "$logs/$name.log" >&2 || true
-      die "timed out after ${timeout}s waiting for $what (log: $logs/$name.log)"
-    fi
-    if (( SECONDS >= next )); then log "still waiting for $what ($((SECONDS - t0))s)"; next=$((SECONDS + 5)); fi
-    sleep 0.2
-  done
-  log "$what ($((SECONDS - t0))s)"
 }
 
 up() {
@@ -209,16 +180,7 @@ up() {
 down() {
   if [[ ! -d "$pids" ]]; then log "nothing runs"; return 0; fi
   if [[ -d "$run/node" ]]; then CSP_RUN_DIR="$run" bash "$e2e/node.sh" down; fi
-  for c in kube-controller-manager kube-apiserver etcd; do
-    if alive "$c"; then
-      local pid; pid="$(cat "$pids/$c")"
-      log "stopping $c (pid $pid)"
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    rm -f "$pids/$c"
-  done
+  for c in kube-controller-manager kube-apiserver etcd; do stop_proc "$c"; done
   log "the local control plane is down"
 }
 

@@ -36,35 +36,10 @@ POD_CIDR=10.244.0.0/24
 # module's source and tags it so; nothing is pulled).
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 
-log() { printf '[node %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { log "error: $*" >&2; exit 1; }
-alive() { [[ -f "$pids/$1" ]] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
+LOG_TAG=node
+# shellcheck source=lib.sh
+source "$e2e/lib.sh"
 kubectl() { "$bin/kubectl" --kubeconfig "$run/kubeconfig" "$@"; }
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-start() {
-  local name="$1"; shift
-  setsid "$@" > "$logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$pids/$name"
-}
-wait_for() {
-  local what="$1" timeout="$2" name="$3"; shift 3
-  local t0=$SECONDS next=$((SECONDS + 10))
-  until "$@" >/dev/null 2>&1; do
-    if [[ -n "$name" ]] && ! alive "$name"; then
-      tail -n 30 "$logs/$name.log" >&2 || true
-      die "$name exited while waiting for $what (log: $logs/$name.log)"
-    fi
-    if (( SECONDS - t0 > timeout )); then
-      [[ -z "$name" ]] || tail -n 30 "$logs/$name.log" >&2 || true
-      die "timed out after ${timeout}s waiting for $what${name:+ (log: $logs/$name.log)}"
-    fi
-    if (( SECONDS >= next )); then log "still waiting for $what ($((SECONDS - t0))s)"; next=$((SECONDS + 10)); fi
-    sleep 0.25
-  done
-  log "$what ($((SECONDS - t0))s)"
-}
 
 # What the node needs from the machine, checked before anything starts.
 preflight() {
@@ -310,17 +285,6 @@ import_images() {
     n=$((n + 1))
   done
   log "imported $n images into containerd ($((SECONDS - t0))s)"
-}
-
-stop_proc() {
-  local c="$1"
-  alive "$c" || { rm -f "$pids/$c"; return 0; }
-  local pid; pid="$(cat "$pids/$c")"
-  log "stopping $c (pid $pid)"
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
-  rm -f "$pids/$c"
 }
 
 # Every process in the pods' cgroups (cgroup v1: each hierarchy has kubepods/; v2: one tree).

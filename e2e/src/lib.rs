@@ -38,6 +38,20 @@ pub fn kubeconfig() -> PathBuf {
     path
 }
 
+/// Runs a real tool (`kubectl`, `helm`) against the local control plane, ignoring how it ends and what it
+/// prints: for clean-ups in `Drop`, which run while a failed test unwinds and where a second panic (a missing
+/// tool or kubeconfig) would abort the whole test binary and hide the first failure.
+pub fn quietly(name: &str, args: &[&str]) {
+    let dir = std::env::var_os("CSP_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("e2e/.run"));
+    let _ = Command::new(tool(name))
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// What a command printed and how it ended.
 #[derive(Debug)]
 pub struct Run {

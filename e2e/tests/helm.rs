@@ -6,13 +6,13 @@
 //! caBundle, and rotates the serving certificate while admissions go on.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::webhook::{AdmissionStream, served_serial};
 use e2e::{
-    Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, rbac, repo_root, run, run_dir, tool, unique,
-    wait_until,
+    Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, quietly, rbac, repo_root, run, run_dir,
+    tool, unique, wait_until,
 };
 
 const RELEASE: &str = "csp";
@@ -62,18 +62,6 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        // Best effort and never a panic: this runs while a failed test unwinds, where a second panic (a
-        // missing tool or kubeconfig) would abort the whole test binary and hide the first failure.
-        let kubeconfig = repo_root().join("e2e/.run/kubeconfig");
-        let quietly = |name: &str, args: &[&str]| {
-            let _ = Command::new(tool(name))
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         quietly("helm", &["uninstall", RELEASE, "-n", &self.namespace, "--wait=false"]);
         quietly("kubectl", &["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"]);
     }

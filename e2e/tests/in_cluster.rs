@@ -9,11 +9,11 @@
 //! the whole cluster.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::webhook::AdmissionStream;
-use e2e::{Run, TestNamespace, kubeconfig, kubectl, repo_root, run, tool, unique, wait_until};
+use e2e::{Run, TestNamespace, kubeconfig, kubectl, quietly, repo_root, run, tool, unique, wait_until};
 use serde_json::Value;
 
 const RELEASE: &str = "csp";
@@ -76,16 +76,6 @@ struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let kubeconfig = kubeconfig();
-        let quietly = |name: &str, args: &[&str]| {
-            let _ = Command::new(tool(name))
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         quietly("helm", &["uninstall", RELEASE, "-n", NAMESPACE, "--wait=false"]);
         quietly("kubectl", &["delete", "validatingwebhookconfiguration", FULLNAME, "--ignore-not-found"]);
         quietly("kubectl", &["delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found"]);
