@@ -45,6 +45,12 @@ build() {
   log "$ref: built in $((SECONDS - t0))s ($(du -h "$out/$name.tar" | cut -f1))"
 }
 
+# Cargo's target directory (CARGO_TARGET_DIR or the workspace's).
+target_dir() {
+  (cd "$root" && cargo metadata -q --format-version 1 --no-deps \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+}
+
 pause() {
   local src
   src="$(cd "$e2e/tools/node" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
@@ -134,7 +140,7 @@ project() {
   [[ $profile == debug ]] || args+=(--release)
   log "cargo build ${args[*]}"
   (cd "$root" && cargo build -q "${args[@]}")
-  local target; target="$(cd "$root" && cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  local target; target="$(target_dir)"
   local ctx="$work/binaries"; rm -rf "$ctx"; mkdir -p "$ctx"
   # Debug information is most of a debug binary's size; the image needs none of it.
   for b in operator webhook; do objcopy --strip-debug "$target/$profile/$b" "$ctx/$b"; done
@@ -166,7 +172,7 @@ testbins() {
   base
   local ref=localhost/csp-e2e:dev
   (cd "$root" && cargo build -q --locked -p channel-contracts-e2e --bin backend --bin http_probe)
-  local target; target="$(cd "$root" && cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  local target; target="$(target_dir)"
   local ctx="$work/testbins"; rm -rf "$ctx"; mkdir -p "$ctx"
   objcopy --strip-debug "$target/debug/backend" "$ctx/backend"
   objcopy --strip-debug "$target/debug/http_probe" "$ctx/http-probe"

@@ -95,6 +95,13 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
     run(cmd, stdin)
 }
 
+/// `helm` against the local control plane.
+pub fn helm(args: &[&str]) -> Run {
+    let mut cmd = Command::new(tool("helm"));
+    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
+    run(cmd, None)
+}
+
 /// Runs a command, feeding `stdin`, and collects what it printed.
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     let line = format!("{cmd:?}");

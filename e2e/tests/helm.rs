@@ -6,23 +6,15 @@
 //! caBundle, and rotates the serving certificate while admissions go on.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use e2e::webhook::{AdmissionStream, served_serial};
 use e2e::{
-    Run, TestNamespace, Tied, free_port, kubeconfig, kubectl, product_bin, quietly, rbac, repo_root, run, run_dir,
-    tool, unique, wait_until,
+    TestNamespace, Tied, free_port, helm, kubectl, product_bin, quietly, rbac, repo_root, run_dir, unique, wait_until,
 };
 
 const RELEASE: &str = "csp";
 const FULLNAME: &str = "csp-channel-contracts";
-
-fn helm(args: &[&str]) -> Run {
-    let mut cmd = Command::new(tool("helm"));
-    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
-    run(cmd, None)
-}
 
 fn chart() -> String {
     repo_root().join("charts/channel-contracts").to_string_lossy().into_owned()

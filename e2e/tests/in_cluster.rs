@@ -9,11 +9,10 @@
 //! the whole cluster.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::webhook::AdmissionStream;
-use e2e::{Run, TestNamespace, kubeconfig, kubectl, quietly, repo_root, run, tool, unique, wait_until};
+use e2e::{TestNamespace, helm, kubectl, quietly, repo_root, unique, wait_until};
 use serde_json::Value;
 
 const RELEASE: &str = "csp";
@@ -24,12 +23,6 @@ const IMAGE: &str = "localhost/channel-contracts";
 const IMAGE_TAG: &str = "dev";
 const ENVOY_IMAGE: &str = "localhost/envoy";
 const TEST_IMAGE: &str = "localhost/csp-e2e:dev";
-
-fn helm(args: &[&str]) -> Run {
-    let mut cmd = Command::new(tool("helm"));
-    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
-    run(cmd, None)
-}
 
 fn json(args: &[&str]) -> Value {
     serde_json::from_str(&kubectl(args, None).ok()).expect("kubectl json")

@@ -82,17 +82,19 @@ pub async fn run(args: &CheckArgs, client: Client, out: &mut impl std::io::Write
         let _ = writeln!(out, "kept namespace {ns} and ContractPolicy {ns} (--keep)");
     } else {
         let policies: Api<ContractPolicy> = Api::all(client.clone());
-        let gone = policies.delete(&ns, &DeleteParams::default()).await;
-        let gone_ns = namespaces.delete(&ns, &DeleteParams::default()).await;
-        match (gone, gone_ns) {
-            (Ok(_) | Err(kube::Error::Api(_)), Ok(_)) => {
+        // An API error answers for a policy the check never made (it failed before); anything else is told.
+        match policies.delete(&ns, &DeleteParams::default()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => {
+                let _ = writeln!(out, "could not delete ContractPolicy {ns}: {e}");
+            }
+        }
+        match namespaces.delete(&ns, &DeleteParams::default()).await {
+            Ok(_) => {
                 let _ = writeln!(out, "deleted ContractPolicy {ns} and namespace {ns}");
             }
-            (_, Err(e)) => {
+            Err(e) => {
                 let _ = writeln!(out, "could not delete namespace {ns}: {e}");
-            }
-            (Err(e), _) => {
-                let _ = writeln!(out, "could not delete ContractPolicy {ns}: {e}");
             }
         }
     }
