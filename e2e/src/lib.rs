@@ -102,6 +102,34 @@ pub fn helm(args: &[&str]) -> Run {
     run(cmd, None)
 }
 
+/// Every object of a Helm release (from `helm get manifest`) as `Kind/name`, with what shows a change to it:
+/// its generation where the API server keeps one (so that controllers writing status do not count); for
+/// a Lease its labels and annotations, the chart's part of it (the replicas renew its spec all the time);
+/// else its resourceVersion.
+pub fn release_objects(release: &str, namespace: &str) -> Vec<(String, String)> {
+    let manifest = helm(&["get", "manifest", release, "-n", namespace]).ok();
+    let objects = kubectl(&["get", "-n", namespace, "-f", "-", "-o", "json"], Some(&manifest)).ok();
+    let v: serde_json::Value = serde_json::from_str(&objects).expect("json");
+    let items = v["items"].as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+    let mut out: Vec<(String, String)> = items
+        .iter()
+        .map(|o| {
+            let m = &o["metadata"];
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let version = if !m["generation"].is_null() {
+                format!("generation {}", m["generation"])
+            } else if kind == "Lease" {
+                format!("labels {} annotations {}", m["labels"], m["annotations"])
+            } else {
+                format!("resourceVersion {}", m["resourceVersion"])
+            };
+            (format!("{kind}/{}", m["name"].as_str().unwrap_or_default()), version)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Runs a command, feeding `stdin`, and collects what it printed.
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     let line = format!("{cmd:?}");

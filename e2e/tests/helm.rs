@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use e2e::webhook::{AdmissionStream, served_serial};
 use e2e::{
-    TestNamespace, Tied, free_port, helm, kubectl, product_bin, quietly, rbac, repo_root, run_dir, unique, wait_until,
+    TestNamespace, Tied, free_port, helm, kubectl, product_bin, quietly, rbac, release_objects, repo_root, run_dir,
+    unique, wait_until,
 };
 
 const RELEASE: &str = "csp";
@@ -22,29 +23,6 @@ fn chart() -> String {
 
 fn local_values() -> String {
     repo_root().join("charts/channel-contracts/ci/local-values.yaml").to_string_lossy().into_owned()
-}
-
-/// Every object of the release with its resourceVersion, from `helm get manifest`.
-fn release_objects(namespace: &str) -> Vec<(String, String)> {
-    let manifest = helm(&["get", "manifest", RELEASE, "-n", namespace]).ok();
-    let objects = kubectl(&["get", "-n", namespace, "-f", "-", "-o", "json"], Some(&manifest)).ok();
-    let v: serde_json::Value = serde_json::from_str(&objects).expect("json");
-    let items = v["items"].as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
-    let mut out: Vec<(String, String)> = items
-        .iter()
-        .map(|o| {
-            (
-                format!(
-                    "{}/{}",
-                    o["kind"].as_str().unwrap_or_default(),
-                    o["metadata"]["name"].as_str().unwrap_or_default()
-                ),
-                o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// Uninstalls the release when dropped, so that a failed test leaves no webhook registration behind.
@@ -200,7 +178,7 @@ fn helm_install_registers_a_working_webhook_upgrade_changes_nothing_and_uninstal
         )
         .ok()
     };
-    let before = release_objects(&namespace);
+    let before = release_objects(RELEASE, &namespace);
     let bundle_before = bundle(());
     helm(&[
         "upgrade",
@@ -214,7 +192,7 @@ fn helm_install_registers_a_working_webhook_upgrade_changes_nothing_and_uninstal
         &format!("webhook.external.url={url}"),
     ])
     .ok();
-    let after = release_objects(&namespace);
+    let after = release_objects(RELEASE, &namespace);
     assert_eq!(before, after, "helm upgrade with the same values should change no object");
     assert_eq!(bundle_before, bundle(()));
 

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use e2e::webhook::AdmissionStream;
-use e2e::{TestNamespace, helm, kubectl, quietly, repo_root, unique, wait_until};
+use e2e::{TestNamespace, helm, kubectl, quietly, release_objects, repo_root, unique, wait_until};
 use serde_json::Value;
 
 const RELEASE: &str = "csp";
@@ -169,29 +169,6 @@ spec:
     (lines, summary)
 }
 
-/// The release's objects (from `helm get manifest`) with their generation, or resourceVersion for objects
-/// without a spec.
-fn release_objects() -> Vec<(String, String)> {
-    let manifest = helm(&["get", "manifest", RELEASE, "-n", NAMESPACE]).ok();
-    let objects = kubectl(&["get", "-n", NAMESPACE, "-f", "-", "-o", "json"], Some(&manifest)).ok();
-    let v: Value = serde_json::from_str(&objects).expect("json");
-    let items = v["items"].as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
-    let mut out: Vec<(String, String)> = items
-        .iter()
-        .map(|o| {
-            let m = &o["metadata"];
-            let version = if o.get("spec").is_some() {
-                format!("generation {}", m["generation"])
-            } else {
-                format!("resourceVersion {}", m["resourceVersion"])
-            };
-            (format!("{}/{}", o["kind"].as_str().unwrap_or_default(), m["name"].as_str().unwrap_or_default()), version)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Every object of every listable namespaced kind in the release namespace: `kind/name`.
 fn namespace_contents() -> BTreeSet<String> {
     let kinds = kubectl(&["api-resources", "--namespaced", "--verbs=list", "-o", "name"], None).ok();
@@ -301,10 +278,10 @@ fn in_cluster_helm_install_with_the_chart_defaults_runs_the_products_own_pods() 
     assert_eq!(phase, "Succeeded");
 
     // 3. helm upgrade with the same values changes nothing: no object, no pod.
-    let before = release_objects();
+    let before = release_objects(RELEASE, NAMESPACE);
     let pods_before: BTreeSet<String> = operators.iter().chain(&webhooks).cloned().collect();
     helm_with_values("upgrade", false, &["--wait", "--timeout", "120s"]);
-    assert_eq!(before, release_objects(), "helm upgrade with the same values changed objects");
+    assert_eq!(before, release_objects(RELEASE, NAMESPACE), "helm upgrade with the same values changed objects");
     let pods_after: BTreeSet<String> =
         pods("operator").into_iter().chain(pods("webhook")).map(|(name, _, _)| name).collect();
     assert_eq!(pods_before, pods_after, "helm upgrade with the same values replaced pods");
