@@ -28,6 +28,7 @@ use crate::schema::{conditions_schema, dns_label_schema, duration_schema, region
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.regions","description":"Failover regions in order"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether proxies serve the contract"}"#,
     printcolumn = r#"{"name":"Proxies","type":"string","jsonPath":".status.proxies.summary","description":"Proxies over xDS: how many of those that serve the namespace run the current configuration"}"#,
+    printcolumn = r#"{"name":"Drill","type":"string","jsonPath":".status.lastDrill.phase","description":"The result of the last ContractDrill of the contract"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -93,7 +94,7 @@ pub enum Protocol {
 }
 
 /// The latency service-level agreement.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Sla {
     /// End-to-end deadline of one request, retries included (a duration such as `120ms`, `1.5s`). A
@@ -101,7 +102,17 @@ pub struct Sla {
     #[schemars(schema_with = "duration_schema")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("spec.sla.maxLatency must be greater than 0"))]
     pub max_latency: String,
+
+    /// The share of requests that must be answered within `maxLatency` without failing, greater than 0
+    /// and less than 1, e.g. `0.999`. Omitted: 0.99. The chart's alert CSPContractSLABreached fires when
+    /// more than `1 - objective` of the requests breach for 5 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0").message("spec.sla.objective must be greater than 0 and less than 1 (e.g. 0.999)"))]
+    pub objective: Option<f64>,
 }
+
+/// The SLA objective of a contract that declares none.
+pub const DEFAULT_SLA_OBJECTIVE: f64 = 0.99;
 
 /// One channel: a Service that can answer the contract's requests.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -167,6 +178,15 @@ pub struct ChannelContractStatus {
     /// Proxies that take the configuration over xDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxies: Option<ProxyStatus>,
+
+    /// The last ContractDrill of the contract that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<crate::drill::LastDrill>,
+
+    /// When a ContractDrill of the contract last Passed: what a ContractPolicy's `spec.drill.requiredWithin`
+    /// judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_passed_drill_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// What one channel resolved to.

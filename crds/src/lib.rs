@@ -1,9 +1,10 @@
-//! The Channel Contracts API (`csp.contracts.dev/v1alpha1`): the `ChannelContract` and `ContractPolicy`
-//! custom resources, their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
+//! The Channel Contracts API (`csp.contracts.dev/v1alpha1`): the `ChannelContract`, `ContractPolicy` and
+//! `ContractDrill` custom resources, their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
 //! operator and the webhook share. Nothing in this crate does I/O.
 
 pub mod conditions;
 pub mod contract;
+pub mod drill;
 pub mod duration;
 pub mod manifests;
 pub mod policy;
@@ -12,6 +13,7 @@ mod schema;
 pub mod validate;
 
 pub use contract::*;
+pub use drill::*;
 pub use policy::*;
 pub use resilience::*;
 

@@ -3,11 +3,15 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ChannelContract, ContractPolicy};
+use crate::{ChannelContract, ContractDrill, ContractPolicy};
 
 /// Every CRD of the API with the file name it is written to under `crds/manifests/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("channelcontracts.yaml", ChannelContract::crd()), ("contractpolicies.yaml", ContractPolicy::crd())]
+    vec![
+        ("channelcontracts.yaml", ChannelContract::crd()),
+        ("contractpolicies.yaml", ContractPolicy::crd()),
+        ("contractdrills.yaml", ContractDrill::crd()),
+    ]
 }
 
 /// The YAML text of one CRD as committed: a header comment, then the document.

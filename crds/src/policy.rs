@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{conditions_schema, label_selector_schema, namespace_list_schema, region_list_schema};
+use crate::schema::{
+    conditions_schema, duration_schema, label_selector_schema, namespace_list_schema, region_list_schema,
+};
 
 /// A governance baseline that the admission webhook enforces on Services and ChannelContracts. Apply the
 /// same policy in every cluster of a federation.
@@ -46,6 +48,22 @@ pub struct ContractPolicySpec {
     /// `spec.service` names it).
     #[serde(default)]
     pub require_contract: bool,
+
+    /// Require proof: every matched ChannelContract must have a ContractDrill that Passed within the
+    /// window. The audit reports the others; admission does not judge drills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillRequirement>,
+}
+
+/// How recent a contract's last passed drill must be.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillRequirement {
+    /// The window (e.g. `720h`): a contract with no Passed drill that finished within it is a violation.
+    /// A contract younger than the window is not judged yet (its grace period).
+    #[schemars(schema_with = "duration_schema")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("spec.drill.requiredWithin must be at least 1m"))]
+    pub required_within: String,
 }
 
 /// What happens to a request that falls short of a policy.

@@ -28,6 +28,27 @@ pub(crate) fn dns_label_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A DNS subdomain (RFC 1123): what most object names are, e.g. a ChannelContract's.
+pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+pub(crate) fn object_name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 253,
+        "pattern": DNS_SUBDOMAIN_PATTERN,
+    })
+}
+
+pub(crate) fn region_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 63,
+        "pattern": LABEL_VALUE_PATTERN,
+    })
+}
+
 pub(crate) fn region_list_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",

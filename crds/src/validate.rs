@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::schema::SELECTOR_OPERATORS;
-use crate::{ChannelContractSpec, ContractPolicySpec, duration};
+use crate::{ChannelContractSpec, ContractDrillSpec, ContractPolicySpec, duration};
 
 /// One broken rule: the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +138,12 @@ pub fn contract(spec: &ChannelContractSpec) -> Result<(), InvalidSpec> {
         errors.push(err("spec.port", format!("{} is not a port (1 to 65535)", spec.port)));
     }
     let max_latency = positive_duration("spec.sla.maxLatency", &spec.sla.max_latency, &mut errors);
+    if let Some(objective) = spec.sla.objective
+        && !(objective > 0.0 && objective < 1.0)
+    {
+        errors
+            .push(err("spec.sla.objective", "spec.sla.objective must be greater than 0 and less than 1 (e.g. 0.999)"));
+    }
 
     let retry = &spec.retry;
     if !(0..=10).contains(&retry.max_retries) {
@@ -308,12 +314,98 @@ pub fn policy(spec: &ContractPolicySpec) -> Result<(), InvalidSpec> {
     {
         errors.push(err("spec.failover.minRegions", "spec.failover.minRegions must be at least 1"));
     }
+    if let Some(drill) = &spec.drill
+        && let Some(window) = positive_duration("spec.drill.requiredWithin", &drill.required_within, &mut errors)
+        && window < Duration::from_secs(60)
+    {
+        errors.push(err("spec.drill.requiredWithin", "spec.drill.requiredWithin must be at least 1m"));
+    }
     let m = &spec.r#match;
     for (field, sel) in
         [("spec.match.namespaceSelector", &m.namespace_selector), ("spec.match.labelSelector", &m.label_selector)]
     {
         if let Some(sel) = sel {
             errors.extend(selector(field, sel));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
+}
+
+/// Every broken rule of a drill: the rules its CRD states in its schema and CEL.
+pub fn drill(spec: &ContractDrillSpec) -> Result<(), InvalidSpec> {
+    let mut errors = Vec::new();
+    if spec.contract.is_empty() || spec.contract.len() > 253 || !spec.contract.split('.').all(is_dns_label) {
+        errors.push(err("spec.contract", format!("{:?} is not a valid ChannelContract name", spec.contract)));
+    }
+    let fault = &spec.fault;
+    if fault.region.is_none() && fault.channel.is_none() {
+        errors.push(err("spec.fault", "spec.fault needs region, channel or both: say where the outage is"));
+    }
+    if fault.abort.is_none() && fault.delay.is_none() {
+        errors.push(err("spec.fault", "spec.fault needs abort, delay or both: say how the outage fails requests"));
+    }
+    if let Some(region) = &fault.region
+        && !is_label_value(region)
+    {
+        errors.push(err("spec.fault.region", format!("{region:?} is not a valid region (a label value)")));
+    }
+    if let Some(channel) = &fault.channel
+        && !is_dns_label(channel)
+    {
+        errors.push(err("spec.fault.channel", format!("{channel:?} is not a valid channel name (a DNS label)")));
+    }
+    let percent_ok = |p: f64| p > 0.0 && p <= 100.0;
+    if let Some(abort) = &fault.abort {
+        if !(500..=599).contains(&abort.http_status) {
+            errors.push(err("spec.fault.abort.httpStatus", "spec.fault.abort.httpStatus must be between 500 and 599"));
+        }
+        if !percent_ok(abort.percent) {
+            errors.push(err(
+                "spec.fault.abort.percent",
+                "spec.fault.abort.percent must be greater than 0 and at most 100",
+            ));
+        }
+    }
+    if let Some(delay) = &fault.delay {
+        positive_duration("spec.fault.delay.duration", &delay.duration, &mut errors);
+        if !percent_ok(delay.percent) {
+            errors.push(err(
+                "spec.fault.delay.percent",
+                "spec.fault.delay.percent must be greater than 0 and at most 100",
+            ));
+        }
+    }
+    let length = positive_duration("spec.duration", &spec.duration, &mut errors);
+    if let Some(length) = length
+        && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&length)
+    {
+        errors.push(err("spec.duration", "spec.duration must be between 1s and 1h"));
+    }
+    let within = positive_duration("spec.expect.failoverWithin", &spec.expect.failover_within, &mut errors);
+    if let (Some(within), Some(length)) = (within, length)
+        && within >= length
+    {
+        errors.push(err(
+            "spec.expect.failoverWithin",
+            "spec.expect.failoverWithin must be shorter than spec.duration (the switchover must happen while the fault lasts)",
+        ));
+    }
+    if let Some(trigger) = &spec.trigger {
+        if !(trigger.sla_breach_ratio > 0.0 && trigger.sla_breach_ratio <= 1.0) {
+            errors.push(err(
+                "spec.trigger.slaBreachRatio",
+                "spec.trigger.slaBreachRatio must be greater than 0 and at most 1",
+            ));
+        }
+        for (field, value, min, max, words) in [
+            ("spec.trigger.for", &trigger.for_, 60, 86_400, "between 1m and 24h"),
+            ("spec.trigger.cooldown", &trigger.cooldown, 60, 604_800, "between 1m and 168h"),
+        ] {
+            if let Some(d) = positive_duration(field, value, &mut errors)
+                && !(Duration::from_secs(min)..=Duration::from_secs(max)).contains(&d)
+            {
+                errors.push(err(field, format!("{field} must be {words}")));
+            }
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
@@ -393,10 +485,55 @@ mod tests {
     #[test]
     fn malformed_durations_name_their_field() {
         let mut s = spec();
-        s.sla = Sla { max_latency: "fast".into() };
+        s.sla = Sla { max_latency: "fast".into(), objective: None };
         assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
-        s.sla = Sla { max_latency: "0s".into() };
+        s.sla = Sla { max_latency: "0s".into(), objective: None };
         assert_eq!(fields(&s), ["spec.sla.maxLatency"]);
+        s.sla = Sla { max_latency: "120ms".into(), objective: Some(1.0) };
+        assert_eq!(fields(&s), ["spec.sla.objective"]);
+        s.sla.objective = Some(0.999);
+        assert!(contract(&s).is_ok());
+    }
+
+    fn drill_spec(v: serde_json::Value) -> ContractDrillSpec {
+        serde_json::from_value(v).expect("drill spec")
+    }
+
+    fn drill_fields(spec: &ContractDrillSpec) -> Vec<String> {
+        drill(spec).err().map(|e| e.0.into_iter().map(|f| f.field).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_drill_is_judged_as_its_crd_judges_it() {
+        let good = drill_spec(serde_json::json!({
+            "contract": "payment-verify", "fault": {"region": "gz", "abort": {}},
+            "duration": "60s", "expect": {"failoverWithin": "1800ms"},
+            "trigger": {"slaBreachRatio": 0.05}
+        }));
+        assert!(drill(&good).is_ok(), "{:?}", drill(&good));
+        let bad = drill_spec(serde_json::json!({
+            "contract": "Payment_Verify", "fault": {"abort": {"httpStatus": 404, "percent": 0}},
+            "duration": "2s", "expect": {"failoverWithin": "3s"},
+            "trigger": {"slaBreachRatio": 1.5, "for": "10s", "cooldown": "1000h"}
+        }));
+        assert_eq!(
+            drill_fields(&bad),
+            [
+                "spec.contract",
+                "spec.fault",
+                "spec.fault.abort.httpStatus",
+                "spec.fault.abort.percent",
+                "spec.expect.failoverWithin",
+                "spec.trigger.slaBreachRatio",
+                "spec.trigger.for",
+                "spec.trigger.cooldown"
+            ]
+        );
+        let no_how = drill_spec(serde_json::json!({
+            "contract": "a", "fault": {"channel": "cache", "delay": {"duration": "0s"}},
+            "duration": "2h", "expect": {"failoverWithin": "1s"}
+        }));
+        assert_eq!(drill_fields(&no_how), ["spec.fault.delay.duration", "spec.duration"]);
     }
 
     #[test]

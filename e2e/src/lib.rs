@@ -158,6 +158,7 @@ pub fn ensure_crds() {
                 "--timeout=60s",
                 "crd/channelcontracts.csp.contracts.dev",
                 "crd/contractpolicies.csp.contracts.dev",
+                "crd/contractdrills.csp.contracts.dev",
             ],
             None,
         )

@@ -40,7 +40,8 @@ fn crds_apply_and_reapply_cleanly() {
     let second = kubectl(&["apply", "-f", &dir], None).ok();
     assert!(
         second.contains("channelcontracts.csp.contracts.dev unchanged")
-            && second.contains("contractpolicies.csp.contracts.dev unchanged"),
+            && second.contains("contractpolicies.csp.contracts.dev unchanged")
+            && second.contains("contractdrills.csp.contracts.dev unchanged"),
         "re-applying the CRDs should change nothing:\n{second}"
     );
     let established = kubectl(
@@ -138,6 +139,9 @@ fn every_example_is_accepted() {
     let contract: serde_json::Value = serde_json::from_str(&contract).expect("json");
     assert_eq!(contract["spec"]["channels"].as_array().map(Vec::len), Some(3));
     assert_eq!(contract["spec"]["failover"]["regions"], serde_json::json!(["gz", "sz", "hz"]));
+    let drill = kubectl(&["get", "drill", "gz-outage", "-n", "payments", "-o", "json"], None).ok();
+    let drill: crds::ContractDrill = serde_json::from_str(&drill).expect("the example drill fits the types");
+    assert_eq!(crds::validate::drill(&drill.spec), Ok(()));
     for path in applied.iter().rev() {
         let _ = kubectl(&["delete", "-f", path, "--wait=false", "--ignore-not-found"], None);
     }
@@ -294,4 +298,126 @@ fn the_api_server_refuses_a_policy_whose_selector_cannot_be_read() {
     kubectl(&["create", "-f", "-"], Some(&yaml)).ok();
     kubectl(&["delete", "contractpolicy", &name], None).ok();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const VALID_DRILL: &str = "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractDrill\nmetadata: {name: NAME}\nspec:\n  contract: payment-verify\n  fault: {region: gz, abort: {}}\n  expect: {failoverWithin: 1800ms}\n";
+
+#[test]
+fn a_drill_gets_its_defaults_and_columns_and_cannot_be_rewritten() {
+    ensure_crds();
+    let ns = TestNamespace::new("drill", &[]);
+    kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&VALID_DRILL.replace("NAME", "gz-outage"))).ok();
+    let got = kubectl(&["get", "drill", "gz-outage", "-n", &ns.name, "-o", "json"], None).ok();
+    let got: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(got["spec"]["duration"], "60s");
+    assert_eq!(got["spec"]["fault"]["abort"], serde_json::json!({"httpStatus": 503, "percent": 100}));
+    let table = kubectl(&["get", "drill", "-n", &ns.name], None).ok();
+    for header in ["CONTRACT", "FAULT", "PHASE", "SWITCHOVER", "PROMISED"] {
+        assert!(table.contains(header), "kubectl get drill should show the column {header}:\n{table}");
+    }
+    assert!(table.lines().any(|l| l.contains("gz-outage") && l.contains("1800ms")), "{table}");
+    // What a drill ran must stay what it says: its fault, contract, duration and promise are fixed.
+    let err = kubectl(
+        &[
+            "patch",
+            "drill",
+            "gz-outage",
+            "-n",
+            &ns.name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"fault":{"region":"sz"}}}"#,
+        ],
+        None,
+    )
+    .failed();
+    assert!(err.contains("cannot change") && err.contains("create a new ContractDrill"), "{err}");
+    // Its trigger may change (arming or disarming a standing drill).
+    kubectl(
+        &[
+            "patch",
+            "drill",
+            "gz-outage",
+            "-n",
+            &ns.name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"trigger":{"slaBreachRatio":0.1}}}"#,
+        ],
+        None,
+    )
+    .ok();
+    let list = kubectl(&["get", "csp", "-n", &ns.name, "-o", "name"], None).ok();
+    assert!(list.contains("contractdrill.csp.contracts.dev/gz-outage"), "kubectl get csp lists drills: {list}");
+}
+
+#[test]
+fn the_api_server_refuses_each_broken_drill_naming_the_field() {
+    ensure_crds();
+    let ns = TestNamespace::new("bad-drill", &[]);
+    let cases = [
+        ("no place", "fault: {abort: {}}", "spec.fault needs region, channel or both"),
+        ("no failure", "fault: {region: gz}", "spec.fault needs abort, delay or both"),
+        ("a 404 abort", "fault: {region: gz, abort: {httpStatus: 404}}", "spec.fault.abort.httpStatus"),
+        (
+            "a zero percent",
+            "fault: {region: gz, abort: {percent: 0}}",
+            "spec.fault.abort.percent must be greater than 0",
+        ),
+        (
+            "a zero delay",
+            "fault: {region: gz, delay: {duration: 0s}}",
+            "spec.fault.delay.duration must be greater than 0",
+        ),
+        (
+            "a promise longer than the fault",
+            "fault: {region: gz, abort: {}}\n  duration: 1s",
+            "spec.expect.failoverWithin must be shorter than spec.duration",
+        ),
+        (
+            "a fault of a day",
+            "fault: {region: gz, abort: {}}\n  duration: 24h",
+            "spec.duration must be between 1s and 1h",
+        ),
+        (
+            "a breach ratio above 1",
+            "fault: {region: gz, abort: {}}\n  trigger: {slaBreachRatio: 1.5}",
+            "spec.trigger.slaBreachRatio must be greater than 0 and at most 1",
+        ),
+        (
+            "a trigger window of seconds",
+            "fault: {region: gz, abort: {}}\n  trigger: {slaBreachRatio: 0.05, for: 10s}",
+            "spec.trigger.for must be between 1m and 24h",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, fault, expected)) in cases.iter().enumerate() {
+        let yaml = format!(
+            "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractDrill\nmetadata: {{name: bad-{i}}}\nspec:\n  contract: payment-verify\n  expect: {{failoverWithin: 1800ms}}\n  {fault}\n"
+        );
+        let r = kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        if r.success {
+            failures.push(format!("{what}: was accepted"));
+        } else if !r.stderr.contains(expected) {
+            failures.push(format!("{what}: refused without naming the field ({expected}):\n{}", r.stderr));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_policy_may_require_a_recent_drill() {
+    ensure_crds();
+    let name = unique("proof");
+    let yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec: {{enforcementAction: Audit, drill: {{requiredWithin: 30s}}}}\n"
+    );
+    let err = kubectl(&["create", "-f", "-"], Some(&yaml)).failed();
+    assert!(err.contains("spec.drill.requiredWithin must be at least 1m"), "{err}");
+    kubectl(&["create", "-f", "-"], Some(&yaml.replace("30s", "720h"))).ok();
+    let got = kubectl(&["get", "cpol", &name, "-o", "jsonpath={.spec.drill.requiredWithin}"], None).ok();
+    let _ = kubectl(&["delete", "cpol", &name, "--ignore-not-found"], None);
+    assert_eq!(got, "720h");
 }

@@ -158,6 +158,7 @@ fn subject(name: &str, regions: &str) -> Subject {
         name: name.to_owned(),
         labels,
         declaration: evaluate::service_declaration(name, &annotations, &contracts()),
+        drills: None,
     }
 }
 

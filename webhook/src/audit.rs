@@ -56,6 +56,7 @@ pub fn audit_policy(
     subjects: &[Subject],
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
     exempt_namespaces: &[String],
+    now: k8s_openapi::jiff::Timestamp,
 ) -> Report {
     let mut report = Report::default();
     if evaluate::unreadable(&policy.spec).is_some() {
@@ -68,7 +69,7 @@ pub fn audit_policy(
             continue;
         }
         report.matched += 1;
-        let problems = evaluate::problems(&policy.spec, s);
+        let problems = evaluate::audit_problems(&policy.spec, s, now);
         if problems.is_empty() {
             continue;
         }
@@ -102,7 +103,14 @@ pub fn subjects(caches: &Caches) -> Vec<Subject> {
     }
     for c in contracts.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
         let regions = c.spec.failover.as_ref().map(|f| f.regions.as_slice()).unwrap_or_default();
-        out.push(Subject::contract(&c.namespace().unwrap_or_default(), &c.name_any(), c.labels().clone(), regions));
+        let evidence = evaluate::DrillEvidence {
+            created: c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            last_passed: c.status.as_ref().and_then(|s| s.last_passed_drill_time.as_ref()).map(|t| t.0),
+        };
+        out.push(
+            Subject::contract(&c.namespace().unwrap_or_default(), &c.name_any(), c.labels().clone(), regions)
+                .with_drills(evidence),
+        );
     }
     out
 }
@@ -168,7 +176,7 @@ pub async fn run_once(
     let policies = caches.policies.state();
     let mut first_error = None;
     for policy in &policies {
-        let report = audit_policy(policy, &subjects, &namespace_labels, exempt);
+        let report = audit_policy(policy, &subjects, &namespace_labels, exempt, now.0);
         let labels = PolicyLabels { policy: policy.name_any() };
         metrics.policy_matched.get_or_create(&labels).set(report.matched);
         metrics.policy_violations.get_or_create(&labels).set(report.violations);
@@ -255,7 +263,45 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::new(),
             declaration: evaluate::contract_declaration(&regions.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+            drills: None,
         }
+    }
+
+    fn at(second: i64) -> k8s_openapi::jiff::Timestamp {
+        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + second).expect("timestamp")
+    }
+
+    #[test]
+    fn a_drill_requirement_reports_contracts_without_a_recent_passed_drill() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "enforcementAction": "Deny", "match": {"kinds": ["ChannelContract"]}, "drill": {"requiredWithin": "720h"}
+        }))
+        .expect("spec");
+        let p = ContractPolicy::new("proof", spec);
+        let day = 86_400;
+        let contract = |name: &str, created: i64, passed: Option<i64>| {
+            Subject::contract("payments", name, BTreeMap::new(), &["gz".to_owned()])
+                .with_drills(evaluate::DrillEvidence { created: Some(at(created)), last_passed: passed.map(at) })
+        };
+        let subjects = vec![
+            contract("new", -10 * day, None),               // in its grace period
+            contract("proven", -90 * day, Some(-29 * day)), // passed 29 days ago
+            contract("stale", -90 * day, Some(-31 * day)),  // passed 31 days ago
+            contract("never", -31 * day, None),             // grace period over, never drilled
+            svc("payments", "a-service", &[]),              // not matched: the policy is about contracts
+        ];
+        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[], at(0));
+        assert_eq!((r.matched, r.violations), (4, 2));
+        let names: Vec<&str> = r.samples.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["never", "stale"]);
+        assert_eq!(
+            r.samples[0].message,
+            "ContractPolicy \"proof\" denied ChannelContract payments/never: has no ContractDrill that Passed within 720h (last passed: never). Prove it: create a ContractDrill in namespace payments with spec.contract: never and a fault its failover must absorb (e.g. fault: {region: <a failover region>, abort: {httpStatus: 503}}), and let it pass."
+        );
+        assert!(r.samples[1].message.contains("(last passed: 2026-12-15T08:00:00Z)"), "{}", r.samples[1].message);
+        // Admission does not judge drills: the same policy admits the same contract.
+        let never = &subjects[3];
+        assert!(evaluate::problems(&p.spec, never).is_empty());
     }
 
     #[test]
@@ -268,12 +314,12 @@ mod tests {
         let mut subjects: Vec<Subject> = (0..39).map(|i| svc("a", &format!("ok-{i}"), &["gz", "sz"])).collect();
         subjects.push(svc("a", "bad", &["gz"]));
         subjects.push(svc("kube-system", "ignored", &[]));
-        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[]);
+        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[], at(0));
         assert_eq!((r.matched, r.violations), (40, 1));
         assert_eq!(r.compliance(), "97.5%");
         assert_eq!(r.samples.len(), 1);
         assert!(r.samples[0].message.contains("missing failover regions [sz]"));
-        let all_ok = audit_policy(&p, &subjects[..3], &BTreeMap::new(), &[]);
+        let all_ok = audit_policy(&p, &subjects[..3], &BTreeMap::new(), &[], at(0));
         assert_eq!(all_ok.compliance(), "100%");
     }
 
@@ -286,7 +332,7 @@ mod tests {
             ("opted-out".to_owned(), BTreeMap::from([("csp.contracts.dev/webhook".to_owned(), "disabled".to_owned())])),
             ("kept".to_owned(), BTreeMap::from([("csp.contracts.dev/webhook".to_owned(), "enabled".to_owned())])),
         ]);
-        let r = audit_policy(&p, &subjects, &labels, &["csp-system".to_owned()]);
+        let r = audit_policy(&p, &subjects, &labels, &["csp-system".to_owned()], at(0));
         assert_eq!((r.matched, r.violations), (1, 1));
         assert_eq!(r.samples[0].namespace, "kept");
 
@@ -296,7 +342,7 @@ mod tests {
         }))
         .expect("spec");
         let broken = ContractPolicy::new("broken", broken);
-        let r = audit_policy(&broken, &subjects, &labels, &[]);
+        let r = audit_policy(&broken, &subjects, &labels, &[], at(0));
         assert_eq!((r.matched, r.violations), (0, 0), "a policy that cannot be read enforces nothing");
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).expect("ts"));
         let status = status_for(&broken, &r, &now);
@@ -367,7 +413,7 @@ mod tests {
         let spec = serde_json::from_value(serde_json::json!({"failover": {"requiredRegions": ["gz"]}})).expect("spec");
         let p = ContractPolicy::new("p", spec);
         let subjects: Vec<Subject> = (0..50).map(|i| svc("a", &format!("s-{i:02}"), &[])).collect();
-        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[]);
+        let r = audit_policy(&p, &subjects, &BTreeMap::new(), &[], at(0));
         assert_eq!((r.violations, r.samples.len()), (50, MAX_SAMPLES));
         assert_eq!(r.samples[0].name, "s-00");
     }

@@ -10,7 +10,7 @@ use crds::{
 
 use crate::subject::push_unique;
 pub use crate::subject::{
-    ContractRef, Declaration, Kind, Subject, contract_declaration, parse_regions, service_declaration,
+    ContractRef, Declaration, DrillEvidence, Kind, Subject, contract_declaration, parse_regions, service_declaration,
 };
 use kube::core::{Selector, SelectorExt};
 
@@ -91,6 +91,33 @@ pub enum Problem {
     },
     /// A Service that no ChannelContract governs, where the policy requires one.
     NoContract,
+    /// A ChannelContract with no Passed ContractDrill within the policy's `spec.drill.requiredWithin`
+    /// (the audit's judgement only: admission does not judge drills).
+    NoRecentDrill {
+        /// The window, as the policy writes it (`720h`).
+        window: String,
+        /// When a drill last passed (RFC 3339), if ever.
+        last_passed: Option<String>,
+    },
+}
+
+/// [`problems`] and, for a ChannelContract whose drills the audit knows ([`Subject::drills`]), whether it
+/// has the proof a policy's `spec.drill.requiredWithin` asks for at `now`. A contract younger than the
+/// window is in its grace period; a contract whose status says nothing of drills and that is older than the
+/// window falls short.
+pub fn audit_problems(spec: &ContractPolicySpec, subject: &Subject, now: k8s_openapi::jiff::Timestamp) -> Vec<Problem> {
+    let mut out = problems(spec, subject);
+    let (Some(requirement), Some(evidence)) = (&spec.drill, subject.drills) else { return out };
+    let Ok(window) = crds::duration::parse(&requirement.required_within) else { return out };
+    let within = |t: k8s_openapi::jiff::Timestamp| now.duration_since(t).as_secs_f64() <= window.as_secs_f64();
+    if evidence.created.is_some_and(within) || evidence.last_passed.is_some_and(within) {
+        return out;
+    }
+    out.push(Problem::NoRecentDrill {
+        window: requirement.required_within.clone(),
+        last_passed: evidence.last_passed.map(|t| t.to_string()),
+    });
+    out
 }
 
 /// The problems of a subject under one policy; empty means it complies.
@@ -143,9 +170,14 @@ pub fn describe(subject: &Subject, problems: &[Problem]) -> String {
                 ));
             }
             Problem::NoContract => what.push("is not governed by a ChannelContract".to_owned()),
+            Problem::NoRecentDrill { window, last_passed } => what.push(format!(
+                "has no ContractDrill that Passed within {window} (last passed: {})",
+                last_passed.as_deref().unwrap_or("never")
+            )),
         }
     }
-    let region_problem = problems.iter().any(|p| !matches!(p, Problem::NoContract));
+    let region_problem =
+        problems.iter().any(|p| matches!(p, Problem::MissingRegions { .. } | Problem::TooFewRegions { .. }));
     if region_problem {
         push_unique(&mut wanted, declared.iter().cloned());
         let min = problems.iter().find_map(|p| match p {
@@ -169,6 +201,12 @@ pub fn describe(subject: &Subject, problems: &[Problem]) -> String {
     if problems.contains(&Problem::NoContract) {
         fixes.push(format!(
             "Create a ChannelContract in namespace {} with spec.service: {}.",
+            subject.namespace, subject.name
+        ));
+    }
+    if problems.iter().any(|p| matches!(p, Problem::NoRecentDrill { .. })) {
+        fixes.push(format!(
+            "Prove it: create a ContractDrill in namespace {} with spec.contract: {} and a fault its failover must absorb (e.g. fault: {{region: <a failover region>, abort: {{httpStatus: 503}}}}), and let it pass.",
             subject.namespace, subject.name
         ));
     }
@@ -324,6 +362,7 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::new(),
             declaration: service_declaration(name, &annotations, contracts),
+            drills: None,
         }
     }
 
@@ -457,6 +496,7 @@ mod tests {
             name: "c".into(),
             labels: BTreeMap::new(),
             declaration: contract_declaration(&["gz".into(), "sz".into()]),
+            drills: None,
         };
         let text = evaluate(&s, &[p], None, &[]).denial().expect("denied");
         assert_eq!(

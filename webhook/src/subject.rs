@@ -71,6 +71,18 @@ pub struct Subject {
     pub labels: BTreeMap<String, String>,
     /// What it declares.
     pub declaration: Declaration,
+    /// For a ChannelContract judged by the audit: its drills ([`DrillEvidence`]). Admission never judges
+    /// drills, and leaves this empty.
+    pub drills: Option<DrillEvidence>,
+}
+
+/// What the audit knows of a ChannelContract's drills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrillEvidence {
+    /// When the contract was created (its grace period starts there).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// When a drill of it last Passed (`status.lastPassedDrillTime`).
+    pub last_passed: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl Subject {
@@ -90,6 +102,7 @@ impl Subject {
             name: name.to_owned(),
             labels,
             declaration: service_declaration(name, annotations, contracts_in_namespace),
+            drills: None,
         }
     }
 
@@ -101,7 +114,14 @@ impl Subject {
             name: name.to_owned(),
             labels,
             declaration: contract_declaration(regions),
+            drills: None,
         }
+    }
+
+    /// The same subject with what the audit knows of its drills.
+    pub fn with_drills(mut self, evidence: DrillEvidence) -> Self {
+        self.drills = Some(evidence);
+        self
     }
 }
 

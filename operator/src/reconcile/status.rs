@@ -191,6 +191,9 @@ pub fn status(
         channel_summary: Some(summary(&channels)),
         channels,
         proxies: observation.xds.as_ref().map(proxy_status),
+        // The drill controller writes these; a reconcile keeps what it finds.
+        last_drill: previous.and_then(|s| s.last_drill.clone()),
+        last_passed_drill_time: previous.and_then(|s| s.last_passed_drill_time.clone()),
     }
 }
 
