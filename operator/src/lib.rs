@@ -4,6 +4,8 @@
 //! (checked by a test, `layering`):
 //! - [`model`]: the vocabulary every stage hands on (a contract's channels' endpoints, proxy options,
 //!   the Envoy resources); [`envoy`]: the typed Envoy messages, their proto3 JSON, bootstraps;
+//! - [`observe`]: what the proxies' access logs say: every contract's SLO as metrics, and a drill's
+//!   switchover and verdict;
 //! - [`translate`]: a contract and its channels' endpoints become Envoy resources ([`desired`]), one
 //!   file per Envoy resource kind;
 //! - [`publish`]: the ConfigMap a contract publishes, and whether the operator may write it;
@@ -13,11 +15,12 @@
 //! - [`runtime`]: `operator run` (controller, admin server, leader election); [`render`]: the offline
 //!   `operator render` command.
 //!
-//! Pure (no client, no clock, no I/O), tested exhaustively: [`translate`], [`model`], [`publish::configmap`],
+//! Pure (no client, no clock, no I/O), tested exhaustively: [`translate`], [`model`], [`observe`], [`publish::configmap`],
 //! [`watch::endpoints`], [`watch::index`], [`reconcile::plan`], [`reconcile::status`].
 
 pub mod envoy;
 pub mod model;
+pub mod observe;
 pub mod publish;
 pub mod reconcile;
 pub mod render;
