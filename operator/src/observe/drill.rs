@@ -240,6 +240,67 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// Whether a fault of a contract can be drilled now, from the contract's spec and status: the fault must
+/// hit some ready endpoint, and traffic must have somewhere to go. A region outage needs every other
+/// region of `spec.failover.regions` to have ready endpoints of the primary (a drill of gz while sz is
+/// empty would prove nothing about sz and could leave hz alone with all the traffic); any other fault
+/// needs a ready endpoint outside it. `Err` says what is missing, for the drill's Aborted condition.
+pub fn readiness(
+    spec: &crds::ChannelContractSpec,
+    status: Option<&crds::ChannelContractStatus>,
+    fault: &crds::Fault,
+) -> Result<(), String> {
+    let channels = crds::resolve_channels(spec);
+    let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+    if let Some(channel) = &fault.channel
+        && !names.contains(&channel.as_str())
+    {
+        return Err(format!(
+            "channel {channel:?} is not a channel of the contract (its channels: {})",
+            names.join(", ")
+        ));
+    }
+    let published = status.map(|s| s.channels.as_slice()).unwrap_or_default();
+    let ready = |channel: &str, region: Option<&str>| {
+        published
+            .iter()
+            .any(|c| c.name == channel && c.endpoints > 0 && region.is_none_or(|r| c.regions.iter().any(|x| x == r)))
+    };
+    let hit = |channel: &str| fault.channel.as_deref().is_none_or(|c| c == channel);
+    let faulted: Vec<&str> = names.iter().copied().filter(|c| hit(c) && ready(c, fault.region.as_deref())).collect();
+    if faulted.is_empty() {
+        return Err(format!(
+            "the fault ({}) hits no ready endpoint of the contract: nothing would fail",
+            fault.summary()
+        ));
+    }
+    let primary = names.first().copied().unwrap_or(crds::DEFAULT_CHANNEL);
+    if let (Some(region), Some(failover)) = (&fault.region, &spec.failover)
+        && hit(primary)
+    {
+        let missing: Vec<&str> =
+            failover.regions.iter().map(String::as_str).filter(|r| *r != region && !ready(primary, Some(r))).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the contract's other failover {} [{}] {} no ready endpoints of channel {primary}: a drill of {region} would leave traffic less room than the contract declares",
+                if missing.len() == 1 { "region" } else { "regions" },
+                missing.join(", "),
+                if missing.len() == 1 { "has" } else { "have" }
+            ));
+        }
+    }
+    let survivor = published.iter().any(|c| {
+        c.endpoints > 0 && (!hit(&c.name) || fault.region.as_ref().is_some_and(|r| c.regions.iter().any(|x| x != r)))
+    });
+    if !survivor {
+        return Err(format!(
+            "every ready endpoint of the contract is under the fault ({}): there is no region or channel to fail over to",
+            fault.summary()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +395,59 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1800)), "1.8s");
         assert_eq!(format_duration(Duration::from_micros(2_410_400)), "2.41s");
         assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use crds::{ChannelContractSpec, ChannelContractStatus, ChannelStatus, Fault};
+
+    use super::readiness;
+
+    fn spec() -> ChannelContractSpec {
+        serde_json::from_value(serde_json::json!({
+            "service": "pv", "port": 8080, "sla": {"maxLatency": "120ms"},
+            "channels": [{"name": "primary"}, {"name": "cache", "service": "cache"}],
+            "failover": {"regions": ["gz", "sz", "hz"]}
+        }))
+        .expect("spec")
+    }
+
+    fn status(primary: &[&str], cache: &[&str]) -> ChannelContractStatus {
+        let ch = |name: &str, regions: &[&str]| ChannelStatus {
+            name: name.into(),
+            endpoints: i32::try_from(regions.len()).unwrap_or(0),
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+        };
+        ChannelContractStatus { channels: vec![ch("primary", primary), ch("cache", cache)], ..Default::default() }
+    }
+
+    fn fault(v: serde_json::Value) -> Fault {
+        serde_json::from_value(v).expect("fault")
+    }
+
+    #[test]
+    fn a_region_drill_needs_the_other_regions_ready() {
+        let gz = fault(serde_json::json!({"region": "gz", "abort": {}}));
+        assert_eq!(readiness(&spec(), Some(&status(&["gz", "sz", "hz"], &["gz"])), &gz), Ok(()));
+        let err = readiness(&spec(), Some(&status(&["gz", "hz"], &["gz"])), &gz).expect_err("sz is empty");
+        assert!(
+            err.starts_with("the contract's other failover region [sz] has no ready endpoints of channel primary"),
+            "{err}"
+        );
+        let err = readiness(&spec(), Some(&status(&["sz", "hz"], &[])), &gz).expect_err("gz has nothing to fail");
+        assert!(err.contains("hits no ready endpoint"), "{err}");
+        assert!(readiness(&spec(), None, &gz).is_err(), "a contract with no status has nothing ready");
+    }
+
+    #[test]
+    fn a_channel_drill_needs_another_channel() {
+        let primary = fault(serde_json::json!({"channel": "primary", "abort": {}}));
+        assert_eq!(readiness(&spec(), Some(&status(&["gz"], &["gz"])), &primary), Ok(()));
+        let err = readiness(&spec(), Some(&status(&["gz"], &[])), &primary).expect_err("no other channel");
+        assert!(err.contains("no region or channel to fail over to"), "{err}");
+        let nope = fault(serde_json::json!({"channel": "static", "abort": {}}));
+        let err = readiness(&spec(), Some(&status(&["gz"], &["gz"])), &nope).expect_err("unknown channel");
+        assert_eq!(err, "channel \"static\" is not a channel of the contract (its channels: primary, cache)");
     }
 }

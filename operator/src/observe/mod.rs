@@ -12,6 +12,7 @@
 
 pub mod drill;
 pub mod slo;
+pub mod trigger;
 
 /// `<namespace>/<name>` of a contract from the name of one of its routes (`csp~<ns>~<name>` for the
 /// default route, `csp~<ns>~<name>~<channel>` for a channel's selector route).
