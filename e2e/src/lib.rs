@@ -324,6 +324,7 @@ pub mod webhook;
 pub mod backend;
 pub mod configmap_volume;
 pub mod netns;
+pub mod observability;
 pub mod proxy;
 pub mod rbac;
 pub mod testbed;

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod check;
+pub mod drills;
 pub mod reports;
 pub mod run;
 pub mod watches;
