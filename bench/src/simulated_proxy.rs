@@ -326,7 +326,7 @@ async fn stream(config: &Config, channel: Channel, reports: &mpsc::UnboundedSend
         .uri(DELTA_ADS)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
-        .body(tonic::body::boxed(http_body_util::StreamBody::new(outbound)))
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(outbound)))
         .map_err(|e| Status::internal(format!("a request: {e}")))?;
     let response = channel.call(request).await.map_err(|e| Status::unavailable(format!("the call failed: {e}")))?;
     if response.status() != http::StatusCode::OK {

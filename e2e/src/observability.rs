@@ -202,12 +202,8 @@ impl Collector {
         });
         let file = dir.join("otelcol.yaml");
         std::fs::write(&file, yaml_serde::to_string(&config).expect("config as YAML")).expect("write the config");
-        let process = Tied::spawn(
-            &tool("otelcol"),
-            &[format!("--config={}", file.display())],
-            &[],
-            &dir.join("otelcol.log"),
-        );
+        let process =
+            Tied::spawn(&tool("otelcol"), &[format!("--config={}", file.display())], &[], &dir.join("otelcol.log"));
         wait_until("the collector's OTLP receiver to listen", Duration::from_secs(60), || {
             std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).ok().map(|_| ())
         });

@@ -429,7 +429,7 @@ fn a_good_contract_is_ready_programmed_and_shows_its_channels_in_kubectl_get() {
     let table = kubectl(&["get", "chc", "pay", "-n", &ns], None).ok();
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "SERVICE", "CHANNELS", "REGIONS", "READY", "PROXIES", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "SERVICE", "CHANNELS", "REGIONS", "READY", "PROXIES", "DRILL", "AGE"], "{table}");
     let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(&row[..5], ["pay", "pay", "primary:2,cache:1", r#"["gz","sz","hz"]"#, "True"], "{table}");
 

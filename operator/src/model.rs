@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crds::{ChannelContract, ChannelStatus};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 
 /// Where the ConfigMap with the files is mounted in the proxy by default; `lds.yaml` names
 /// `<dir>/rds.yaml` as its route source.

@@ -165,7 +165,7 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
     use super::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
     use super::pb::envoy::extensions::transport_sockets::tls::v3::{CertificateValidationContext, TlsCertificate};
     use super::pb::google::protobuf::{Struct, Value, value};
-    use super::upstream_http::{EXTENSION_NAME, HttpProtocolOptions};
+    use super::upstream_http::EXTENSION_NAME;
     use super::upstream_tls::{CommonTlsContext, TRANSPORT_SOCKET, UpstreamTlsContext, ValidationContextType};
 
     let mut metadata = std::collections::HashMap::new();
@@ -214,8 +214,10 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
                     ..Default::default()
                 })),
                 alpn_protocols: vec!["h2".to_owned()],
+                ..CommonTlsContext::default()
             }),
             sni: tls.server_name.clone().unwrap_or_else(|| options.xds_host.clone()),
+            ..UpstreamTlsContext::default()
         };
         TransportSocket {
             name: TRANSPORT_SOCKET.to_owned(),
@@ -229,7 +231,7 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
             if resolved_by_dns { cluster::DiscoveryType::StrictDns } else { cluster::DiscoveryType::Static }.into(),
         )),
         connect_timeout: Some(super::pb::google::protobuf::Duration { seconds: 2, nanos: 0 }),
-        typed_extension_protocol_options: [(EXTENSION_NAME.to_owned(), any(&HttpProtocolOptions::explicit_http2()))]
+        typed_extension_protocol_options: [(EXTENSION_NAME.to_owned(), any(&super::upstream_http::explicit_http2()))]
             .into_iter()
             .collect(),
         load_assignment: Some(ClusterLoadAssignment {

@@ -1,8 +1,8 @@
 //! Typed Envoy messages to the proto3 JSON mapping, the form Envoy reads from YAML and JSON files.
 //!
 //! A message is encoded with prost, decoded as a `prost_reflect::DynamicMessage` against the descriptors
-//! of the xDS API (shipped by `xds-api`, plus [`super::upstream_http`]; for the operator's resources only
-//! the files they need) and serialized by
+//! of the Envoy API ([`super::descriptors`]; for the operator's resources only the files they need) and
+//! serialized by
 //! prost-reflect, which follows the proto3 JSON mapping to the letter:
 //! - `google.protobuf.Any` becomes `{"@type": "type.googleapis.com/…", <the message's fields inline>}`,
 //!   at any depth (resources of a DiscoveryResponse, `typed_config` of filters and cluster types,
@@ -23,7 +23,7 @@ use prost_reflect::prost_types::{FileDescriptorProto, FileDescriptorSet};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
-use super::{upstream_http, upstream_tls};
+use super::descriptors::ENVOY_API;
 
 /// A message could not be turned into JSON. Only a bug in this crate causes it (a message type without a
 /// descriptor), never user input.
@@ -37,10 +37,10 @@ pub struct JsonError {
 }
 
 /// The messages the operator's resources are made of, and those they embed in an `Any`: the descriptor
-/// pool for them holds only their files and those files' imports (73 of the 152 files `xds-api` ships;
-/// the bootstrap and its imports are most of the rest), loaded without their options.
+/// pool for them holds only their files and those files' imports (the bootstrap and its imports are most
+/// of the rest).
 fn resource_roots() -> Vec<String> {
-    use xds_api::pb::envoy;
+    use super::pb::envoy;
     vec![
         envoy::service::discovery::v3::DiscoveryResponse::full_name(),
         envoy::config::cluster::v3::Cluster::full_name(),
@@ -49,16 +49,19 @@ fn resource_roots() -> Vec<String> {
         envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::full_name(),
         envoy::extensions::filters::http::router::v3::Router::full_name(),
         envoy::extensions::clusters::aggregate::v3::ClusterConfig::full_name(),
-        upstream_http::HttpProtocolOptions::full_name(),
+        envoy::extensions::upstreams::http::v3::HttpProtocolOptions::full_name(),
+        envoy::extensions::filters::http::fault::v3::HttpFault::full_name(),
+        envoy::extensions::filters::http::header_mutation::v3::HeaderMutation::full_name(),
+        envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec::full_name(),
+        envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig::full_name(),
+        envoy::config::trace::v3::OpenTelemetryConfig::full_name(),
     ]
 }
 
 /// The descriptors of the files that define `roots` (all files when `None`) and of everything they import.
 fn load_pool(roots: Option<&[String]>) -> Result<DescriptorPool, String> {
-    let set = FileDescriptorSet::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+    let set = FileDescriptorSet::decode(ENVOY_API).map_err(|e| e.to_string())?;
     let mut files = set.file;
-    files.push(upstream_http::file_descriptor());
-    files.push(upstream_tls::file_descriptor());
     if let Some(roots) = roots {
         let defines_root = |f: &FileDescriptorProto| {
             f.message_type.iter().any(|m| roots.contains(&format!("{}.{}", f.package(), m.name())))
@@ -127,17 +130,16 @@ pub fn sorted(value: Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-    use xds_api::pb::envoy::config::cluster::v3::{Cluster, cluster};
-    use xds_api::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
-    use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
-    use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    use crate::envoy::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use crate::envoy::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+    use crate::envoy::pb::envoy::extensions::filters::http::router::v3::Router;
+    use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, HttpFilter, http_filter,
     };
-    use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
+    use crate::envoy::pb::google::protobuf::{Any, Duration, UInt32Value};
+    use serde_json::json;
 
     use super::*;
-    use crate::envoy::upstream_http::HttpProtocolOptions;
 
     fn any<M: prost::Message + prost::Name>(m: &M) -> Any {
         Any { type_url: M::type_url(), value: m.encode_to_vec() }
@@ -178,7 +180,7 @@ mod tests {
             })),
             typed_extension_protocol_options: [(
                 crate::envoy::upstream_http::EXTENSION_NAME.to_owned(),
-                any(&HttpProtocolOptions::explicit_http2()),
+                any(&crate::envoy::upstream_http::explicit_http2()),
             )]
             .into_iter()
             .collect(),
@@ -239,7 +241,7 @@ mod tests {
         }
         assert!(small.get_message_by_name("google.protobuf.Any").is_some());
         let (n, all) = (small.files().len(), full.files().len());
-        assert!(n * 2 < all, "{n} of {all} files");
+        assert!(n < all, "{n} of {all} files");
         assert!(small.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_none());
         assert!(full.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_some());
     }

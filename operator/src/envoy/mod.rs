@@ -28,11 +28,12 @@
 //! `Any` for it is `prost::Message::encode` of these values.
 
 pub mod bootstrap;
+pub mod descriptors;
 pub mod json;
 pub mod upstream_http;
 pub mod upstream_tls;
 
-pub use xds_api::pb;
+pub use envoy_types::pb;
 
 use pb::envoy::config::core::v3::{ApiVersion, ConfigSource, PathConfigSource, WatchedDirectory, config_source};
 use pb::google::protobuf::Any;
@@ -50,7 +51,8 @@ pub fn path_config_source(dir: &str, file: &str) -> ConfigSource {
         resource_api_version: ApiVersion::V3.into(),
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(PathConfigSource {
             path: format!("{}/{file}", dir.trim_end_matches('/')),
-            watched_directory: Some(WatchedDirectory { path: dir.to_owned() }),
+            watched_directory: Some(WatchedDirectory { path: dir.to_owned(), ..WatchedDirectory::default() }),
+            ..PathConfigSource::default()
         })),
         ..ConfigSource::default()
     }

@@ -16,6 +16,7 @@ pub(crate) fn circuit_breakers(cb: &CircuitBreaker, retry: &RetryPolicy) -> Circ
             retry_budget: Some(circuit_breakers::thresholds::RetryBudget {
                 budget_percent: Some(Percent { value: retry.budget_percent.unwrap_or(20.0) }),
                 min_retry_concurrency: None,
+                ..circuit_breakers::thresholds::RetryBudget::default()
             }),
             ..circuit_breakers::Thresholds::default()
         }],
@@ -114,10 +115,9 @@ pub(crate) fn channel_cluster(
         cluster.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred.into();
     }
     if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) {
-        cluster.typed_extension_protocol_options.insert(
-            upstream_http::EXTENSION_NAME.to_owned(),
-            any(&upstream_http::HttpProtocolOptions::explicit_http2()),
-        );
+        cluster
+            .typed_extension_protocol_options
+            .insert(upstream_http::EXTENSION_NAME.to_owned(), any(&upstream_http::explicit_http2()));
     }
     Ok(cluster)
 }

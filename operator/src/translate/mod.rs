@@ -306,7 +306,8 @@ pub(crate) fn from_std(d: Duration) -> Option<protobuf::Duration> {
     if d.as_secs() > MAX_PROTOBUF_SECONDS {
         return None;
     }
-    protobuf::Duration::try_from(d).ok()
+    // Below the limit above, the seconds fit an i64 and the nanoseconds an i32.
+    Some(protobuf::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
 }
 
 pub(crate) fn uint(value: i32) -> Option<UInt32Value> {

@@ -25,7 +25,7 @@ use prost::Message;
 use prost::bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::body::BoxBody;
+use tonic::body::Body as BoxBody;
 use tonic::codegen::http::{HeaderMap, HeaderValue};
 
 /// The gRPC message header: compressed flag and length.
@@ -232,7 +232,7 @@ mod tests {
     fn chunked(bytes: Vec<u8>, size: usize) -> BoxBody {
         let chunks: Vec<Result<Frame<Bytes>, Status>> =
             bytes.chunks(size).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
-        tonic::body::boxed(http_body_util::StreamBody::new(futures::stream::iter(chunks)))
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(chunks)))
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tonic::body::BoxBody;
+use tonic::body::Body as BoxBody;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -117,10 +117,10 @@ pub async fn serve(
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, tls = config.tls.is_some(), "xDS server listening");
     let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
-    let router = Server::builder()
+    let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .add_service(AdsService { ads });
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+    let router = server.add_service(AdsService { ads });
     match acceptor {
         Some(acceptor) => {
             let incoming = tls::incoming(listener, acceptor, cancel.clone());
@@ -185,7 +185,7 @@ impl Service<http::Request<BoxBody>> for AdsService {
             Response::Delta(r) => framing::frame(r),
             Response::Sotw(r) => framing::frame(r),
         });
-        let mut response = http::Response::new(tonic::body::boxed(outbound));
+        let mut response = http::Response::new(tonic::body::Body::new(outbound));
         response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         future::ready(Ok(response))
     }
