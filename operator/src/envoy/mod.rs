@@ -1,31 +1,18 @@
 //! Envoy v3 resources as typed protobuf messages, their proto3 JSON, and the filesystem-xDS files.
 //!
-//! # Which Rust types for Envoy's API, and why `xds-api`
+//! # Which Rust types for Envoy's API
 //!
-//! The resources are built with the prost structs of [`xds_api`] (`xds_api::pb::envoy::…`), re-exported
-//! here as [`pb`]. The alternative, `envoy-types`, has the same kind of prost/tonic structs but no JSON and
-//! no descriptors, so the files of the ConfigMap could only have been written by hand, which is exactly
-//! what typed resources are meant to prevent. `xds-api` ships the file descriptor set of the whole xDS API
-//! (feature `descriptor`), and that is what the JSON is made from.
+//! The resources are built with the prost structs of `envoy-types` (`envoy_types::pb::envoy::…`),
+//! re-exported here as [`pb`]: the whole Envoy API, extensions included (the fault filter, gRPC access
+//! logs, internal listeners, tracers, upstream HTTP filters), with its tonic service bindings. It was
+//! `xds-api` 0.2 before, which compiles only the core xDS files of an older API: every extension a contract
+//! needed had to be written by hand (upstream HTTP/2 and TLS were), and a newer field such as
+//! `CustomTag.value` could not be set at all.
 //!
-//! Its own JSON (feature `pbjson`) is *not* used, after checking it against what Envoy reads:
-//! - an `Any` is inlined (`{"@type": …, fields}`) only for nine top-level types (Cluster, Listener,
-//!   HttpConnectionManager, …); any other `Any`, such as the router filter's `typed_config`, the aggregate
-//!   cluster's `ClusterConfig` or `HttpProtocolOptions`, comes out as `{"@type": …, "value": [bytes]}`,
-//!   which Envoy refuses;
-//! - it compiles `google.protobuf` itself, so durations and wrappers come out as objects
-//!   (`{"seconds": "5"}`, `{"value": 1024}`) instead of `"5s"` and `1024`: Envoy 1.40 happens to accept
-//!   that, but it is not the proto3 JSON mapping and it is hard to read.
-//!
-//! So [`json`] encodes each typed message with prost and prints it through `prost-reflect` against those
-//! descriptors: canonical proto3 JSON, `Any` inlined at every depth (tested there and by real Envoy).
-//!
-//! `xds-api` 0.2 lacks one message the contract needs, `envoy.extensions.upstreams.http.v3
-//! .HttpProtocolOptions` (upstream HTTP/2); [`upstream_http`] defines the subset we use with Envoy's field
-//! numbers, and its descriptor.
-//!
-//! The same structs serve a future xDS server: `xds-api` also has the tonic ADS service bindings, and an
-//! `Any` for it is `prost::Message::encode` of these values.
+//! `envoy-types` has no descriptors and no JSON. The proto3 JSON of the ConfigMap's files and of `render`
+//! is printed by [`json`] through `prost-reflect`, against descriptors compiled from `envoy-types`' own
+//! `.proto` files ([`descriptors`]): canonical proto3 JSON, `Any` inlined at every depth (tested there and
+//! by real Envoy).
 
 pub mod bootstrap;
 pub mod descriptors;
