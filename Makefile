@@ -8,7 +8,7 @@ export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-tools: ## build the test tools into e2e/.bin (control plane, node, helm, envoy) and the node's pause and Envoy images
+tools: ## build the test tools into e2e/.bin (control plane, node, helm, otelcol, prometheus/promtool, envoy) and the node's pause and Envoy images
 	@bash e2e/tools/build.sh
 	@bash e2e/images.sh pause
 	@bash e2e/images.sh envoy
