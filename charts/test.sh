@@ -4,13 +4,17 @@
 #   2. values.schema.json refuses wrong values (unknown keys, bad enums) and the templates refuse bad
 #      combinations
 #   3. golden tests: `helm template` with the default values, ci/non-default-values.yaml,
-#      ci/local-values.yaml, ci/gateway-values.yaml and operator.publish={configmap} equals
-#      tests/golden/*.yaml (UPDATE_GOLDEN=1 rewrites the goldens; Helm-generated certificates are masked)
-#   4. the chart's crds/ are byte-identical to crds/manifests/, and appVersion is the workspace version
-#   5. the gateway fleet's Envoy bootstrap passes `envoy --mode validate` (with throwaway certificates at its
+#      ci/local-values.yaml, ci/gateway-values.yaml, ci/metrics-values.yaml and operator.publish={configmap}
+#      equals tests/golden/*.yaml (UPDATE_GOLDEN=1 rewrites the goldens; Helm-generated certificates are masked)
+#   4. monitoring: the PrometheusRule's rules, as rendered, pass `promtool check rules` and the promtool unit
+#      tests tests/prometheus/rules.test.yaml; the Grafana dashboard reads only those recording rules and the
+#      metrics the binaries, the proxies and the API server export (tests/check_dashboard.py); and both tests
+#      fail on a broken rule or a typo in the dashboard ($CSP_PROMTOOL, else e2e/.bin/promtool)
+#   5. the chart's crds/ are byte-identical to crds/manifests/, and appVersion is the workspace version
+#   6. the gateway fleet's Envoy bootstrap passes `envoy --mode validate` (with throwaway certificates at its
 #      paths), and is key for key what `operator bootstrap` prints, apart from the chart's readiness
 #      listener (when an operator binary is at hand: $CSP_OPERATOR_BIN, else target/{debug,release}/)
-#   6. with --server: the rendered objects pass `kubectl apply --dry-run=server` on the local control plane
+#   7. with --server: the rendered objects pass `kubectl apply --dry-run=server` on the local control plane
 #      (start it first: `make cluster-up`; nothing is created)
 #
 # Usage: bash charts/test.sh [--server] [--kubeconfig PATH]
@@ -29,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --server) SERVER=1 ;;
     --kubeconfig) KUBECONFIG_PATH="$2"; shift ;;
     --kubeconfig=*) KUBECONFIG_PATH="${1#*=}" ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "charts/test.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -41,7 +45,8 @@ pass() { say "ok   $1"; }
 fail() { say "FAIL $1"; FAILED+=("$1"); }
 
 ENVOY="$ROOT/e2e/.bin/envoy"
-for tool in "$HELM" "$KUBECTL" "$ENVOY"; do
+PROMTOOL="${CSP_PROMTOOL:-$ROOT/e2e/.bin/promtool}"
+for tool in "$HELM" "$KUBECTL" "$ENVOY" "$PROMTOOL"; do
   [[ -x "$tool" ]] || { echo "charts/test.sh: $tool is missing: run \`make tools\` first" >&2; exit 2; }
 done
 
@@ -104,6 +109,8 @@ refuses "proxy.enabled needs the operator's xDS server" --set proxy.enabled=true
 refuses "give proxy.xdsClientSecret" --set proxy.enabled=true --set operator.xds.tls.mode=existingSecret \
   --set operator.xds.tls.existingSecret=xds-tls --set operator.xds.tls.requireClientCert=true
 refuses "which is proxy.readiness.port" --set proxy.enabled=true --set 'proxy.ports={8080,19001}'
+refuses "additional properties 'enable' not allowed" --set metrics.prometheusRule.enable=true
+refuses "invalid propertyName 'severity'" --set metrics.prometheusRule.alertLabels.severity=page
 
 # 3. golden tests. Helm-generated xDS certificates (operator.xds.tls.mode=helm) differ at every render: their
 # data, expiry annotations and the pods' checksums of them are compared as <generated>.
@@ -133,9 +140,107 @@ golden default
 golden non-default -f "$CHART/ci/non-default-values.yaml"
 golden local -f "$CHART/ci/local-values.yaml"
 golden gateway -f "$CHART/ci/gateway-values.yaml"
+golden metrics -f "$CHART/ci/metrics-values.yaml"
 golden configmap-only --set 'operator.publish={configmap}'
 
-# 4. the chart's CRDs are crds/manifests, byte for byte; appVersion is the workspace version
+# 4. monitoring. The rules are tested as the chart renders them (release csp in csp-system: the names the tests
+# expect), taken out of the PrometheusRule into the file that tests/prometheus/rules.test.yaml loads.
+PROM="$TMP/prometheus"
+mkdir -p "$PROM"
+rules_of() { # rules_of <out> [helm args...]: the rule groups (.spec) of the rendered PrometheusRule
+  local out="$1"; shift
+  render "$out.chart" --set metrics.prometheusRule.enabled=true --show-only templates/prometheusrule.yaml "$@" \
+    || { cat "$out.chart.err"; return 1; }
+  python3 - "$out.chart" "$out" <<'PY'
+import sys, yaml
+class Dumper(yaml.SafeDumper):
+    pass
+# Multi-line expressions and descriptions as block scalars, as written.
+Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+if len(rules) != 1 or not rules[0].get("spec", {}).get("groups"):
+    sys.exit(f"expected one PrometheusRule with groups, got {len(rules)}")
+yaml.dump(rules[0]["spec"], open(sys.argv[2], "w"), Dumper=Dumper, sort_keys=False, width=1000)
+PY
+}
+prom_check() { # prom_check <name> [helm args...]: promtool check rules on the rendered rules
+  local name="$1"; shift
+  local rules="$PROM/check-$name.yaml"
+  if ! rules_of "$rules" "$@"; then
+    fail "promtool check rules ($name: no rules rendered)"
+  elif "$PROMTOOL" check rules "$rules" >"$rules.out" 2>&1; then
+    pass "promtool check rules ($name: $(sed -n 's/.*SUCCESS: \([0-9]*\) rules found.*/\1/p' "$rules.out") rules)"
+  else
+    cat "$rules.out"; fail "promtool check rules ($name)"
+  fi
+}
+prom_check default
+prom_check metrics -f "$CHART/ci/metrics-values.yaml"
+prom_check local -f "$CHART/ci/local-values.yaml"
+# Without a webhook in the cluster (webhook.external.url) there is no scrape target to be down.
+if [[ ! -s "$PROM/check-local.yaml" ]] || grep -q 'alert: CSPWebhookDown' "$PROM/check-local.yaml"; then
+  fail "no CSPWebhookDown with webhook.external.url"
+else
+  pass "no CSPWebhookDown with webhook.external.url"
+fi
+
+RULES="$PROM/rendered-rules.yaml"
+cp "$CHART/tests/prometheus/rules.test.yaml" "$PROM/rules.test.yaml"
+if ! rules_of "$RULES"; then
+  fail "promtool test rules (no rules rendered)"
+else
+  if "$PROMTOOL" test rules "$PROM/rules.test.yaml" >"$PROM/test.out" 2>&1; then
+    pass "promtool test rules: $(grep -c '^  - name:' "$PROM/rules.test.yaml") test groups of tests/prometheus/rules.test.yaml"
+  else
+    cat "$PROM/test.out"; fail "promtool test rules (tests/prometheus/rules.test.yaml)"
+  fi
+  # The tests catch a broken rule: with the default objective 0.98 instead of 0.99 they must fail.
+  cp "$RULES" "$PROM/intact-rules.yaml"
+  sed -i 's/+ 0\.01$/+ 0.02/' "$RULES"
+  if cmp -s "$RULES" "$PROM/intact-rules.yaml"; then
+    fail "promtool test rules fails on a broken rule (no default objective \"+ 0.01\" in the rules to break)"
+  elif "$PROMTOOL" test rules "$PROM/rules.test.yaml" >"$PROM/broken.out" 2>&1; then
+    fail "promtool test rules fails on a broken rule (the tests passed with the default objective 0.98)"
+  else
+    pass "promtool test rules fails on a broken rule"
+  fi
+  cp "$PROM/intact-rules.yaml" "$RULES"
+fi
+
+# The dashboard: every expression reads recording rules of the rendered rules or known metrics (and parses:
+# promtool checks them as recording rules), every panel has one, every variable used is defined; a typo in a
+# rule name must fail the check.
+DASHBOARD="$CHART/files/dashboards/channel-contracts.json"
+if ! python3 "$CHART/tests/check_dashboard.py" "$DASHBOARD" "$RULES" "$PROM/dashboard-exprs.yaml" >"$PROM/dashboard.out" 2>&1; then
+  cat "$PROM/dashboard.out"; fail "dashboard check (files/dashboards/channel-contracts.json)"
+elif ! "$PROMTOOL" check rules "$PROM/dashboard-exprs.yaml" >"$PROM/dashboard-exprs.out" 2>&1; then
+  cat "$PROM/dashboard-exprs.out"; fail "dashboard check (files/dashboards/channel-contracts.json: PromQL that does not parse)"
+else
+  pass "dashboard check: $(sed "s/^ *//" "$PROM/dashboard.out")"
+fi
+sed 's/csp:contract_failovers:increase5m/csp:contract_failover:increase5m/g' "$DASHBOARD" >"$PROM/typo.json"
+if cmp -s "$DASHBOARD" "$PROM/typo.json"; then
+  fail "dashboard check fails on a typo (the dashboard has no csp:contract_failovers:increase5m to misspell)"
+elif python3 "$CHART/tests/check_dashboard.py" "$PROM/typo.json" "$RULES" >"$PROM/typo.out" 2>&1; then
+  fail "dashboard check fails on a typo (it passed csp:contract_failover:increase5m)"
+else
+  pass "dashboard check fails on a typo"
+fi
+# The ConfigMap holds the file's JSON, unchanged.
+if render "$PROM/dashboard.chart" --set metrics.grafanaDashboard.enabled=true --show-only templates/grafana-dashboard.yaml \
+  && python3 - "$PROM/dashboard.chart" "$DASHBOARD" <<'PY'
+import json, sys, yaml
+cm = yaml.safe_load(open(sys.argv[1]))
+assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", cm["metadata"]["labels"]
+assert json.loads(cm["data"]["channel-contracts.json"]) == json.load(open(sys.argv[2])), "the JSON differs"
+PY
+then
+  pass "dashboard ConfigMap holds files/dashboards/channel-contracts.json"
+else
+  cat "$PROM/dashboard.chart.err" 2>/dev/null; fail "dashboard ConfigMap holds files/dashboards/channel-contracts.json"
+fi
+
+# 5. the chart's CRDs are crds/manifests, byte for byte; appVersion is the workspace version
 crds_same=1
 for f in "$ROOT"/crds/manifests/*.yaml; do
   if ! cmp -s "$f" "$CHART/crds/$(basename "$f")"; then
@@ -158,7 +263,7 @@ else
   fail "appVersion \"$app_version\" != workspace version \"$workspace_version\" (Cargo.toml [workspace.package])"
 fi
 
-# 5. the gateway's bootstrap: Envoy accepts it, and it is what `operator bootstrap` prints
+# 6. the gateway's bootstrap: Envoy accepts it, and it is what `operator bootstrap` prints
 BOOTSTRAP_PKI="$TMP/pki"
 mkdir -p "$BOOTSTRAP_PKI/xds" "$BOOTSTRAP_PKI/xds-client"
 # Throwaway certificate and key at the paths the bootstrap names (Envoy loads them while validating).
@@ -238,7 +343,7 @@ gateway_bootstrap mtls-sotw-namespaces \
   --namespaces payments,orders -- \
   --set operator.xds.tls.requireClientCert=true --set proxy.sotw=true --set 'proxy.namespaces={payments,orders}'
 
-# 6. the API server accepts what the chart renders (server-side dry run: validation and admission, nothing
+# 7. the API server accepts what the chart renders (server-side dry run: validation and admission, nothing
 # stored). Rendered into the namespace `default`, which always exists, so that no namespace is created.
 # cert-manager and Prometheus Operator kinds are left out: their CRDs are not on the local control plane.
 # So is the `helm test` hook (--skip-tests): its Pod names a ServiceAccount that only the hook itself creates,

@@ -52,6 +52,11 @@ valid Service names (DNS labels, at most 63).
 {{- include "channel-contracts.fullname" . }}
 {{- end }}
 
+{{/* The webhook's name in the ValidatingWebhookConfiguration (the API server's metrics label it `name`). */}}
+{{- define "channel-contracts.webhook.webhookName" -}}
+validate.csp.contracts.dev
+{{- end }}
+
 {{/* The DNS names of the webhook Service, as the serving certificate must cover them. */}}
 {{- define "channel-contracts.webhook.dnsNames" -}}
 {{- $svc := include "channel-contracts.webhook.name" . }}
@@ -182,7 +187,7 @@ nothing under `helm template` and `--dry-run`, hence an empty caBundle there.
 {{- else }}
 {{- $live := lookup "admissionregistration.k8s.io/v1" "ValidatingWebhookConfiguration" "" (include "channel-contracts.webhook.configName" .) }}
 {{- range (dig "webhooks" list ($live | default dict)) }}
-{{- if eq (get . "name") "validate.csp.contracts.dev" }}
+{{- if eq (get . "name") (include "channel-contracts.webhook.webhookName" $) }}
 {{- dig "clientConfig" "caBundle" "" . }}
 {{- end }}
 {{- end }}
@@ -390,4 +395,15 @@ it records (annotation csp.contracts.dev/not-after), issued by another CA, or (a
 {{- $_ := set .Release "cspXdsIssued" $issued }}
 {{- end }}
 {{- get .Release "cspXdsIssued" | toJson }}
+{{- end }}
+
+{{/*
+The labels of one alert of the PrometheusRule: its severity and metrics.prometheusRule.alertLabels
+(the schema keeps `severity` out of those): (dict "ctx" $ "severity" "warning").
+*/}}
+{{- define "channel-contracts.prometheusRule.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .ctx.Values.metrics.prometheusRule.alertLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
