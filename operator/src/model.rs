@@ -104,6 +104,8 @@ pub struct XdsContract {
     pub clusters: Vec<Cluster>,
     /// The routes.
     pub route_configuration: RouteConfiguration,
+    /// During a drill: the route configuration of the fault listener for the drill's requests.
+    pub fault_routes: Vec<RouteConfiguration>,
     /// The scopes that send the gateway listener's requests for the contract's Service to its routes.
     pub scopes: Vec<ScopedRouteConfiguration>,
     /// The port of the gateway listener the contract is served on (`spec.port`).
@@ -136,3 +138,35 @@ impl std::fmt::Display for ContractKey {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
+
+/// A ContractDrill's fault while it is in force: what the xDS translation puts into the contract's
+/// resources for the proxies (see `translate::fault`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveFault {
+    /// The drill run (`<namespace>/<drill>/<run>`): the value of the `x-csp-drill` header the contract's
+    /// routes add, which makes the proxies log every try of those requests.
+    pub run: String,
+    /// What fails.
+    pub fault: crds::Fault,
+}
+
+impl ActiveFault {
+    /// Whether an endpoint of `channel` in `region` is under the fault: `region` alone fails every
+    /// channel's endpoints there, `channel` alone all of that channel's, both only their intersection.
+    pub fn hits(&self, channel: &str, region: Option<&str>) -> bool {
+        let channel_hit = self.fault.channel.as_deref().is_none_or(|c| c == channel);
+        let region_hit = self.fault.region.as_deref().is_none_or(|r| Some(r) == region);
+        channel_hit && region_hit
+    }
+
+    /// A short, stable suffix for the configuration version of a contract under this fault.
+    pub fn version_suffix(&self) -> String {
+        let text = format!("{}|{}", self.run, serde_json::to_string(&self.fault).unwrap_or_default());
+        let hash = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        format!("+drill.{hash:016x}")
+    }
+}
+
+/// The faults in force, by contract: kept by the drill controller of every replica (from the
+/// ContractDrills it watches and the time), read by the reconciler when it publishes over xDS.
+pub type Faults = std::sync::Arc<std::sync::RwLock<BTreeMap<ContractKey, ActiveFault>>>;

@@ -114,12 +114,62 @@ pub(crate) fn channel_cluster(
     if dns {
         cluster.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred.into();
     }
-    if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) {
-        cluster
-            .typed_extension_protocol_options
-            .insert(upstream_http::EXTENSION_NAME.to_owned(), any(&upstream_http::explicit_http2()));
-    }
+    cluster
+        .typed_extension_protocol_options
+        .insert(upstream_http::EXTENSION_NAME.to_owned(), any(&protocol_options(spec)));
     Ok(cluster)
+}
+
+/// The request header set on every request to a channel's backend: the name of the channel that serves
+/// it, so that a backend reached on a degraded path knows it (and may relax its checks).
+pub const CHANNEL_PRIORITY_HEADER: &str = "x-channel-priority";
+
+/// The upstream protocol of every cluster of a contract (HTTP/1.1, or HTTP/2 for HTTP2 and GRPC), and
+/// the upstream HTTP filters every try passes through: `x-channel-priority: <channel>` set from the
+/// metadata of the endpoint the try goes to ([`super::endpoint::endpoint_metadata`]), then the codec.
+///
+/// The filters are on the aggregate cluster as well as on the channels': a request routed to the
+/// aggregate runs the aggregate's upstream filters (verified with Envoy 1.40), whichever channel's
+/// endpoint takes the try, so that the header names the channel that really serves it, after a failover
+/// too, and whatever the client sent.
+pub(crate) fn protocol_options(spec: &ChannelContractSpec) -> upstream_http::HttpProtocolOptions {
+    use crate::envoy::pb::envoy::config::common::mutation_rules::v3::{
+        HeaderMutation as Mutation, header_mutation::Action,
+    };
+    use crate::envoy::pb::envoy::extensions::filters::http::header_mutation::v3::{HeaderMutation, Mutations};
+    use crate::envoy::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
+    let mut options = if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) {
+        upstream_http::explicit_http2()
+    } else {
+        upstream_http::explicit_http1()
+    };
+    let header = HeaderMutation {
+        mutations: Some(Mutations {
+            request_mutations: vec![Mutation {
+                action: Some(Action::Append(HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: CHANNEL_PRIORITY_HEADER.to_owned(),
+                        value: format!("%UPSTREAM_METADATA({}:channel)%", super::endpoint::METADATA_NAMESPACE),
+                        ..HeaderValue::default()
+                    }),
+                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+                    ..HeaderValueOption::default()
+                })),
+            }],
+            ..Mutations::default()
+        }),
+        ..HeaderMutation::default()
+    };
+    let filter = |name: &str, config: protobuf::Any| HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..HttpFilter::default()
+    };
+    options.http_filters = vec![
+        filter("envoy.filters.http.header_mutation", any(&header)),
+        filter("envoy.filters.http.upstream_codec", any(&UpstreamCodec::default())),
+    ];
+    options
 }
 
 /// The load-balancing settings every cluster of a contract shares:
@@ -157,6 +207,10 @@ pub(crate) fn aggregate_cluster(spec: &ChannelContractSpec, name: &str, chain: V
         lb_policy: cluster::LbPolicy::ClusterProvided.into(),
         circuit_breakers: Some(circuit_breakers(&spec.circuit_breaker, &spec.retry)),
         common_lb_config: Some(common_lb_config()),
+        typed_extension_protocol_options: std::collections::HashMap::from([(
+            upstream_http::EXTENSION_NAME.to_owned(),
+            any(&protocol_options(spec)),
+        )]),
         ..Cluster::default()
     }
 }

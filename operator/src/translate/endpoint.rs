@@ -66,6 +66,26 @@ pub(crate) fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// Who an endpoint serves, as its metadata and locality say it to the proxy (see [`endpoint_metadata`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Serving<'a> {
+    /// The channel.
+    pub(crate) channel: &'a str,
+    /// Whether the channel is a fallback (not the contract's first).
+    pub(crate) fallback: bool,
+    /// A drill's fault in force, if any.
+    pub(crate) fault: Option<&'a ActiveFault>,
+}
+
+impl Serving<'_> {
+    fn faulted(&self, region: Option<&str>) -> bool {
+        self.fault.is_some_and(|f| f.hits(self.channel, region))
+    }
+}
+
+/// The metadata namespace of an endpoint's `filter_metadata` that says who it serves.
+pub const METADATA_NAMESPACE: &str = "csp";
+
 /// A channel's endpoints grouped by locality (region), one priority per region in `region_order`, compacted
 /// so that priorities stay contiguous (a declared region with no endpoint takes no level); the endpoints
 /// of regions not in the order, and those without a region, share the level after them.
@@ -73,10 +93,18 @@ pub(crate) fn is_dns_name(s: &str) -> bool {
 /// `policy.overprovisioning_factor` is written out (see [`OVERPROVISIONING_FACTOR`]). Endpoints carry no
 /// health status (UNKNOWN, which counts as healthy): health comes from outlier detection, and only ready
 /// endpoints are here at all.
+///
+/// Each locality's `zone` is `<channel>~<region>~<fallback>`: a proxy whose node has a zone counts its
+/// responses per upstream zone (`cluster.<aggregate>.zone.<proxy zone>.<zone>.upstream_rq_*`), which the
+/// bootstrap's tag extractors turn into the labels `csp_channel`, `csp_region` and `csp_fallback` of the
+/// proxies' own metrics. Each endpoint carries its channel, region and fallback in its metadata
+/// ([`endpoint_metadata`]); an endpoint under a drill's fault is reached through the fault's internal
+/// listener instead of its address ([`super::fault`]).
 pub(crate) fn load_assignment(
     cluster_name: &str,
     endpoints: &[Published],
     region_order: &[String],
+    serving: Serving<'_>,
 ) -> ClusterLoadAssignment {
     let rank = |region: &Option<String>| {
         region.as_ref().and_then(|r| region_order.iter().position(|o| o == r)).unwrap_or(region_order.len())
@@ -91,8 +119,15 @@ pub(crate) fn load_assignment(
     let localities = groups
         .into_iter()
         .map(|((rank, _, region), members)| LocalityLbEndpoints {
-            locality: region.map(|region| Locality { region, ..Locality::default() }),
-            lb_endpoints: members.into_iter().map(lb_endpoint).collect(),
+            locality: Some(Locality {
+                zone: format!("{}~{}~{}", serving.channel, region.as_deref().unwrap_or_default(), serving.fallback),
+                region: region.clone().unwrap_or_default(),
+                ..Locality::default()
+            }),
+            lb_endpoints: members
+                .into_iter()
+                .map(|e| lb_endpoint(e, serving, serving.faulted(region.as_deref())))
+                .collect(),
             priority: u32::try_from(priorities.iter().position(|p| *p == rank).unwrap_or(0)).unwrap_or(u32::MAX),
             ..LocalityLbEndpoints::default()
         })
@@ -108,14 +143,40 @@ pub(crate) fn load_assignment(
     }
 }
 
-pub(crate) fn lb_endpoint(e: &Published) -> LbEndpoint {
+/// `filter_metadata.csp` of an endpoint: `channel`, `region` (when it has one), `fallback` (the channel's
+/// name, for a fallback channel's endpoint only) and `faulted: "true"` under a drill's fault. The
+/// proxies read it back per request: the `x-channel-priority` header to the backend, the span's
+/// attributes, the access logs' tags.
+pub(crate) fn endpoint_metadata(serving: Serving<'_>, region: Option<&str>, faulted: bool) -> core::Metadata {
+    use crate::envoy::pb::google::protobuf::{Struct, Value, value};
+    let text = |s: &str| Value { kind: Some(value::Kind::StringValue(s.to_owned())) };
+    let mut fields = std::collections::HashMap::from([("channel".to_owned(), text(serving.channel))]);
+    if let Some(region) = region {
+        fields.insert("region".to_owned(), text(region));
+    }
+    if serving.fallback {
+        fields.insert("fallback".to_owned(), text(serving.channel));
+    }
+    if faulted {
+        fields.insert("faulted".to_owned(), text("true"));
+    }
+    core::Metadata {
+        filter_metadata: std::collections::HashMap::from([(METADATA_NAMESPACE.to_owned(), Struct { fields })]),
+        ..core::Metadata::default()
+    }
+}
+
+pub(crate) fn lb_endpoint(e: &Published, serving: Serving<'_>, faulted: bool) -> LbEndpoint {
+    let address = if faulted {
+        super::fault::internal_address(&e.address, e.port)
+    } else {
+        socket_address(&e.address, u32::from(e.port))
+    };
     LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-            crate::envoy::pb::envoy::config::endpoint::v3::Endpoint {
-                address: Some(socket_address(&e.address, u32::from(e.port))),
-                ..Default::default()
-            },
+            crate::envoy::pb::envoy::config::endpoint::v3::Endpoint { address: Some(address), ..Default::default() },
         )),
+        metadata: Some(endpoint_metadata(serving, e.region.as_deref(), faulted)),
         ..LbEndpoint::default()
     }
 }
@@ -133,7 +194,7 @@ pub(crate) fn socket_address(address: &str, port: u32) -> core::Address {
 pub(crate) fn channel_status(name: &str, assignment: &ClusterLoadAssignment, endpoints: usize) -> ChannelStatus {
     let mut regions: Vec<String> = Vec::new();
     for region in assignment.endpoints.iter().filter_map(|l| l.locality.as_ref()).map(|l| &l.region) {
-        if !regions.contains(region) {
+        if !region.is_empty() && !regions.contains(region) {
             regions.push(region.clone());
         }
     }

@@ -49,6 +49,11 @@ fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_ma
 /// HTTP connection manager whose routes come from the scope that matches the request's authority
 /// ([`scope`](super::scope)), scopes and route configurations both over ADS.
 pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
+    http_listener(format!("csp~port~{port}"), address, port, scoped_routes_by_header(":authority"))
+}
+
+/// Routes from the scope (over ADS) whose key is the value of request header `header`.
+fn scoped_routes_by_header(header: &str) -> http_connection_manager::RouteSpecifier {
     use crate::envoy::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource, config_source};
     use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         ScopedRds, ScopedRoutes, scoped_routes,
@@ -59,22 +64,58 @@ pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
         ..ConfigSource::default()
     };
-    let authority = FragmentBuilder {
+    let key = FragmentBuilder {
         r#type: Some(fragment_builder::Type::HeaderValueExtractor(fragment_builder::HeaderValueExtractor {
-            name: ":authority".to_owned(),
-            // The whole value: an authority has no commas.
+            name: header.to_owned(),
+            // The whole value: neither an authority nor a drill run has commas.
             element_separator: ",".to_owned(),
             extract_type: Some(fragment_builder::header_value_extractor::ExtractType::Index(0)),
         })),
     };
-    let routes = http_connection_manager::RouteSpecifier::ScopedRoutes(ScopedRoutes {
+    http_connection_manager::RouteSpecifier::ScopedRoutes(ScopedRoutes {
         name: super::scope::SCOPED_ROUTES.to_owned(),
-        scope_key_builder: Some(scoped_routes::ScopeKeyBuilder { fragments: vec![authority] }),
+        scope_key_builder: Some(scoped_routes::ScopeKeyBuilder { fragments: vec![key] }),
         rds_config_source: Some(ads()),
         config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
             scoped_rds_config_source: Some(ads()),
             ..ScopedRds::default()
         })),
-    });
-    http_listener(format!("csp~port~{port}"), address, port, routes)
+    })
+}
+
+/// The proxy's internal listener that the endpoints under a drill's fault are reached through
+/// ([`super::fault`]): an HTTP connection manager with Envoy's fault filter (configured per route, by
+/// each drill's fault route configuration) and the router, whose routes come from the scope keyed by the
+/// request's `x-csp-drill` header. It shares the gateway listeners' scoped routes: the keys cannot meet
+/// (an authority is never a drill run, which has slashes).
+pub fn fault_listener() -> Listener {
+    use crate::envoy::pb::envoy::config::listener::v3::listener::{InternalListenerConfig, ListenerSpecifier};
+    use crate::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    let mut listener = http_listener(
+        super::fault::FAULT_LISTENER.to_owned(),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        0,
+        scoped_routes_by_header(super::fault::DRILL_HEADER),
+    );
+    listener.address = None;
+    listener.listener_specifier = Some(ListenerSpecifier::InternalListener(InternalListenerConfig::default()));
+    for chain in &mut listener.filter_chains {
+        for filter in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(config)) = &filter.config_type else { continue };
+            let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(config.value.as_slice()) else {
+                continue;
+            };
+            hcm.tracing = None;
+            hcm.http_filters.insert(
+                0,
+                HttpFilter {
+                    name: super::fault::FAULT_FILTER.to_owned(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpFault::default()))),
+                    ..HttpFilter::default()
+                },
+            );
+            filter.config_type = Some(filter::ConfigType::TypedConfig(any(&hcm)));
+        }
+    }
+    listener
 }

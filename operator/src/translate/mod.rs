@@ -18,6 +18,7 @@
 
 mod cluster;
 mod endpoint;
+pub mod fault;
 mod listener;
 mod route;
 mod scope;
@@ -59,15 +60,16 @@ use crate::envoy::pb::envoy::r#type::v3::Percent;
 use crate::envoy::pb::google::protobuf::{self as protobuf, UInt32Value};
 use crate::envoy::{any, path_config_source, upstream_http};
 
-use crate::model::{ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions, XdsContract};
+use crate::model::{ActiveFault, ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions, XdsContract};
 
 use self::cluster::*;
 use self::endpoint::*;
 use self::listener::*;
 use self::route::*;
 
-pub use self::endpoint::OVERPROVISIONING_FACTOR;
-pub use self::listener::gateway_listener;
+pub use self::cluster::CHANNEL_PRIORITY_HEADER;
+pub use self::endpoint::{METADATA_NAMESPACE, OVERPROVISIONING_FACTOR};
+pub use self::listener::{fault_listener, gateway_listener};
 pub use self::scope::{SCOPED_ROUTES, hosts};
 
 /// The request header that sends a request straight to the channel with that selector.
@@ -79,8 +81,17 @@ pub const CONTRACT_HEADER: &str = "x-csp-contract";
 /// The tracing tag with the contract (`<namespace>/<name>`).
 pub const CONTRACT_TAG: &str = "csp.contract";
 
-/// The tracing tag with the channel (the default route's value is the chain, e.g. `primary>cache`).
+/// The tracing tag with the channel that served the request.
 pub const CHANNEL_TAG: &str = "csp.channel";
+
+/// The tracing tag with the region of the endpoint that served the request.
+pub const REGION_TAG: &str = "csp.region";
+
+/// The tracing tag with the fallback channel that served the request (`false` for the primary).
+pub const FALLBACK_TAG: &str = "csp.fallback.used";
+
+/// The tracing tag that says whether the request breached the SLA.
+pub const SLA_BREACHED_TAG: &str = "csp.sla.breached";
 
 /// Why a contract could not be translated.
 #[derive(Debug, thiserror::Error)]
@@ -218,8 +229,8 @@ pub fn translate(
     options: &ProxyOptions,
 ) -> Result<EnvoyResources, TranslateError> {
     let names = Names { namespace: contract.namespace, name: contract.name };
-    let Parts { clusters, channels: statuses, route_configuration } =
-        parts(contract, endpoints, options.local_region.as_deref())?;
+    let Parts { clusters, channels: statuses, route_configuration, .. } =
+        parts(contract, endpoints, options.local_region.as_deref(), None)?;
     let listener = listener(contract.spec, &names, options);
     let (files, config_version) = files(&names, &clusters, &route_configuration, &listener)?;
     Ok(EnvoyResources { clusters, route_configuration, listener, channels: statuses, files, config_version })
@@ -229,16 +240,28 @@ pub fn translate(
 /// clusters (the primary's regions with `local_region` first), its route configuration, and the scopes
 /// that send a gateway listener's requests for the contract's Service to those routes ([`scope`]). The
 /// listener is not the contract's own: every contract on a port shares [`gateway_listener`].
+///
+/// With a drill's `fault` (for a proxy that has the fault listener, [`fault`]), the endpoints under it are
+/// reached through [`fault_listener`], and the contract has the fault's cluster, route configuration and
+/// scope too.
 pub fn xds(
     contract: &ValidContract<'_>,
     endpoints: &ChannelEndpoints,
     local_region: Option<&str>,
+    fault: Option<&ActiveFault>,
 ) -> Result<XdsContract, TranslateError> {
     let names = Names { namespace: contract.namespace, name: contract.name };
-    let Parts { clusters, route_configuration, .. } = parts(contract, endpoints, local_region)?;
+    let Parts { clusters, route_configuration, faulted, .. } = parts(contract, endpoints, local_region, fault)?;
     let port = u16::try_from(contract.spec.port).unwrap_or_default();
-    let scopes = scope::scopes(&names, &contract.spec.service, port);
-    Ok(XdsContract { clusters, route_configuration, scopes, port })
+    let mut scopes = scope::scopes(&names, &contract.spec.service, port);
+    let mut clusters = clusters;
+    let mut fault_routes = Vec::new();
+    if let Some(fault) = fault {
+        clusters.push(self::fault::passthrough_cluster(contract.spec, &names, &faulted));
+        fault_routes.push(self::fault::route_configuration(&names, fault)?);
+        scopes.push(self::fault::scope(&names, fault));
+    }
+    Ok(XdsContract { clusters, route_configuration, fault_routes, scopes, port })
 }
 
 /// The resources of a contract that do not depend on how the proxy takes them.
@@ -246,12 +269,15 @@ struct Parts {
     clusters: Vec<Cluster>,
     channels: Vec<ChannelStatus>,
     route_configuration: RouteConfiguration,
+    /// The endpoints under the fault, if any.
+    faulted: Vec<Published>,
 }
 
 fn parts(
     contract: &ValidContract<'_>,
     endpoints: &ChannelEndpoints,
     local_region: Option<&str>,
+    fault: Option<&ActiveFault>,
 ) -> Result<Parts, TranslateError> {
     let names = Names { namespace: contract.namespace, name: contract.name };
     let (spec, channels) = (contract.spec, &contract.channels);
@@ -264,19 +290,26 @@ fn parts(
 
     let mut clusters = Vec::with_capacity(channels.len() + 1);
     let mut statuses = Vec::with_capacity(channels.len());
+    let mut faulted = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
         let published = published_endpoints(&channel.name, endpoints.channels.get(&channel.name))?;
         // Region failover is for the primary (the first channel); the fallbacks keep one priority.
         let region_order = if i == 0 { failover_order(spec, local_region) } else { Vec::new() };
-        let assignment = load_assignment(&names.channel_cluster(&channel.name), &published, &region_order);
+        let serving = Serving { channel: &channel.name, fallback: i > 0, fault };
+        if let Some(fault) = fault {
+            faulted.extend(published.iter().filter(|e| fault.hits(&channel.name, e.region.as_deref())).cloned());
+        }
+        let assignment = load_assignment(&names.channel_cluster(&channel.name), &published, &region_order, serving);
         statuses.push(channel_status(&channel.name, &assignment, published.len()));
         clusters.push(channel_cluster(spec, &names.channel_cluster(&channel.name), &published, assignment)?);
     }
     let chain: Vec<String> = channels.iter().map(|c| names.channel_cluster(&c.name)).collect();
     clusters.push(aggregate_cluster(spec, &names.base(), chain));
 
-    let route_configuration = route_configuration(spec, &names, channels)?;
-    Ok(Parts { clusters, channels: statuses, route_configuration })
+    let route_configuration = route_configuration(spec, &names, channels, fault)?;
+    faulted.sort();
+    faulted.dedup();
+    Ok(Parts { clusters, channels: statuses, route_configuration, faulted })
 }
 
 /// The regions of the primary in the order they are tried: the proxy's own region first (over xDS), then

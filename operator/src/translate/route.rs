@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::envoy::pb::envoy::config::route::v3::route;
+use crate::envoy::pb::envoy::r#type::metadata::v3::{MetadataKey, MetadataKind, metadata_key, metadata_kind};
 
 /// `retry.*` as a route's retry policy; None for strategy None (no retries at all).
 ///
@@ -41,17 +42,32 @@ pub(crate) fn retry_policy(
 }
 
 /// The routes: one per channel selector (in channel order) straight to that channel, then the default
-/// route to the aggregate cluster. Every route has the SLA timeout, the retry policy, the tracing tags and
-/// the `x-csp-contract` response header (which replaces one an upstream may have set, and is also added
-/// to Envoy's own replies such as a 504 on timeout).
+/// route to the aggregate cluster. Every route has the SLA timeout, the retry policy, the tracing tags
+/// ([`span_tags`]) and the `x-csp-contract` response header (which replaces one an upstream may have set,
+/// and is also added to Envoy's own replies such as a 504 on timeout). During a drill every route adds
+/// the request header `x-csp-drill: <run>` ([`super::fault`]).
 pub(crate) fn route_configuration(
     spec: &ChannelContractSpec,
     names: &Names<'_>,
     channels: &[ResolvedChannel],
+    fault: Option<&ActiveFault>,
 ) -> Result<RouteConfiguration, TranslateError> {
     let timeout = pb_duration("spec.sla.maxLatency", &spec.sla.max_latency)?;
     let retry = retry_policy(&spec.retry)?;
-    let make_route = |name: String, headers: Vec<HeaderMatcher>, cluster: String, channel_tag: String| Route {
+    let tags = span_tags(&names.contract(), &spec.sla.max_latency);
+    let drill_header: Vec<HeaderValueOption> = fault
+        .map(|f| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: super::fault::DRILL_HEADER.to_owned(),
+                value: f.run.clone(),
+                ..HeaderValue::default()
+            }),
+            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+            ..HeaderValueOption::default()
+        })
+        .into_iter()
+        .collect();
+    let make_route = |name: String, headers: Vec<HeaderMatcher>, cluster: String| Route {
         name,
         r#match: Some(RouteMatch {
             path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
@@ -64,10 +80,8 @@ pub(crate) fn route_configuration(
             retry_policy: retry.clone(),
             ..RouteAction::default()
         })),
-        tracing: Some(Tracing {
-            custom_tags: vec![literal_tag(CONTRACT_TAG, &names.contract()), literal_tag(CHANNEL_TAG, &channel_tag)],
-            ..Tracing::default()
-        }),
+        tracing: Some(Tracing { custom_tags: tags.clone(), ..Tracing::default() }),
+        request_headers_to_add: drill_header.clone(),
         response_headers_to_add: vec![HeaderValueOption {
             header: Some(HeaderValue {
                 key: CONTRACT_HEADER.to_owned(),
@@ -84,11 +98,10 @@ pub(crate) fn route_configuration(
         .filter_map(|c| c.selector.as_ref().map(|selector| (c, selector)))
         .map(|(c, selector)| {
             let cluster = names.channel_cluster(&c.name);
-            make_route(cluster.clone(), vec![channel_header(selector)], cluster, c.name.clone())
+            make_route(cluster.clone(), vec![channel_header(selector)], cluster)
         })
         .collect();
-    let chain = channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(">");
-    routes.push(make_route(names.base(), Vec::new(), names.base(), chain));
+    routes.push(make_route(names.base(), Vec::new(), names.base()));
     Ok(RouteConfiguration {
         name: names.base(),
         virtual_hosts: vec![VirtualHost {
@@ -112,6 +125,43 @@ pub(crate) fn channel_header(selector: &str) -> HeaderMatcher {
         })),
         ..HeaderMatcher::default()
     }
+}
+
+/// The attributes of every span of a contract's requests (Envoy's tracer adds them to the span it makes):
+/// - `csp.contract`: `<namespace>/<name>`;
+/// - `csp.channel` and `csp.region`: the channel and region of the endpoint that served the request (the
+///   endpoint's metadata, [`super::endpoint::endpoint_metadata`]);
+/// - `csp.fallback.used`: that channel's name when it is a fallback, else `false`;
+/// - `csp.sla.breached`: `true` when the request took `sla.maxLatency` or longer (the route's timeout is
+///   `sla.maxLatency`, so a timed-out request is one), else `false`: computed by Envoy per request
+///   (`%CEL(...)%`).
+pub(crate) fn span_tags(contract: &str, max_latency: &str) -> Vec<CustomTag> {
+    let host = |tag: &str, key: &str, default: &str| CustomTag {
+        tag: tag.to_owned(),
+        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
+            kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Host(metadata_kind::Host {})) }),
+            metadata_key: Some(MetadataKey {
+                key: super::endpoint::METADATA_NAMESPACE.to_owned(),
+                path: vec![metadata_key::PathSegment {
+                    segment: Some(metadata_key::path_segment::Segment::Key(key.to_owned())),
+                }],
+            }),
+            default_value: default.to_owned(),
+        })),
+    };
+    vec![
+        literal_tag(CONTRACT_TAG, contract),
+        host(CHANNEL_TAG, "channel", ""),
+        host(REGION_TAG, "region", ""),
+        host(FALLBACK_TAG, "fallback", "false"),
+        CustomTag {
+            tag: SLA_BREACHED_TAG.to_owned(),
+            r#type: Some(custom_tag::Type::Value(format!(
+                "%CEL(request.duration >= duration('{}'))%",
+                max_latency.replace('\'', "")
+            ))),
+        },
+    ]
 }
 
 pub(crate) fn literal_tag(tag: &str, value: &str) -> CustomTag {

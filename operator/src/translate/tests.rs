@@ -361,7 +361,7 @@ fn priorities(r: &EnvoyResources, cluster_name: &str) -> Vec<(u32, Option<String
                     other => panic!("not an endpoint: {other:?}"),
                 })
                 .collect();
-            (l.priority, l.locality.map(|l| l.region), addresses)
+            (l.priority, l.locality.map(|l| l.region).filter(|r| !r.is_empty()), addresses)
         })
         .collect()
 }
@@ -452,42 +452,106 @@ fn load_assignments_keep_envoys_overprovisioning_factor_explicitly() {
 
 #[test]
 fn http2_and_grpc_speak_http2_upstream() {
-    for protocol in ["HTTP2", "GRPC"] {
+    for (protocol, http2) in [("HTTP2", true), ("GRPC", true), ("HTTP", false)] {
         let r = build(with(three_channels(), "protocol", json!(protocol)));
-        for c in r.clusters.iter().filter(|c| c.name != AGGREGATE) {
+        for c in &r.clusters {
             assert_eq!(c.typed_extension_protocol_options.len(), 1);
             let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
             assert_eq!(any.type_url, "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
             let options = HttpProtocolOptions::decode(any.value.as_slice()).expect("decodes");
-            let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) = options.upstream_protocol_options else {
+            let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) = &options.upstream_protocol_options else {
                 panic!("not explicit");
             };
-            assert!(matches!(explicit.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_))));
+            assert_eq!(
+                matches!(explicit.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_))),
+                http2,
+                "{protocol} {}",
+                c.name
+            );
+            assert!(matches!(explicit.protocol_config, Some(_)));
         }
     }
-    let r = build(with(three_channels(), "protocol", json!("HTTP")));
-    assert!(r.clusters.iter().all(|c| c.typed_extension_protocol_options.is_empty()));
+}
+
+// --- X-Channel-Priority: the serving channel, on every try -------------------------------------------
+
+#[test]
+fn every_cluster_tells_the_backend_the_channel_that_serves_it() {
+    use crate::envoy::pb::envoy::config::common::mutation_rules::v3::header_mutation::Action;
+    use crate::envoy::pb::envoy::extensions::filters::http::header_mutation::v3::HeaderMutation;
+    let r = build(three_channels());
+    for c in &r.clusters {
+        let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let options = HttpProtocolOptions::decode(any.value.as_slice()).expect("decodes");
+        let names: Vec<&str> = options.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"], "{}", c.name);
+        let Some(http_filter::ConfigType::TypedConfig(config)) = &options.http_filters[0].config_type else {
+            panic!("typed config")
+        };
+        let mutation = HeaderMutation::decode(config.value.as_slice()).expect("decodes");
+        let Some(Action::Append(option)) = &mutation.mutations.expect("mutations").request_mutations[0].action else {
+            panic!("an append")
+        };
+        let header = option.header.as_ref().expect("header");
+        assert_eq!(
+            (header.key.as_str(), header.value.as_str()),
+            ("x-channel-priority", "%UPSTREAM_METADATA(csp:channel)%")
+        );
+        assert_eq!(option.append_action, header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
+    }
+    // ... and each endpoint says its channel, region and whether it is a fallback.
+    let eps = endpoints(&[("primary", vec![ep("127.0.0.2", Some("gz"))]), ("cache", vec![ep("127.0.1.1", None)])]);
+    let r = build_with(three_channels(), &eps);
+    let meta = |cluster_name: &str| {
+        let la = cluster(&r, cluster_name).load_assignment.clone().expect("assignment");
+        let e = &la.endpoints[0];
+        let fields = &e.lb_endpoints[0].metadata.as_ref().expect("metadata").filter_metadata["csp"].fields;
+        let mut m: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| match &v.kind {
+                Some(crate::envoy::pb::google::protobuf::value::Kind::StringValue(s)) => (k.clone(), s.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        m.sort();
+        (e.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default(), m)
+    };
+    let kv = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    assert_eq!(meta(PRIMARY), ("primary~gz~false".to_owned(), kv(&[("channel", "primary"), ("region", "gz")])));
+    assert_eq!(
+        meta("csp~payments~payment-verify~cache"),
+        ("cache~~true".to_owned(), kv(&[("channel", "cache"), ("fallback", "cache")]))
+    );
 }
 
 // --- always: tracing tags and the contract header ----------------------------------------------------
 
 #[test]
 fn every_route_has_the_tracing_tags_and_the_contract_header() {
+    use crate::envoy::pb::envoy::r#type::metadata::v3::{metadata_key::path_segment::Segment, metadata_kind};
     let r = build(three_channels());
-    let expected_channel = ["cache", "static", "primary>cache>static"];
-    for (route, channel) in routes(&r).iter().zip(expected_channel) {
+    assert_eq!(routes(&r).len(), 3);
+    for route in routes(&r) {
         let tags = &route.tracing.as_ref().expect("tracing").custom_tags;
-        let literal = |name: &str| {
-            tags.iter()
-                .find(|t| t.tag == name)
-                .and_then(|t| match &t.r#type {
-                    Some(custom_tag::Type::Literal(l)) => Some(l.value.clone()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| panic!("no literal tag {name}"))
-        };
-        assert_eq!(literal("csp.contract"), "payments/payment-verify");
-        assert_eq!(literal("csp.channel"), channel);
+        let names: Vec<&str> = tags.iter().map(|t| t.tag.as_str()).collect();
+        assert_eq!(names, ["csp.contract", "csp.channel", "csp.region", "csp.fallback.used", "csp.sla.breached"]);
+        assert!(matches!(&tags[0].r#type, Some(custom_tag::Type::Literal(l)) if l.value == "payments/payment-verify"));
+        for (tag, key, default) in
+            [(&tags[1], "channel", ""), (&tags[2], "region", ""), (&tags[3], "fallback", "false")]
+        {
+            let Some(custom_tag::Type::Metadata(m)) = &tag.r#type else { panic!("{} is not metadata", tag.tag) };
+            assert!(matches!(m.kind.as_ref().and_then(|k| k.kind.as_ref()), Some(metadata_kind::Kind::Host(_))));
+            let mk = m.metadata_key.as_ref().expect("key");
+            assert_eq!(mk.key, "csp");
+            assert!(matches!(mk.path[0].segment.as_ref(), Some(Segment::Key(k)) if k == key));
+            assert_eq!(m.default_value, default);
+        }
+        assert!(
+            matches!(&tags[4].r#type, Some(custom_tag::Type::Value(v)) if v == "%CEL(request.duration >= duration('120ms'))%"),
+            "{:?}",
+            tags[4]
+        );
+        assert!(route.request_headers_to_add.is_empty(), "no drill, no x-csp-drill");
         let header = &route.response_headers_to_add;
         assert_eq!(header.len(), 1);
         let value = header[0].header.as_ref().expect("header");
@@ -694,4 +758,70 @@ fn endpoint_files_parse_with_ready_defaulting_to_true() {
         [ep("127.0.0.2", Some("gz")), Endpoint { address: "h.example".into(), port: 1, ready: false, region: None }]
     );
     assert!(yaml_serde::from_str::<ChannelEndpoints>("channels: {primary: [{address: x, port: 1, zone: a}]}").is_err());
+}
+
+// --- a drill's fault ---------------------------------------------------------------------------------
+
+#[test]
+fn a_drill_sends_the_faulted_endpoints_through_the_fault_listener() {
+    use crate::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use crate::model::ActiveFault;
+    let spec = with(three_channels(), "failover", json!({"regions": ["gz", "sz"]}));
+    let c = contract(spec);
+    let valid = ValidContract::new(&c).expect("valid");
+    let eps = endpoints(&[
+        ("primary", vec![ep("127.0.0.2", Some("gz")), ep("127.0.0.3", Some("sz"))]),
+        ("cache", vec![ep("127.0.1.1", Some("gz"))]),
+    ]);
+    let fault = ActiveFault {
+        run: "payments/gz-outage/1".into(),
+        fault: serde_json::from_value(json!({"region": "gz", "abort": {"httpStatus": 503, "percent": 50}}))
+            .expect("fault"),
+    };
+    let x = xds(&valid, &eps, Some("sz"), Some(&fault)).expect("translates");
+    let address_of = |x: &crate::model::XdsContract, cluster_name: &str, ip: &str| {
+        let c = x.clusters.iter().find(|c| c.name == cluster_name).expect("cluster");
+        let la = c.load_assignment.as_ref().expect("assignment");
+        la.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .find_map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+                    core::address::Address::SocketAddress(sa) if sa.address == ip => Some("socket".to_owned()),
+                    core::address::Address::EnvoyInternalAddress(ia) if ia.endpoint_id == format!("{ip}:8080") => {
+                        Some("internal".to_owned())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    // A region outage fails every channel's endpoints in gz, and nothing else.
+    assert_eq!(address_of(&x, PRIMARY, "127.0.0.2"), "internal");
+    assert_eq!(address_of(&x, "csp~payments~payment-verify~cache", "127.0.1.1"), "internal");
+    assert_eq!(address_of(&x, PRIMARY, "127.0.0.3"), "socket");
+    let pass = x.clusters.iter().find(|c| c.name == "csp~payments~payment-verify~~drill").expect("passthrough");
+    assert_eq!(pass.load_assignment.as_ref().map(|l| l.endpoints[0].lb_endpoints.len()), Some(2));
+    assert_eq!(x.fault_routes.len(), 1);
+    let route = &x.fault_routes[0].virtual_hosts[0].routes[0];
+    let config = &route.typed_per_filter_config["envoy.filters.http.fault"];
+    let http_fault = HttpFault::decode(config.value.as_slice()).expect("decodes");
+    let abort = http_fault.abort.expect("abort");
+    assert_eq!(abort.percentage.map(|p| p.numerator), Some(500_000), "50% as millionths");
+    let scope = x.scopes.iter().find(|s| s.name == "csp~payments~payment-verify~~drill").expect("scope");
+    assert_eq!(scope.route_configuration_name, "csp~payments~payment-verify~~drill");
+    // Every route of the contract marks the drill's requests.
+    for r in &x.route_configuration.virtual_hosts[0].routes {
+        let h = r.request_headers_to_add[0].header.as_ref().expect("header");
+        assert_eq!((h.key.as_str(), h.value.as_str()), ("x-csp-drill", "payments/gz-outage/1"));
+    }
+    // A channel outage fails that channel only.
+    let cache_down = ActiveFault {
+        run: "r".into(),
+        fault: serde_json::from_value(json!({"channel": "cache", "delay": {"duration": "2s"}})).expect("fault"),
+    };
+    let x = xds(&valid, &eps, None, Some(&cache_down)).expect("translates");
+    assert_eq!(address_of(&x, PRIMARY, "127.0.0.2"), "socket");
+    assert_eq!(address_of(&x, "csp~payments~payment-verify~cache", "127.0.1.1"), "internal");
 }

@@ -87,7 +87,7 @@ impl Published {
 
     fn translate(&self, region: Option<&str>) -> Option<Arc<ContractResources>> {
         let translated = ValidContract::new(&self.contract)
-            .and_then(|valid| translate::xds(&valid, &self.endpoints, region))
+            .and_then(|valid| translate::xds(&valid, &self.endpoints, region, None))
             .inspect_err(|e| tracing::error!(contract = %self.key, error = %e, "cannot translate for xDS"))
             .ok()?;
         let encode_all = |items: Vec<(String, Any)>| -> Vec<Arc<Resource>> {
