@@ -468,7 +468,7 @@ fn http2_and_grpc_speak_http2_upstream() {
                 "{protocol} {}",
                 c.name
             );
-            assert!(matches!(explicit.protocol_config, Some(_)));
+            assert!(explicit.protocol_config.is_some());
         }
     }
 }
