@@ -542,7 +542,7 @@ fn expected(contracts: usize) -> Result<Expected> {
     let contract: ChannelContract = typed(fixtures::contract_object(0, "bench"))?;
     let endpoints: operator::ChannelEndpoints = typed(fixtures::channel_endpoints(0))?;
     let valid = operator::translate::ValidContract::new(&contract).context("a valid fixture")?;
-    let x = operator::translate::xds(&valid, &endpoints, Some("gz")).context("translate a fixture")?;
+    let x = operator::translate::xds(&valid, &endpoints, Some("gz"), None).context("translate a fixture")?;
     Ok(Expected {
         clusters: x.clusters.len() * contracts,
         listeners: 1,
