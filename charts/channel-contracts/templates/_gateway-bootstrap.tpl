@@ -19,6 +19,11 @@ admin:
     socket_address:
       address: 127.0.0.1
       port_value: 9901
+# Internal listeners: a ContractDrill's fault is put in through one.
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    '@type': type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
 dynamic_resources:
   ads_config:
     api_type: {{ if $v.sotw }}GRPC{{ else }}DELTA_GRPC{{ end }}
@@ -35,11 +40,34 @@ dynamic_resources:
     resource_api_version: V3
 node:
   cluster: {{ $v.fleet }}
+  # A zone, so that Envoy counts responses per upstream zone (a contract endpoint's zone is its channel,
+  # region and fallback): the labels of the proxies' metrics below.
+  locality:
+    zone: csp-proxy
   metadata:
+    csp.contracts.dev/features: drills
     {{- with $v.namespaces }}
     csp.contracts.dev/namespaces: {{ join "," . }}
     {{- end }}
     csp.contracts.dev/pod-namespace: {{ .Release.Namespace }}
+# The labels csp_namespace, csp_contract, csp_channel, csp_region, csp_fallback of the proxies' metrics,
+# from the contracts' cluster names (csp~<namespace>~<contract>[~<channel>]) and zones.
+stats_config:
+  stats_tags:
+  - regex: '^cluster\.csp~(([^.~]+)~)[^.~]+(?:~[^.~]*)*\.'
+    tag_name: csp_namespace
+  - regex: '^cluster\.csp~[^.~]+~(([^.~]+)(?:~[^.~]*)*\.)'
+    tag_name: csp_contract
+  - regex: '^cluster\.csp~[^.~]+~[^.~]+~(([^.~]+))\.(?!zone\.)'
+    tag_name: csp_channel
+  - regex: '^cluster\.csp~[^.]+\.zone\.(([^.]+)\.)[^.~]+~[^.~]*~[^.~]+\.'
+    tag_name: csp_proxy_zone
+  - regex: '^cluster\.csp~[^.]+\.zone\.[^.]+\.(([^.~]+)~)[^.~]*~[^.~]+\.'
+    tag_name: csp_channel
+  - regex: '^cluster\.csp~[^.]+\.zone\.[^.]+\.[^.~]+(~([^.~]*))~[^.~]+\.'
+    tag_name: csp_region
+  - regex: '^cluster\.csp~[^.]+\.zone\.[^.]+\.[^.~]+~[^.~]*(~([^.~]+)\.)'
+    tag_name: csp_fallback
 static_resources:
   clusters:
   - connect_timeout: 2s

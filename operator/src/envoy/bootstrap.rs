@@ -151,18 +151,46 @@ pub struct AdsTls {
     pub client_cert: Option<(String, String)>,
 }
 
-/// The cluster of the operator's xDS server in a proxy's bootstrap.
+/// The cluster of the operator's xDS server in a proxy's bootstrap (also where the proxy sends its access
+/// logs: every replica serves the access log service next to ADS).
 pub const XDS_CLUSTER: &str = "csp-xds";
+
+/// The node metadata key that lists what a proxy's bootstrap enables beyond plain ADS.
+pub const FEATURES_KEY: &str = "csp.contracts.dev/features";
+
+/// The feature of a bootstrap that enables Envoy's internal listeners: the proxy can carry a
+/// ContractDrill's fault (its faulted endpoints are reached through an internal listener).
+pub const FEATURE_DRILLS: &str = "drills";
+
+/// The proxy's own locality zone: Envoy counts responses per (proxy zone, upstream zone) only when the
+/// proxy has a zone, and the contracts' endpoints carry their channel and region in theirs.
+pub const PROXY_ZONE: &str = "csp-proxy";
+
+/// The tags the bootstrap extracts from the contracts' cluster stats: the labels of the proxies'
+/// Prometheus metrics (`/stats/prometheus`). Cluster names are `csp~<namespace>~<contract>[~<channel>]`;
+/// the zone stats of a contract's aggregate are `cluster.<it>.zone.<proxy zone>.<channel>~<region>~<fallback>.…`.
+pub const STATS_TAGS: [(&str, &str); 7] = [
+    ("csp_namespace", r"^cluster\.csp~(([^.~]+)~)[^.~]+(?:~[^.~]*)*\."),
+    ("csp_contract", r"^cluster\.csp~[^.~]+~(([^.~]+)(?:~[^.~]*)*\.)"),
+    ("csp_channel", r"^cluster\.csp~[^.~]+~[^.~]+~(([^.~]+))\.(?!zone\.)"),
+    ("csp_proxy_zone", r"^cluster\.csp~[^.]+\.zone\.(([^.]+)\.)[^.~]+~[^.~]*~[^.~]+\."),
+    ("csp_channel", r"^cluster\.csp~[^.]+\.zone\.[^.]+\.(([^.~]+)~)[^.~]*~[^.~]+\."),
+    ("csp_region", r"^cluster\.csp~[^.]+\.zone\.[^.]+\.[^.~]+(~([^.~]*))~[^.~]+\."),
+    ("csp_fallback", r"^cluster\.csp~[^.]+\.zone\.[^.]+\.[^.~]+~[^.~]*(~([^.~]+)\.)"),
+];
 
 /// A bootstrap that takes everything over ADS from the operator: clusters and listeners, and through
 /// the listeners scoped routes and routes.
 pub fn ads(options: &AdsBootstrap) -> Bootstrap {
     use super::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use super::pb::envoy::config::core::v3::TypedExtensionConfig;
     use super::pb::envoy::config::core::v3::{
         AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Locality,
         TransportSocket, api_config_source, config_source, data_source, grpc_service, transport_socket,
     };
     use super::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+    use super::pb::envoy::config::metrics::v3::{StatsConfig, TagSpecifier, tag_specifier};
+    use super::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener;
     use super::pb::envoy::extensions::transport_sockets::tls::v3::{CertificateValidationContext, TlsCertificate};
     use super::pb::google::protobuf::{Struct, Value, value};
     use super::upstream_http::EXTENSION_NAME;
@@ -181,11 +209,16 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
     if let Some(namespace) = &options.pod_namespace {
         put("csp.contracts.dev/pod-namespace", namespace.clone());
     }
+    put(FEATURES_KEY, FEATURE_DRILLS.to_owned());
     let node = Node {
         id: options.node_id.clone(),
         cluster: options.fleet.clone(),
         metadata: (!metadata.is_empty()).then_some(Struct { fields: metadata }),
-        locality: options.region.as_ref().map(|region| Locality { region: region.clone(), ..Locality::default() }),
+        locality: Some(Locality {
+            region: options.region.clone().unwrap_or_default(),
+            zone: PROXY_ZONE.to_owned(),
+            ..Locality::default()
+        }),
         ..Node::default()
     };
     let ads_source = || ConfigSource {
@@ -280,6 +313,20 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
         }),
         static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
         admin: Some(admin(options.admin)),
+        bootstrap_extensions: vec![TypedExtensionConfig {
+            name: "envoy.bootstrap.internal_listener".to_owned(),
+            typed_config: Some(any(&InternalListener::default())),
+        }],
+        stats_config: Some(StatsConfig {
+            stats_tags: STATS_TAGS
+                .iter()
+                .map(|(name, regex)| TagSpecifier {
+                    tag_name: (*name).to_owned(),
+                    tag_value: Some(tag_specifier::TagValue::Regex((*regex).to_owned())),
+                })
+                .collect(),
+            ..StatsConfig::default()
+        }),
         ..Bootstrap::default()
     }
 }

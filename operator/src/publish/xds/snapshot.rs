@@ -284,6 +284,24 @@ mod tests {
         Published::new(key, format!("v{version}"), Arc::new(contract), endpoints)
     }
 
+    /// Each resource by name: its version and its proto3 JSON. Not the bytes: a protobuf map (an
+    /// endpoint's metadata) is encoded in the order of a `HashMap`, which differs between two
+    /// translations of the same version.
+    fn canonical(kinds: &[Arc<Items>; 4]) -> Vec<Vec<(String, String, serde_json::Value)>> {
+        kinds
+            .iter()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|(name, item)| {
+                        let json = crate::envoy::json::to_value(&item.resource.any).expect("json");
+                        (name.to_string(), item.version.to_string(), json)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[derive(Debug, Clone)]
     enum Change {
         Publish { contract: usize, version: u8, port: u16 },
@@ -338,10 +356,10 @@ mod tests {
                     let derived = derive(&earlier, &catalog, &view).expect("the log reaches back");
                     let whole = contracts(&catalog, &view);
                     prop_assert_eq!(derived.generation, whole.generation);
-                    prop_assert_eq!(&derived.kinds, &whole.kinds);
+                    prop_assert_eq!(canonical(&derived.kinds), canonical(&whole.kinds));
                     prop_assert_eq!(&derived.ports, &whole.ports);
                     let (a, b) = (snapshot_of(&derived, catalog.log(), &view), snapshot(&catalog, &view));
-                    prop_assert_eq!(&a.kinds, &b.kinds);
+                    prop_assert_eq!(canonical(&a.kinds), canonical(&b.kinds));
                     earlier = derived;
                 }
             }
