@@ -118,7 +118,9 @@ fn condition(c: &Value, type_: &str) -> Value {
 
 /// An Envoy without the upstream HTTP protocol options extension (a locked-down or older build) cannot
 /// take a contract with `protocol: GRPC` (upstream HTTP/2).
-const LOCKED_DOWN: &str = "envoy.upstream_options/envoy.upstreams.http.http_protocol_options";
+/// A proxy without Envoy's STRICT_DNS cluster: it rejects a contract with a channel behind an
+/// `ExternalName` Service (a DNS name), and takes every other contract.
+const LOCKED_DOWN: &str = "envoy.clusters/envoy.cluster.strict_dns";
 
 #[test]
 fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_others_keep_flowing() {
@@ -144,8 +146,13 @@ fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_othe
         bed.settles_on(proxy, "svc-a", PORT, "a-1", 3, Duration::from_secs(30));
     }
 
-    // A real NACK: the locked-down proxy refuses the clusters of a's GRPC version.
-    bed.contract(operator, "a", &format!("{a_spec}  protocol: GRPC\n"));
+    // A real NACK: the locked-down proxy refuses the clusters of a's version with a DNS channel.
+    let external = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: {}}}\nspec: {{type: ExternalName, externalName: backend.invalid, ports: [{{port: {PORT}}}]}}\n",
+        bed.ns.name
+    );
+    kubectl(&["apply", "-f", "-"], Some(&external)).ok();
+    bed.contract(operator, "a", &format!("{a_spec}  channels: [{{name: primary}}, {{name: ext, service: ext}}]\n"));
     let a = bed.wait_status("a", "ProxyRejected", Duration::from_secs(30), &log, |c| {
         condition(c, "Programmed")["reason"] == "ProxyRejected"
     });
@@ -153,20 +160,20 @@ fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_othe
     let message = programmed["message"].as_str().unwrap_or_default();
     assert!(message.contains("proxy-old"), "the message names the proxy: {message}");
     assert!(
-        message.contains("Didn't find a registered") && message.contains("HttpProtocolOptions"),
+        message.contains("Didn't find a registered") && message.contains("envoy.cluster.strict_dns"),
         "the message is Envoy's own: {message}"
     );
     assert!(message.contains(&accepted), "the message says which version proxies are served: {message}");
     let rejection = &a["status"]["proxies"]["lastRejection"];
     assert_eq!(rejection["proxy"], "proxy-old", "{a:#}");
-    assert!(rejection["message"].as_str().unwrap_or_default().contains("HttpProtocolOptions"), "{a:#}");
+    assert!(rejection["message"].as_str().unwrap_or_default().contains("strict_dns"), "{a:#}");
     assert_eq!(a["status"]["configVersion"], accepted.as_str(), "status says what proxies run: {a:#}");
     assert_eq!(condition(&a, "Ready")["status"], "False");
     let nacks = operator.metric(&format!("csp_xds_nacks_total{{contract=\"{}/a\"}}", bed.ns.name)).unwrap_or(0.0);
     assert!(nacks >= 1.0, "the NACK is counted:\n{}", operator.metrics());
 
     // The other contract stays ACKed and serving on the same proxy; a keeps serving its last accepted
-    // version everywhere (HTTP/1.1, which the backend speaks).
+    // version everywhere.
     let b = bed.get_contract("b").expect("b");
     assert!(acked(&b, 2) && condition(&b, "Programmed")["status"] == "True", "{b:#}");
     for proxy in ["proxy-new", "proxy-old"] {
@@ -185,7 +192,7 @@ fn a_contract_a_proxy_rejects_is_proxy_rejected_with_envoys_message_and_the_othe
     let log = bed.proxies[1].process.log_tail();
     assert!(!log.contains("config rejected"), "the restarted proxy was never offered the rejected version:\n{log}");
 
-    // Fixing the contract (back to HTTP) programs it again.
+    // Fixing the contract (no DNS channel) programs it again.
     bed.contract(operator, "a", &format!("{a_spec}  protocol: HTTP\n"));
     bed.wait_status("a", "programmed and 2/2 acked again", Duration::from_secs(30), &log_of(operator), |c| {
         condition(c, "Programmed")["status"] == "True" && acked(c, 2)
