@@ -99,6 +99,9 @@ pub struct Context {
     pub xds: Option<Arc<Xds>>,
     /// Whether the ConfigMap path is on.
     pub config_map: bool,
+    /// The drills' faults in force (the drill controller keeps them): what a contract's xDS version
+    /// carries while its drill runs.
+    pub faults: crate::model::Faults,
     /// What this instance remembers of each contract between reconciles.
     memory: Mutex<HashMap<ContractKey, Memory>>,
 }
@@ -144,6 +147,7 @@ impl Context {
             synced,
             xds: None,
             config_map: true,
+            faults: crate::model::Faults::default(),
             memory: Mutex::default(),
         }
     }
@@ -153,6 +157,37 @@ impl Context {
         self.xds = xds;
         self.config_map = config_map;
         self
+    }
+
+    /// The drills' faults come from `faults`.
+    pub fn with_faults(mut self, faults: crate::model::Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The fault in force for a contract, if a drill of it runs.
+    fn fault(&self, key: &ContractKey) -> Option<crate::model::ActiveFault> {
+        self.faults.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    /// Publishes a contract over xDS (with its drill's fault, if one is in force); returns the version
+    /// the proxies are served: the configuration's own, `+drill.<hash>` during a drill.
+    fn publish_xds(
+        &self,
+        key: &ContractKey,
+        config_version: &str,
+        contract: Arc<ChannelContract>,
+        endpoints: crate::model::ChannelEndpoints,
+    ) -> String {
+        let fault = self.fault(key);
+        let version = match &fault {
+            Some(f) => format!("{config_version}{}", f.version_suffix()),
+            None => config_version.to_owned(),
+        };
+        if let Some(xds) = &self.xds {
+            xds.publish_with_fault(key.clone(), version.clone(), contract, endpoints, fault);
+        }
+        version
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ContractKey, Memory>> {
@@ -229,7 +264,7 @@ pub async fn reconcile(contract: Arc<ChannelContract>, ctx: Arc<Context>) -> Res
             let key = ContractKey::of(&contract);
             match plan_for(&contract, &ctx.caches, &ctx.proxy, false) {
                 Plan::Publish { config_version, endpoints, .. } => {
-                    xds.publish(key, config_version, contract.clone(), endpoints)
+                    ctx.publish_xds(&key, &config_version, contract.clone(), endpoints);
                 }
                 Plan::Hold { .. } => xds.held(&key),
             }
@@ -275,9 +310,11 @@ async fn reconcile_contract(
 
     let (mut observation, failure) = match plan {
         Plan::Publish { config_map, config_version, channels, endpoints } => {
-            if let Some(xds) = &ctx.xds {
-                xds.publish(key.clone(), config_version.clone(), Arc::new(contract.clone()), endpoints);
-            }
+            let config_version = if ctx.xds.is_some() {
+                ctx.publish_xds(key, &config_version, Arc::new(contract.clone()), endpoints)
+            } else {
+                config_version
+            };
             let Some(config_map) = config_map else {
                 let programming = Programming::Programmed { config_version };
                 let observation = Observation {

@@ -205,6 +205,7 @@ pub fn profile(args: &ProfileArgs) -> Result<Value> {
             fleet: "csp-gateway".into(),
             region: Some(region.into()),
             namespaces: None,
+            drills: false,
         };
         let view = view_of(&identity, listen);
         let stream = xds.next_stream();

@@ -19,7 +19,7 @@ use crate::envoy::any;
 use crate::envoy::pb::envoy::config::cluster::v3::Cluster;
 use crate::envoy::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use crate::envoy::pb::google::protobuf::Any;
-use crate::model::{ChannelEndpoints, ContractKey};
+use crate::model::{ActiveFault, ChannelEndpoints, ContractKey};
 use crate::translate::{self, ValidContract};
 
 /// How many rejected versions of a contract are remembered (so that flapping between them is not retried).
@@ -50,8 +50,8 @@ pub struct ContractResources {
     pub routes: Vec<Arc<Resource>>,
 }
 
-/// A region (None: no region) and its translation, if it translates.
-type RegionResources = (Option<String>, Option<Arc<ContractResources>>);
+/// A region (None: no region), whether the proxies take drills' faults, and the translation, if any.
+type RegionResources = (Option<String>, bool, Option<Arc<ContractResources>>);
 
 /// One version of a contract as the reconciler published it, from which the resources of each region
 /// are made (once per region, on demand).
@@ -63,6 +63,8 @@ pub struct Published {
     pub version: String,
     contract: Arc<ChannelContract>,
     endpoints: ChannelEndpoints,
+    /// A drill's fault in force when it was published (part of its version).
+    fault: Option<ActiveFault>,
     /// Made per region (a few), looked up without allocating.
     by_region: Mutex<Vec<RegionResources>>,
 }
@@ -70,24 +72,33 @@ pub struct Published {
 impl Published {
     /// A version of a contract: the contract (valid: the reconciler translated it) and its endpoints.
     pub fn new(key: ContractKey, version: String, contract: Arc<ChannelContract>, endpoints: ChannelEndpoints) -> Self {
-        Self { key, version, contract, endpoints, by_region: Mutex::default() }
+        Self { key, version, contract, endpoints, fault: None, by_region: Mutex::default() }
     }
 
-    /// The contract's resources for the proxies of `region` (their region first in the primary's order).
-    /// None if the contract does not translate (it did when published, so never in practice).
-    pub fn resources(&self, region: Option<&str>) -> Option<Arc<ContractResources>> {
+    /// The same, under a drill's fault.
+    pub fn with_fault(mut self, fault: Option<ActiveFault>) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// The contract's resources for the proxies of `region` (their region first in the primary's order),
+    /// with the drill's fault for proxies that can take it (`drills`). None if the contract does not
+    /// translate (it did when published, so never in practice).
+    pub fn resources(&self, region: Option<&str>, drills: bool) -> Option<Arc<ContractResources>> {
+        let drills = drills && self.fault.is_some();
         let mut memo = self.by_region.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, made)) = memo.iter().find(|(r, _)| r.as_deref() == region) {
+        if let Some((_, _, made)) = memo.iter().find(|(r, d, _)| r.as_deref() == region && *d == drills) {
             return made.clone();
         }
-        let made = self.translate(region);
-        memo.push((region.map(str::to_owned), made.clone()));
+        let made = self.translate(region, drills);
+        memo.push((region.map(str::to_owned), drills, made.clone()));
         made
     }
 
-    fn translate(&self, region: Option<&str>) -> Option<Arc<ContractResources>> {
+    fn translate(&self, region: Option<&str>, drills: bool) -> Option<Arc<ContractResources>> {
+        let fault = self.fault.as_ref().filter(|_| drills);
         let translated = ValidContract::new(&self.contract)
-            .and_then(|valid| translate::xds(&valid, &self.endpoints, region, None))
+            .and_then(|valid| translate::xds(&valid, &self.endpoints, region, fault))
             .inspect_err(|e| tracing::error!(contract = %self.key, error = %e, "cannot translate for xDS"))
             .ok()?;
         let encode_all = |items: Vec<(String, Any)>| -> Vec<Arc<Resource>> {
@@ -97,10 +108,10 @@ impl Published {
             port: translated.port,
             clusters: encode_all(translated.clusters.iter().map(|c| (c.name.clone(), any(c))).collect()),
             scopes: encode_all(translated.scopes.iter().map(|s| (s.name.clone(), any(s))).collect()),
-            routes: vec![Arc::new(Resource {
-                name: Arc::from(translated.route_configuration.name.as_str()),
-                any: any(&translated.route_configuration),
-            })],
+            routes: std::iter::once(&translated.route_configuration)
+                .chain(&translated.fault_routes)
+                .map(|r| Arc::new(Resource { name: Arc::from(r.name.as_str()), any: any(r) }))
+                .collect(),
         }))
     }
 }
@@ -380,12 +391,12 @@ mod tests {
                 crate::model::Endpoint { address: "10.0.0.2".into(), port: 80, ready: true, region: Some("sz".into()) },
             ],
         );
-        let sz = p.resources(Some("sz")).expect("translates");
-        let none = p.resources(None).expect("translates");
+        let sz = p.resources(Some("sz"), false).expect("translates");
+        let none = p.resources(None, false).expect("translates");
         assert_ne!(sz.clusters[0].any, none.clusters[0].any, "the primary's order differs by region");
         assert_eq!(sz.scopes.len(), 3);
         assert_eq!(&*sz.routes[0].name, "csp~ns~a");
-        assert!(Arc::ptr_eq(&sz, &p.resources(Some("sz")).expect("memo")), "made once per region");
+        assert!(Arc::ptr_eq(&sz, &p.resources(Some("sz"), false).expect("memo")), "made once per region");
     }
 
     #[test]

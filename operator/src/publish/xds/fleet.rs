@@ -21,6 +21,9 @@ pub struct ProxyIdentity {
     pub region: Option<String>,
     /// The namespaces whose contracts it serves; None: all.
     pub namespaces: Option<BTreeSet<String>>,
+    /// Whether its bootstrap enables internal listeners, which a ContractDrill's fault needs (node
+    /// metadata `csp.contracts.dev/features` lists `drills`).
+    pub drills: bool,
 }
 
 impl ProxyIdentity {
@@ -171,6 +174,7 @@ mod tests {
             fleet: "csp-gateway".into(),
             region: None,
             namespaces: namespaces.map(|n| n.iter().map(|s| (*s).to_owned()).collect()),
+            drills: false,
         }
     }
 

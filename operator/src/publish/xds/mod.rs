@@ -58,7 +58,7 @@ pub struct Report {
 }
 
 /// The views whose contracts are the same: a region and a set of namespaces (None: all).
-type ContractsOf = (Option<String>, Option<BTreeSet<String>>);
+type ContractsOf = (Option<String>, Option<BTreeSet<String>>, bool);
 
 /// One contract in a [`Report`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -163,12 +163,24 @@ impl Xds {
         contract: Arc<ChannelContract>,
         endpoints: ChannelEndpoints,
     ) {
+        self.publish_with_fault(key, version, contract, endpoints, None);
+    }
+
+    /// [`publish`](Self::publish), with a drill's fault in force (its version says so).
+    pub fn publish_with_fault(
+        &self,
+        key: ContractKey,
+        version: String,
+        contract: Arc<ChannelContract>,
+        endpoints: ChannelEndpoints,
+        fault: Option<crate::model::ActiveFault>,
+    ) {
         self.held(&key);
         let mut inner = self.inner();
         if inner.catalog.current_version(&key) == Some(version.as_str()) {
             return;
         }
-        let published = Published::new(key.clone(), version.clone(), contract, endpoints);
+        let published = Published::new(key.clone(), version.clone(), contract, endpoints).with_fault(fault);
         if inner.catalog.publish(published) {
             if inner.fleet.proxies().any(|p| p.identity.serves(&key.namespace)) {
                 inner.pushes.insert(key.clone(), (version, Instant::now()));
@@ -408,7 +420,7 @@ impl Xds {
 
 /// The region and namespaces a proxy's node asks for, and where its listeners bind.
 pub fn view_of(identity: &ProxyIdentity, listen: std::net::IpAddr) -> View {
-    View { region: identity.region.clone(), namespaces: identity.namespaces.clone(), listen }
+    View { region: identity.region.clone(), namespaces: identity.namespaces.clone(), listen, drills: identity.drills }
 }
 
 #[cfg(test)]

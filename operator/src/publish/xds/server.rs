@@ -40,6 +40,8 @@ pub mod metadata {
     pub const LISTEN_ADDRESS: &str = "csp.contracts.dev/listen-address";
     /// The namespace of the proxy's Pod (to find its Node's region); default: the operator's.
     pub const POD_NAMESPACE: &str = "csp.contracts.dev/pod-namespace";
+    /// What the proxy's bootstrap enables, comma-separated (`drills`: internal listeners).
+    pub const FEATURES: &str = crate::envoy::bootstrap::FEATURES_KEY;
 }
 
 /// The region of a Pod's Node: `(namespace, pod) -> region`.
@@ -303,7 +305,9 @@ impl Ads {
                 tracing::info!(proxy = %node.id, "the proxy's region is unknown (no node.locality.region, no region on its Pod's Node): the declared order applies");
             }
         }
-        (ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces }, listen)
+        let drills = field(metadata::FEATURES)
+            .is_some_and(|f| f.split(',').any(|x| x.trim() == crate::envoy::bootstrap::FEATURE_DRILLS));
+        (ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces, drills }, listen)
     }
 }
 

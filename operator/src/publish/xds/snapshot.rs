@@ -16,7 +16,7 @@ use crate::envoy::pb::envoy::config::cluster::v3::Cluster;
 use crate::envoy::pb::envoy::config::listener::v3::Listener;
 use crate::envoy::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use crate::model::ContractKey;
-use crate::translate::gateway_listener;
+use crate::translate::{fault_listener, gateway_listener};
 
 /// The resource types served, in the order a change is sent: clusters before the listeners and scopes
 /// that lead to them, scopes before the routes they name.
@@ -73,12 +73,15 @@ pub struct View {
     pub namespaces: Option<BTreeSet<String>>,
     /// The address its gateway listeners bind.
     pub listen: IpAddr,
+    /// Whether it can carry a drill's fault (internal listeners).
+    pub drills: bool,
 }
 
 impl View {
-    /// What the contracts' resources depend on: the region and the namespaces (not the listen address).
-    pub fn audience(&self) -> (Option<String>, Option<BTreeSet<String>>) {
-        (self.region.clone(), self.namespaces.clone())
+    /// What the contracts' resources depend on: the region, the namespaces and whether drills' faults
+    /// can be put in (not the listen address).
+    pub fn audience(&self) -> (Option<String>, Option<BTreeSet<String>>, bool) {
+        (self.region.clone(), self.namespaces.clone(), self.drills)
     }
 
     fn serves(&self, namespace: &str) -> bool {
@@ -159,7 +162,7 @@ pub fn contracts(catalog: &Catalog, view: &View) -> Contracts {
         if !view.serves(&published.key.namespace) {
             continue;
         }
-        let Some(resources) = published.resources(view.region.as_deref()) else { continue };
+        let Some(resources) = published.resources(view.region.as_deref(), view.drills) else { continue };
         add(&mut kinds, &resources, &Arc::from(published.version.as_str()));
     }
     Contracts { generation: catalog.generation(), kinds: kinds.map(Arc::new), ports: ports(catalog, view) }
@@ -184,7 +187,7 @@ pub fn derive(earlier: &Contracts, catalog: &Catalog, view: &View) -> Option<Con
             continue;
         }
         let Some(published) = catalog.served(key) else { continue };
-        let Some(resources) = published.resources(view.region.as_deref()) else { continue };
+        let Some(resources) = published.resources(view.region.as_deref(), view.drills) else { continue };
         add(&mut kinds, &resources, &Arc::from(published.version.as_str()));
     }
     Some(Contracts { generation: catalog.generation(), kinds: kinds.map(Arc::new), ports: ports(catalog, view) })
@@ -198,6 +201,14 @@ pub fn snapshot_of(contracts: &Contracts, log: &Arc<ChangeLog>, view: &View) -> 
         let resource = Resource { name: Arc::from(listener.name.as_str()), any: any(&listener) };
         // The listener is made from the port and the address alone.
         let version: Arc<str> = Arc::from(format!("listener-v1:{}:{port}", view.listen).as_str());
+        listeners.insert(resource.name.clone(), Item { version, resource: Arc::new(resource) });
+    }
+    if view.drills {
+        // The internal listener that drills' faulted endpoints are reached through: always there for a
+        // proxy that can have it, so that a drill's start and end change no listener.
+        let listener = fault_listener();
+        let resource = Resource { name: Arc::from(listener.name.as_str()), any: any(&listener) };
+        let version: Arc<str> = Arc::from("fault-listener-v1");
         listeners.insert(resource.name.clone(), Item { version, resource: Arc::new(resource) });
     }
     let mut kinds = contracts.kinds.clone();
@@ -215,7 +226,7 @@ fn ports(catalog: &Catalog, view: &View) -> BTreeSet<u16> {
     catalog
         .all_served()
         .filter(|published| view.serves(&published.key.namespace))
-        .filter_map(|published| Some(published.resources(view.region.as_deref())?.port))
+        .filter_map(|published| Some(published.resources(view.region.as_deref(), view.drills)?.port))
         .collect()
 }
 
@@ -334,12 +345,16 @@ mod tests {
                 region: Some("gz".into()),
                 namespaces: only_a.then(|| ["a".to_owned()].into_iter().collect()),
                 listen: IpAddr::from([127, 0, 0, 2]),
+                drills: false,
             };
             let mut earlier = contracts(&catalog, &view);
             for (step, change) in changes.into_iter().enumerate() {
                 let key = |i: usize| ContractKey { namespace: CONTRACTS[i].0.into(), name: CONTRACTS[i].1.into() };
                 match change {
                     Change::Publish { contract, version, port } => {
+                        // A version is its content (the operator's versions are hashes of it): the same
+                        // version is always on the same port, whatever port was drawn.
+                        let port = if (contract + usize::from(version)) % 2 == 0 { port.min(80) } else { port.max(8080) };
                         catalog.publish(published(contract, version, port));
                     }
                     Change::Remove { contract } => {
@@ -372,7 +387,7 @@ mod tests {
         for i in 0..4 {
             catalog.publish(published(i, 1, 80));
         }
-        let view = View { region: None, namespaces: None, listen: IpAddr::from([0, 0, 0, 0]) };
+        let view = View { region: None, namespaces: None, listen: IpAddr::from([0, 0, 0, 0]), drills: false };
         let before = snapshot(&catalog, &view);
         let c1 = ContractKey { namespace: "a".into(), name: "c1".into() };
         let names: Vec<&str> = before.of_contract(Kind::Cluster, &c1).map(|(n, _)| &**n).collect();

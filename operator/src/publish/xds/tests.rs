@@ -19,7 +19,7 @@ fn key(name: &str) -> ContractKey {
 }
 
 fn proxy(id: &str) -> ProxyIdentity {
-    ProxyIdentity { id: id.into(), fleet: "f".into(), region: None, namespaces: None }
+    ProxyIdentity { id: id.into(), fleet: "f".into(), region: None, namespaces: None, drills: false }
 }
 
 #[test]
@@ -77,4 +77,39 @@ fn nothing_is_answered_until_every_contract_known_at_the_start_was_looked_at() {
     assert!(!xds.has_seen(&keys));
     xds.held(&key("b"));
     assert!(xds.has_seen(&keys));
+}
+
+#[test]
+fn a_drills_fault_reaches_only_the_proxies_that_can_take_it() {
+    use crate::model::ActiveFault;
+    use crate::publish::xds::snapshot::{Kind, View, snapshot};
+    let mut c = (*contract("a")).clone();
+    c.spec.failover = Some(crds::Failover { regions: vec!["gz".into(), "sz".into()] });
+    let mut endpoints = ChannelEndpoints::default();
+    endpoints.channels.insert(
+        "primary".into(),
+        vec![
+            crate::model::Endpoint { address: "10.0.0.1".into(), port: 80, ready: true, region: Some("gz".into()) },
+            crate::model::Endpoint { address: "10.0.0.2".into(), port: 80, ready: true, region: Some("sz".into()) },
+        ],
+    );
+    let fault = ActiveFault {
+        run: "ns/gz-outage/1".into(),
+        fault: serde_json::from_value(serde_json::json!({"region": "gz", "abort": {}})).expect("fault"),
+    };
+    let xds = Xds::new(XdsMetrics::default());
+    xds.publish_with_fault(key("a"), "v1+drill".into(), Arc::new(c), endpoints, Some(fault));
+    let inner = xds.inner();
+    let names = |drills: bool| {
+        let view = View { region: Some("sz".into()), namespaces: None, listen: [0, 0, 0, 0].into(), drills };
+        let s = snapshot(&inner.catalog, &view);
+        Kind::ALL.iter().flat_map(|k| s.kinds[k.index()].keys().map(move |n| format!("{k:?}:{n}"))).collect::<Vec<_>>()
+    };
+    let capable = names(true);
+    for expected in ["Listener:csp~fault", "Cluster:csp~ns~a~~drill", "Route:csp~ns~a~~drill", "Scope:csp~ns~a~~drill"]
+    {
+        assert!(capable.contains(&expected.to_owned()), "{expected} missing from {capable:?}");
+    }
+    let plain = names(false);
+    assert!(plain.iter().all(|n| !n.contains("fault") && !n.contains("~~drill")), "{plain:?}");
 }
