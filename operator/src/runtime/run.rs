@@ -129,11 +129,38 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
     let reporter = Reporter { controller: configmap::MANAGER.to_owned(), instance: Some(identity.clone()) };
     let proxy = ProxyOptions { listener: None, config_dir: args.proxy.proxy_config_dir.clone(), local_region: None };
     let xds = xds_config.as_ref().map(|_| Arc::new(Xds::new(metrics.xds.clone())));
+    let faults = crate::model::Faults::default();
     let ctx = Arc::new(
-        Context::new(client.clone(), reporter, metrics.clone(), caches.clone(), proxy, leader_rx.clone(), synced_rx)
-            .publishing(xds.clone(), args.xds.publish.contains(&Target::Configmap)),
+        Context::new(
+            client.clone(),
+            reporter.clone(),
+            metrics.clone(),
+            caches.clone(),
+            proxy,
+            leader_rx.clone(),
+            synced_rx,
+        )
+        .publishing(xds.clone(), args.xds.publish.contains(&Target::Configmap))
+        .with_faults(faults.clone()),
     );
     let mut watches = Watches::start(&client, args.contract_selector.as_deref(), &ctx, writers);
+    // ContractDrills: the faults every replica serves, the leader's decisions; a fault that changes
+    // triggers its contract.
+    let (drill_tx, drill_rx) = tokio::sync::mpsc::unbounded_channel();
+    if xds.is_some() {
+        let runtime = super::drills::DrillRuntime {
+            client: client.clone(),
+            faults,
+            caches: caches.clone(),
+            leader: leader_rx.clone(),
+            triggers: drill_tx,
+            reporter,
+            logs: Arc::new(|_run: &str| None),
+        };
+        tokio::spawn(super::drills::run(runtime, cancel.clone()));
+        let drill_triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(drill_rx);
+        watches.triggers = stream::select(watches.triggers, drill_triggers).boxed();
+    }
     let mut report_task = None;
     let (xds_task, status_triggers) = match (&xds, xds_config) {
         (Some(xds), Some(config)) => {

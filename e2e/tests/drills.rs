@@ -1,0 +1,92 @@
+//! ContractDrills against real Envoys fed over xDS by the operator: the drill's fault goes into the
+//! proxies (an outage of a region as the proxies see it), the data plane's own failover moves the traffic,
+//! and the fault leaves with the drill's duration or with the drill.
+
+use std::time::{Duration, Instant};
+
+use e2e::kubectl;
+use e2e::xds::{ProxySpec, XdsBed, XdsOperator, xds_operator};
+use serde_json::Value;
+
+const PORT: u16 = 18080;
+
+fn log_of(operator: &XdsOperator) -> impl Fn() -> String + '_ {
+    move || format!("--- operator log ---\n{}", operator.log_tail())
+}
+
+fn acked(c: &Value, n: i64) -> bool {
+    let p = &c["status"]["proxies"];
+    p["selected"] == n && p["acked"] == n
+}
+
+fn version(c: &Value) -> String {
+    c["status"]["configVersion"].as_str().unwrap_or_default().to_owned()
+}
+
+fn drill(bed: &XdsBed, name: &str, duration: &str) {
+    let yaml = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractDrill\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  contract: pay\n  fault: {{region: gz, abort: {{httpStatus: 503, percent: 100}}}}\n  duration: {duration}\n  expect: {{failoverWithin: 5s}}\n",
+        ns = bed.ns.name
+    );
+    kubectl(&["apply", "-f", "-"], Some(&yaml)).ok();
+}
+
+#[test]
+fn a_drills_fault_fails_a_region_over_and_leaves_with_its_duration_or_its_drill() {
+    let operator = xds_operator();
+    let log = log_of(operator);
+    let mut bed = XdsBed::new("drill-fault");
+    for b in ["gz-1", "sz-1"] {
+        bed.start_backend(b);
+    }
+    bed.service("pay", PORT, &[("gz-1", "gz"), ("sz-1", "sz")]);
+    let spec = "  service: pay\n  port: 18080\n  sla: {maxLatency: 3s}\n  retry:\n    maxRetries: 3\n    backoff: {baseInterval: 10ms, maxInterval: 50ms}\n  circuitBreaker: {consecutiveErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}\n  failover: {regions: [gz, sz]}\n";
+    bed.contract(operator, "pay", spec);
+    bed.start_proxy(operator, ProxySpec::new("proxy-gz", "gz", 2, 19301));
+    let c = bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log, |c| acked(c, 1));
+    let plain = version(&c);
+    bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(30));
+
+    // The drill: every gz endpoint fails for the proxies, and the proxy's own failover moves to sz.
+    let started = Instant::now();
+    drill(&bed, "gz-outage", "15s");
+    bed.wait_status("pay", "the fault's version acked", Duration::from_secs(15), &log, |c| {
+        acked(c, 1) && version(c).starts_with(&plain) && version(c).contains("+drill.")
+    });
+    bed.settles_on("proxy-gz", "pay", PORT, "sz-1", 10, Duration::from_secs(15));
+    let moved = started.elapsed();
+    // Nothing reaches gz while the fault lasts: the fault answers in its place.
+    let replies = bed.get_many("proxy-gz", "pay", PORT, 20, &[]);
+    assert!(replies.iter().all(|r| r.status == 200 && r.backend == "sz-1"), "{replies:?}");
+    let faulted = bed.proxies[0].admin_get("/clusters").unwrap_or_default();
+    assert!(faulted.contains("envoy://csp~fault/"), "gz is reached through the fault listener:\n{faulted}");
+
+    // The fault ends with the drill's duration: the proxies get the plain version back, and once gz's
+    // ejection (2s) is over, gz takes the traffic again.
+    bed.wait_status("pay", "the plain version back", Duration::from_secs(30), &log, |c| {
+        acked(c, 1) && version(c) == plain
+    });
+    let ended = started.elapsed();
+    assert!(ended >= Duration::from_secs(14), "the fault lasted its duration: {ended:?}");
+    bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(20));
+
+    // A drill deleted while it runs takes its fault with it.
+    drill(&bed, "deleted", "300s");
+    bed.wait_status("pay", "the second fault acked", Duration::from_secs(15), &log, |c| {
+        acked(c, 1) && version(c).contains("+drill.")
+    });
+    bed.settles_on("proxy-gz", "pay", PORT, "sz-1", 10, Duration::from_secs(15));
+    let deleted = Instant::now();
+    kubectl(&["delete", "contractdrill", "deleted", "-n", &bed.ns.name, "--wait=false"], None).ok();
+    bed.wait_status("pay", "no fault after the deletion", Duration::from_secs(15), &log, |c| {
+        acked(c, 1) && version(c) == plain
+    });
+    let removed = deleted.elapsed();
+    bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(20));
+    println!(
+        "measured: drill created -> traffic on sz {:.2}s; fault removed {:.1}s after the start (duration 15s); deletion -> fault gone from the proxy's version in {:.2}s",
+        moved.as_secs_f64(),
+        ended.as_secs_f64(),
+        removed.as_secs_f64()
+    );
+}
