@@ -46,6 +46,25 @@ fn a_drills_fault_fails_a_region_over_and_leaves_with_its_duration_or_its_drill(
     let c = bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log, |c| acked(c, 1));
     let plain = version(&c);
     bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(30));
+    // Every request reaches the operator in the proxy's access log, and counts for the contract's SLO.
+    let series = |channel: &str, region: &str, outcome: &str| {
+        format!(
+            "csp_contract_requests_total{{csp_namespace=\"{}\",csp_contract=\"pay\",csp_channel=\"{channel}\",csp_region=\"{region}\",csp_fallback=\"false\",csp_outcome=\"{outcome}\"}}",
+            bed.ns.name
+        )
+    };
+    let ok_gz = e2e::wait_until("the proxy's access logs counted by the operator", Duration::from_secs(15), || {
+        operator.metric(&series("primary", "gz", "ok")).filter(|n| *n >= 10.0)
+    });
+    let sla = format!(
+        "csp_contract_request_duration_seconds_bucket{{le=\"3.0\",csp_namespace=\"{}\",csp_contract=\"pay\",csp_channel=\"primary\",csp_region=\"gz\",csp_fallback=\"false\"}}",
+        bed.ns.name
+    );
+    assert!(
+        operator.metric(&sla).is_some_and(|n| n >= ok_gz),
+        "a bucket at sla.maxLatency (3s):\n{}",
+        operator.metrics()
+    );
 
     // The drill: every gz endpoint fails for the proxies, and the proxy's own failover moves to sz.
     let started = Instant::now();
@@ -60,6 +79,9 @@ fn a_drills_fault_fails_a_region_over_and_leaves_with_its_duration_or_its_drill(
     assert!(replies.iter().all(|r| r.status == 200 && r.backend == "sz-1"), "{replies:?}");
     let faulted = bed.proxies[0].admin_get("/clusters").unwrap_or_default();
     assert!(faulted.contains("envoy://csp~fault/"), "gz is reached through the fault listener:\n{faulted}");
+    e2e::wait_until("requests served by sz during the fault, counted", Duration::from_secs(15), || {
+        operator.metric(&series("primary", "sz", "ok")).filter(|n| *n >= 20.0)
+    });
 
     // The fault ends with the drill's duration: the proxies get the plain version back, and once gz's
     // ejection (2s) is over, gz takes the traffic again.

@@ -185,6 +185,10 @@ impl Context {
             None => config_version.to_owned(),
         };
         if let Some(xds) = &self.xds {
+            if let Ok(max_latency) = crds::duration::parse(&contract.spec.sla.max_latency) {
+                let objective = contract.spec.sla.objective.unwrap_or(crds::DEFAULT_SLA_OBJECTIVE);
+                xds.slo().set_target(&key.namespace, &key.name, crate::observe::slo::Target { max_latency, objective });
+            }
             xds.publish_with_fault(key.clone(), version.clone(), contract, endpoints, fault);
         }
         version
@@ -237,6 +241,7 @@ impl Context {
     pub fn forget(&self, key: &ContractKey) {
         if let Some(xds) = &self.xds {
             xds.remove(key);
+            xds.slo().forget(&key.namespace, &key.name);
         }
         self.memory().remove(key);
         self.metrics.forget(key);

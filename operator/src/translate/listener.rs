@@ -49,7 +49,75 @@ fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_ma
 /// HTTP connection manager whose routes come from the scope that matches the request's authority
 /// ([`scope`](super::scope)), scopes and route configurations both over ADS.
 pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
-    http_listener(format!("csp~port~{port}"), address, port, scoped_routes_by_header(":authority"))
+    let mut listener = http_listener(format!("csp~port~{port}"), address, port, scoped_routes_by_header(":authority"));
+    for chain in &mut listener.filter_chains {
+        for filter in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(config)) = &filter.config_type else { continue };
+            let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(config.value.as_slice()) else {
+                continue;
+            };
+            hcm.access_log = vec![slo_access_log()];
+            filter.config_type = Some(filter::ConfigType::TypedConfig(any(&hcm)));
+        }
+    }
+    listener
+}
+
+/// The log name of the gateway's access log of every request (see `publish::xds::als`).
+pub const SLO_LOG: &str = "csp-slo";
+
+/// Every request of a gateway listener, logged over gRPC to the operator (cluster `csp-xds`, which every
+/// bootstrap of the operator's has): its route (the contract), status, response flags, duration, and the
+/// channel, region and fallback of the endpoint that served it (custom tags from its metadata). The
+/// operator makes every contract's SLO metrics of them. Envoy buffers and sends them in batches, every
+/// second at most.
+fn slo_access_log() -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog {
+    use crate::envoy::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+    use crate::envoy::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
+    use crate::envoy::pb::envoy::extensions::access_loggers::grpc::v3::{
+        CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig,
+    };
+    use crate::envoy::pb::envoy::r#type::metadata::v3::{MetadataKey, MetadataKind, metadata_key, metadata_kind};
+    use crate::envoy::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+    let host = |tag: &str, key: &str| CustomTag {
+        tag: tag.to_owned(),
+        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
+            kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Host(metadata_kind::Host {})) }),
+            metadata_key: Some(MetadataKey {
+                key: super::endpoint::METADATA_NAMESPACE.to_owned(),
+                path: vec![metadata_key::PathSegment {
+                    segment: Some(metadata_key::path_segment::Segment::Key(key.to_owned())),
+                }],
+            }),
+            default_value: String::new(),
+        })),
+    };
+    let config = HttpGrpcAccessLogConfig {
+        common_config: Some(CommonGrpcAccessLogConfig {
+            log_name: SLO_LOG.to_owned(),
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                    cluster_name: crate::envoy::bootstrap::XDS_CLUSTER.to_owned(),
+                    ..Default::default()
+                })),
+                ..GrpcService::default()
+            }),
+            transport_api_version: ApiVersion::V3.into(),
+            buffer_flush_interval: Some(protobuf::Duration { seconds: 1, nanos: 0 }),
+            custom_tags: vec![
+                host("csp.channel", "channel"),
+                host("csp.region", "region"),
+                host("csp.fallback", "fallback"),
+            ],
+            ..CommonGrpcAccessLogConfig::default()
+        }),
+        ..HttpGrpcAccessLogConfig::default()
+    };
+    AccessLog {
+        name: "envoy.access_loggers.http_grpc".to_owned(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        ..AccessLog::default()
+    }
 }
 
 /// Routes from the scope (over ADS) whose key is the value of request header `header`.

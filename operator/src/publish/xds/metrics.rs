@@ -25,6 +25,8 @@ pub struct XdsMetrics {
     /// Change to all-ACKed.
     pub push_duration: Histogram,
     nacks: Family<ContractLabels, Counter>,
+    /// Every contract's SLO, from the proxies' access logs.
+    pub slo: std::sync::Arc<crate::observe::slo::SloMetrics>,
 }
 
 impl Default for XdsMetrics {
@@ -34,6 +36,7 @@ impl Default for XdsMetrics {
             // 5ms .. ~80s
             push_duration: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
             nacks: Family::default(),
+            slo: std::sync::Arc::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl XdsMetrics {
             "Rejections (NACKs) of a contract's configuration by a proxy",
             self.nacks.clone(),
         );
+        registry.register_collector(Box::new(self.slo.clone()));
     }
 
     /// Counts a rejection of a contract.

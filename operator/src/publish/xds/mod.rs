@@ -12,6 +12,7 @@
 //! [`Xds`] ties them together: the reconciler [`publish`](Xds::publish)es each contract's version, the
 //! streams read snapshots and report answers, and status reads [`observe`](Xds::observe).
 
+pub mod als;
 pub mod catalog;
 pub mod fleet;
 pub mod framing;
@@ -123,6 +124,11 @@ impl Xds {
             seen: Mutex::default(),
             warm: watch::channel(false).0,
         }
+    }
+
+    /// Every contract's SLO metrics, which the access log service fills.
+    pub fn slo(&self) -> Arc<crate::observe::slo::SloMetrics> {
+        self.metrics.slo.clone()
     }
 
     /// The reconciler looked at a contract and publishes nothing for it (its input is invalid).

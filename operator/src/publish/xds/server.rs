@@ -118,11 +118,16 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, tls = config.tls.is_some(), "xDS server listening");
+    let access_logs = super::als::AccessLogs { slo: xds.slo() };
     let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(config.keepalive_timeout));
-    let router = server.add_service(AdsService { ads });
+    let router = server.add_service(AdsService { ads }).add_service(
+        crate::envoy::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer::new(
+            access_logs,
+        ),
+    );
     match acceptor {
         Some(acceptor) => {
             let incoming = tls::incoming(listener, acceptor, cancel.clone());

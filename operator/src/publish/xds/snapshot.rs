@@ -200,7 +200,7 @@ pub fn snapshot_of(contracts: &Contracts, log: &Arc<ChangeLog>, view: &View) -> 
         let listener = gateway_listener(view.listen, port);
         let resource = Resource { name: Arc::from(listener.name.as_str()), any: any(&listener) };
         // The listener is made from the port and the address alone.
-        let version: Arc<str> = Arc::from(format!("listener-v1:{}:{port}", view.listen).as_str());
+        let version: Arc<str> = Arc::from(format!("listener-v2:{}:{port}", view.listen).as_str());
         listeners.insert(resource.name.clone(), Item { version, resource: Arc::new(resource) });
     }
     if view.drills {
