@@ -90,6 +90,26 @@ fn a_drills_fault_fails_a_region_over_and_leaves_with_its_duration_or_its_drill(
     });
     let ended = started.elapsed();
     assert!(ended >= Duration::from_secs(14), "the fault lasted its duration: {ended:?}");
+    // The verdict, from the proxy's own log of every try: the fault met at gz, then sz answering.
+    let judged = e2e::wait_until("the drill's verdict", Duration::from_secs(30), || {
+        let d = kubectl(&["get", "drill", "gz-outage", "-n", &bed.ns.name, "-o", "json"], None);
+        let d: Value = serde_json::from_str(&d.stdout).ok()?;
+        matches!(d["status"]["phase"].as_str(), Some("Passed" | "Failed" | "Aborted")).then_some(d)
+    });
+    let status = &judged["status"];
+    assert_eq!(status["phase"], "Passed", "{judged:#}\n{}", log());
+    let switchover = status["switchover"].as_str().unwrap_or_default().to_owned();
+    assert!(!switchover.is_empty(), "{judged:#}");
+    let served = status["servedBy"].as_array().cloned().unwrap_or_default();
+    assert!(
+        served.iter().any(|s| s["region"] == "sz" && s["faulted"] == false && s["requests"].as_i64() > Some(0)),
+        "sz served during the drill: {judged:#}"
+    );
+    assert_eq!(status["proxies"][0]["proxy"], "proxy-gz", "{judged:#}");
+    let contract = bed.get_contract("pay").expect("pay");
+    assert_eq!(contract["status"]["lastDrill"]["name"], "gz-outage", "{contract:#}");
+    assert_eq!(contract["status"]["lastDrill"]["phase"], "Passed", "{contract:#}");
+    assert!(contract["status"]["lastPassedDrillTime"].is_string(), "{contract:#}");
     bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(20));
 
     // A drill deleted while it runs takes its fault with it.
@@ -106,7 +126,7 @@ fn a_drills_fault_fails_a_region_over_and_leaves_with_its_duration_or_its_drill(
     let removed = deleted.elapsed();
     bed.settles_on("proxy-gz", "pay", PORT, "gz-1", 10, Duration::from_secs(20));
     println!(
-        "measured: drill created -> traffic on sz {:.2}s; fault removed {:.1}s after the start (duration 15s); deletion -> fault gone from the proxy's version in {:.2}s",
+        "measured: drill Passed with switchover {switchover} (promise 5s); drill created -> traffic on sz {:.2}s; fault removed {:.1}s after the start (duration 15s); deletion -> fault gone from the proxy's version in {:.2}s",
         moved.as_secs_f64(),
         ended.as_secs_f64(),
         removed.as_secs_f64()

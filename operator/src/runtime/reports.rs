@@ -104,7 +104,7 @@ pub async fn write_reports(client: Client, xds: Arc<Xds>, place: ReportPlace, ca
             }
         }
     }
-    let empty = Report { replica: place.identity.clone(), contracts: BTreeMap::new() };
+    let empty = Report { replica: place.identity.clone(), contracts: BTreeMap::new(), drills: BTreeMap::new() };
     if let Err(e) = write(&api, &place, &empty).await {
         tracing::warn!(error = %e, "cannot empty this replica's xDS report on the way out");
     }
@@ -163,7 +163,7 @@ mod tests {
     use super::*;
 
     fn report_map(replica: &str, renewed: &str) -> ConfigMap {
-        let report = Report { replica: replica.into(), contracts: BTreeMap::new() };
+        let report = Report { replica: replica.into(), contracts: BTreeMap::new(), drills: BTreeMap::new() };
         ConfigMap {
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([(RENEWED_ANNOTATION.to_owned(), renewed.to_owned())])),

@@ -155,7 +155,10 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
             leader: leader_rx.clone(),
             triggers: drill_tx,
             reporter,
-            logs: Arc::new(|_run: &str| None),
+            logs: {
+                let xds = xds.clone();
+                Arc::new(move |run: &str| xds.as_ref().and_then(|x| x.drill_log(run)))
+            },
         };
         tokio::spawn(super::drills::run(runtime, cancel.clone()));
         let drill_triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(drill_rx);

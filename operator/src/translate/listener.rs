@@ -56,7 +56,15 @@ pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
             let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(config.value.as_slice()) else {
                 continue;
             };
-            hcm.access_log = vec![slo_access_log()];
+            hcm.access_log = vec![grpc_access_log(SLO_LOG, None, &[])];
+            for http in &mut hcm.http_filters {
+                if http.name == "envoy.filters.http.router" {
+                    http.config_type = Some(http_filter::ConfigType::TypedConfig(any(&Router {
+                        upstream_log: vec![drill_upstream_log()],
+                        ..Router::default()
+                    })));
+                }
+            }
             filter.config_type = Some(filter::ConfigType::TypedConfig(any(&hcm)));
         }
     }
@@ -66,12 +74,38 @@ pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
 /// The log name of the gateway's access log of every request (see `publish::xds::als`).
 pub const SLO_LOG: &str = "csp-slo";
 
+/// The log name of the router's log of every try of a drill's request.
+pub const DRILL_LOG: &str = "csp-drill";
+
+/// Every try of a drill's requests (those with the `x-csp-drill` header, which the contract's routes add
+/// while its drill runs), logged over gRPC to the operator: when the try started and ended, its status,
+/// and the endpoint that took it (channel, region, whether under the fault). The drill's switchover is
+/// measured from them (`observe::drill`).
+fn drill_upstream_log() -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog {
+    use crate::envoy::pb::envoy::config::accesslog::v3::{AccessLogFilter, HeaderFilter, access_log_filter};
+    let present = HeaderMatcher {
+        name: super::fault::DRILL_HEADER.to_owned(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+        ..HeaderMatcher::default()
+    };
+    let only_drills = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::HeaderFilter(HeaderFilter {
+            header: Some(present),
+        })),
+    };
+    grpc_access_log(DRILL_LOG, Some(only_drills), &[super::fault::DRILL_HEADER])
+}
+
 /// Every request of a gateway listener, logged over gRPC to the operator (cluster `csp-xds`, which every
 /// bootstrap of the operator's has): its route (the contract), status, response flags, duration, and the
 /// channel, region and fallback of the endpoint that served it (custom tags from its metadata). The
 /// operator makes every contract's SLO metrics of them. Envoy buffers and sends them in batches, every
 /// second at most.
-fn slo_access_log() -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog {
+fn grpc_access_log(
+    log_name: &str,
+    filter: Option<crate::envoy::pb::envoy::config::accesslog::v3::AccessLogFilter>,
+    headers: &[&str],
+) -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog {
     use crate::envoy::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
     use crate::envoy::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
     use crate::envoy::pb::envoy::extensions::access_loggers::grpc::v3::{
@@ -94,7 +128,7 @@ fn slo_access_log() -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog
     };
     let config = HttpGrpcAccessLogConfig {
         common_config: Some(CommonGrpcAccessLogConfig {
-            log_name: SLO_LOG.to_owned(),
+            log_name: log_name.to_owned(),
             grpc_service: Some(GrpcService {
                 target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
                     cluster_name: crate::envoy::bootstrap::XDS_CLUSTER.to_owned(),
@@ -108,15 +142,17 @@ fn slo_access_log() -> crate::envoy::pb::envoy::config::accesslog::v3::AccessLog
                 host("csp.channel", "channel"),
                 host("csp.region", "region"),
                 host("csp.fallback", "fallback"),
+                host("csp.faulted", "faulted"),
             ],
             ..CommonGrpcAccessLogConfig::default()
         }),
+        additional_request_headers_to_log: headers.iter().map(|h| (*h).to_owned()).collect(),
         ..HttpGrpcAccessLogConfig::default()
     };
     AccessLog {
         name: "envoy.access_loggers.http_grpc".to_owned(),
+        filter,
         config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
-        ..AccessLog::default()
     }
 }
 

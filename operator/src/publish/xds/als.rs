@@ -11,6 +11,7 @@ use crate::envoy::pb::envoy::data::accesslog::v3::HttpAccessLogEntry;
 use crate::envoy::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogService;
 use crate::envoy::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
 use crate::envoy::pb::envoy::service::accesslog::v3::{StreamAccessLogsMessage, StreamAccessLogsResponse};
+use crate::observe::drill::TryLog;
 use crate::observe::slo::{RequestLog, SloMetrics};
 
 /// The log name of the connection manager's access log of every contract request.
@@ -23,11 +24,41 @@ pub const TAG_REGION: &str = "csp.region";
 /// See [`TAG_CHANNEL`].
 pub const TAG_FALLBACK: &str = "csp.fallback";
 
+/// The log name of the router's log of every try of a drill's request.
+pub const DRILL_LOG: &str = "csp-drill";
+
+/// The custom tag that says whether the endpoint was under a drill's fault.
+pub const TAG_FAULTED: &str = "csp.faulted";
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct AccessLogs {
     /// Where the requests are counted.
     pub slo: Arc<SloMetrics>,
+    /// Where the drills' tries go.
+    pub xds: Arc<super::Xds>,
+}
+
+/// One entry of the drill log: a try of a drill's request by proxy `proxy`. None without the run header.
+pub fn try_log(entry: &HttpAccessLogEntry, proxy: &str) -> Option<TryLog> {
+    let common = entry.common_properties.clone().unwrap_or_default();
+    let run = entry.request.as_ref()?.request_headers.get(crate::translate::fault::DRILL_HEADER)?.clone();
+    let tag = |k: &str| common.custom_tags.get(k).filter(|v| !v.is_empty() && *v != "-").cloned();
+    let start = common.start_time.as_ref().map(|t| t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos))?;
+    let took = common
+        .time_to_last_upstream_rx_byte
+        .or(common.time_to_last_downstream_tx_byte)
+        .map_or(0, |d| d.seconds.saturating_mul(1_000_000_000) + i64::from(d.nanos));
+    Some(TryLog {
+        run,
+        proxy: proxy.to_owned(),
+        start,
+        end: start + took,
+        faulted: tag(TAG_FAULTED).is_some_and(|f| f == "true"),
+        channel: tag(TAG_CHANNEL).unwrap_or_default(),
+        region: tag(TAG_REGION).unwrap_or_default(),
+        status: entry.response.as_ref().and_then(|r| r.response_code).map_or(0, |c| c.value),
+    })
 }
 
 /// One entry of the SLO log as the metrics read it.
@@ -56,16 +87,21 @@ impl AccessLogService for AccessLogs {
         request: Request<Streaming<StreamAccessLogsMessage>>,
     ) -> Result<Response<StreamAccessLogsResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut log_name = String::new();
+        let (mut log_name, mut proxy) = (String::new(), String::new());
         while let Some(message) = stream.next().await {
             let message = message?;
             if let Some(identifier) = &message.identifier {
                 log_name.clone_from(&identifier.log_name);
+                proxy = identifier.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
             }
             let Some(LogEntries::HttpLogs(logs)) = message.log_entries else { continue };
             if log_name == SLO_LOG {
                 for entry in &logs.log_entry {
                     let _ = self.slo.record(&request_log(entry));
+                }
+            } else if log_name == DRILL_LOG {
+                for t in logs.log_entry.iter().filter_map(|e| try_log(e, &proxy)) {
+                    self.xds.drill_try(&t);
                 }
             }
         }

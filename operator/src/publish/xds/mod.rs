@@ -56,6 +56,9 @@ pub struct Report {
     pub replica: String,
     /// By `<namespace>/<name>`.
     pub contracts: BTreeMap<String, ContractReport>,
+    /// What this replica's proxies logged of each drill run (by run), for the leader's verdict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drills: BTreeMap<String, crate::observe::drill::DrillLog>,
 }
 
 /// The views whose contracts are the same: a region and a set of namespaces (None: all).
@@ -108,7 +111,12 @@ pub struct Xds {
     /// Whether every contract known at the start has been looked at: until then no response is sent, so
     /// that a restarted operator never serves a proxy an empty or partial configuration.
     warm: watch::Sender<bool>,
+    /// What this replica's proxies logged of the latest drill runs, by run.
+    drill_logs: Mutex<BTreeMap<String, crate::observe::drill::DrillLog>>,
 }
+
+/// How many drill runs' logs a replica keeps (the latest; a run is judged seconds after its fault ends).
+const KEPT_DRILL_RUNS: usize = 16;
 
 impl Xds {
     /// An empty server state.
@@ -123,7 +131,32 @@ impl Xds {
             metrics,
             seen: Mutex::default(),
             warm: watch::channel(false).0,
+            drill_logs: Mutex::default(),
         }
+    }
+
+    /// One try of a drill's request, from a proxy of this replica.
+    pub fn drill_try(&self, entry: &crate::observe::drill::TryLog) {
+        let mut logs = self.drill_logs.lock().unwrap_or_else(PoisonError::into_inner);
+        if !logs.contains_key(&entry.run) && logs.len() >= KEPT_DRILL_RUNS {
+            // Forget the run whose proxies logged least recently... the smallest key is good enough: runs
+            // are `<ns>/<drill>/<n>`, and old ones are long judged.
+            if let Some(oldest) = logs.keys().next().cloned() {
+                logs.remove(&oldest);
+            }
+        }
+        logs.entry(entry.run.clone()).or_default().add(entry);
+    }
+
+    /// What every replica's proxies logged of a drill run: this one's and the others' reports merged.
+    pub fn drill_log(&self, run: &str) -> Option<crate::observe::drill::DrillLog> {
+        let mut merged = self.drill_logs.lock().unwrap_or_else(PoisonError::into_inner).get(run).cloned();
+        for peer in self.inner().peers.values() {
+            if let Some(theirs) = peer.drills.get(run) {
+                merged.get_or_insert_with(Default::default).merge(theirs);
+            }
+        }
+        merged
     }
 
     /// Every contract's SLO metrics, which the access log service fills.
@@ -258,7 +291,8 @@ impl Xds {
                 );
             }
         }
-        Report { replica: replica.to_owned(), contracts }
+        let drills = self.drill_logs.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Report { replica: replica.to_owned(), contracts, drills }
     }
 
     /// The other replicas' latest reports (those still alive). The contracts whose counts they change

@@ -118,7 +118,7 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, tls = config.tls.is_some(), "xDS server listening");
-    let access_logs = super::als::AccessLogs { slo: xds.slo() };
+    let access_logs = super::als::AccessLogs { slo: xds.slo(), xds: xds.clone() };
     let ads = Ads { xds, region_of, pod_namespace: config.pod_namespace, cancel: cancel.clone() };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

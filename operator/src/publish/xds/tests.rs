@@ -41,6 +41,7 @@ fn status_counts_this_replicas_proxies_and_the_fresh_reports_of_the_others() {
             "ns/a".to_owned(),
             ContractReport { version: version.into(), selected, acked, rejected, last_rejection: last },
         )]),
+        drills: BTreeMap::new(),
     };
     xds.take_dirty();
     xds.peer_reports(vec![peer("b", "v2", 3, 1, 1, Some(rejection.clone())), peer("c", "v1", 2, 2, 0, None)]);
