@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use prost::Message;
+use prost::{Message, Name};
 
 use super::json::{self, JsonError};
 use super::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
@@ -191,10 +191,12 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
     use super::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
     use super::pb::envoy::config::metrics::v3::{StatsConfig, TagSpecifier, tag_specifier};
     use super::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener;
-    use super::pb::envoy::extensions::transport_sockets::tls::v3::{CertificateValidationContext, TlsCertificate};
+    use super::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use super::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+    };
+    use super::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
     use super::pb::google::protobuf::{Struct, Value, value};
-    use super::upstream_http::EXTENSION_NAME;
-    use super::upstream_tls::{CommonTlsContext, TRANSPORT_SOCKET, UpstreamTlsContext, ValidationContextType};
 
     let mut metadata = std::collections::HashMap::new();
     let mut put = |key: &str, text: String| {
@@ -253,7 +255,7 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
             ..UpstreamTlsContext::default()
         };
         TransportSocket {
-            name: TRANSPORT_SOCKET.to_owned(),
+            name: "envoy.transport_sockets.tls".to_owned(),
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
         }
     });
@@ -264,7 +266,7 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
             if resolved_by_dns { cluster::DiscoveryType::StrictDns } else { cluster::DiscoveryType::Static }.into(),
         )),
         connect_timeout: Some(super::pb::google::protobuf::Duration { seconds: 2, nanos: 0 }),
-        typed_extension_protocol_options: [(EXTENSION_NAME.to_owned(), any(&super::upstream_http::explicit_http2()))]
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), any(&super::explicit_http2()))]
             .into_iter()
             .collect(),
         load_assignment: Some(ClusterLoadAssignment {

@@ -53,7 +53,10 @@ fn resource_roots() -> Vec<String> {
         envoy::extensions::filters::http::fault::v3::HttpFault::full_name(),
         envoy::extensions::filters::http::header_mutation::v3::HeaderMutation::full_name(),
         envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec::full_name(),
+        envoy::extensions::filters::http::lua::v3::Lua::full_name(),
+        envoy::extensions::filters::http::lua::v3::LuaPerRoute::full_name(),
         envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig::full_name(),
+        envoy::extensions::access_loggers::file::v3::FileAccessLog::full_name(),
         envoy::config::trace::v3::OpenTelemetryConfig::full_name(),
     ]
 }
@@ -171,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn extension_messages_outside_xds_api_are_inlined_too() {
+    fn extension_messages_are_inlined_too() {
         let cluster = Cluster {
             name: "c".into(),
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(cluster::CustomClusterType {
@@ -179,8 +182,8 @@ mod tests {
                 typed_config: Some(any(&ClusterConfig { clusters: vec!["a".into(), "b".into()] })),
             })),
             typed_extension_protocol_options: [(
-                crate::envoy::upstream_http::EXTENSION_NAME.to_owned(),
-                any(&crate::envoy::upstream_http::explicit_http2()),
+                crate::envoy::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions::full_name(),
+                any(&crate::envoy::explicit_http2()),
             )]
             .into_iter()
             .collect(),
@@ -196,6 +199,180 @@ mod tests {
             json!({
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}}
+            })
+        );
+    }
+
+    #[test]
+    fn the_extensions_of_the_next_features_are_inlined_at_every_depth() {
+        use crate::envoy::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+        use crate::envoy::pb::envoy::config::core::v3::{DataSource, GrpcService, data_source, grpc_service};
+        use crate::envoy::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+        use crate::envoy::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+        use crate::envoy::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+        use crate::envoy::pb::envoy::extensions::access_loggers::grpc::v3::{
+            CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig,
+        };
+        use crate::envoy::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+        use crate::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+        use crate::envoy::pb::envoy::extensions::filters::http::lua::v3::Lua;
+        use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
+        use crate::envoy::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+
+        let grpc = |cluster: &str| GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                cluster_name: cluster.into(),
+                ..grpc_service::EnvoyGrpc::default()
+            })),
+            ..GrpcService::default()
+        };
+        let http_filter = |name: &str, config: Any| HttpFilter {
+            name: name.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+            ..HttpFilter::default()
+        };
+        let log = |name: &str, config: Any| AccessLog {
+            name: name.into(),
+            config_type: Some(access_log::ConfigType::TypedConfig(config)),
+            ..AccessLog::default()
+        };
+        let fault = HttpFault {
+            delay: Some(FaultDelay {
+                fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(Duration {
+                    seconds: 1,
+                    nanos: 0,
+                })),
+                ..FaultDelay::default()
+            }),
+            ..HttpFault::default()
+        };
+        let lua = Lua {
+            default_source_code: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString("function envoy_on_request(h) end".into())),
+                ..DataSource::default()
+            }),
+            ..Lua::default()
+        };
+        let grpc_log = HttpGrpcAccessLogConfig {
+            common_config: Some(CommonGrpcAccessLogConfig {
+                log_name: "l".into(),
+                grpc_service: Some(grpc("als")),
+                ..CommonGrpcAccessLogConfig::default()
+            }),
+            ..HttpGrpcAccessLogConfig::default()
+        };
+        let hcm = HttpConnectionManager {
+            stat_prefix: "s".into(),
+            http_filters: vec![
+                http_filter("envoy.filters.http.fault", any(&fault)),
+                http_filter("envoy.filters.http.lua", any(&lua)),
+                http_filter("envoy.filters.http.router", any(&Router::default())),
+            ],
+            access_log: vec![
+                log(
+                    "envoy.access_loggers.file",
+                    any(&FileAccessLog { path: "/dev/stdout".into(), ..Default::default() }),
+                ),
+                log("envoy.access_loggers.http_grpc", any(&grpc_log)),
+            ],
+            tracing: Some(http_connection_manager::Tracing {
+                provider: Some(tracing::Http {
+                    name: "envoy.tracers.opentelemetry".into(),
+                    config_type: Some(tracing::http::ConfigType::TypedConfig(any(&OpenTelemetryConfig {
+                        grpc_service: Some(grpc("otel")),
+                        service_name: "proxy".into(),
+                        ..OpenTelemetryConfig::default()
+                    }))),
+                }),
+                custom_tags: vec![CustomTag {
+                    tag: "csp.channel".into(),
+                    r#type: Some(custom_tag::Type::Value("%UPSTREAM_METADATA(csp:channel)%".into())),
+                }],
+                ..http_connection_manager::Tracing::default()
+            }),
+            ..HttpConnectionManager::default()
+        };
+        let listener = Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+                }],
+                ..FilterChain::default()
+            }],
+            ..Listener::default()
+        };
+        let value = to_value(&any(&listener)).expect("json");
+        let hcm = &value["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(
+            hcm["http_filters"][0]["typed_config"],
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault", "delay": {"fixed_delay": "1s"}})
+        );
+        assert_eq!(
+            hcm["http_filters"][1]["typed_config"],
+            json!({
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": "function envoy_on_request(h) end"}
+            })
+        );
+        assert_eq!(
+            hcm["access_log"],
+            json!([
+                {"name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": "/dev/stdout"
+                }},
+                {"name": "envoy.access_loggers.http_grpc", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                    "common_config": {"grpc_service": {"envoy_grpc": {"cluster_name": "als"}}, "log_name": "l"}
+                }}
+            ])
+        );
+        assert_eq!(
+            hcm["tracing"],
+            json!({
+                "custom_tags": [{"tag": "csp.channel", "value": "%UPSTREAM_METADATA(csp:channel)%"}],
+                "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}},
+                    "service_name": "proxy"
+                }}
+            })
+        );
+    }
+
+    #[test]
+    fn bootstrap_extensions_are_inlined_against_the_whole_api() {
+        use crate::envoy::pb::envoy::config::bootstrap::v3::Bootstrap;
+        use crate::envoy::pb::envoy::config::core::v3::TypedExtensionConfig;
+        use crate::envoy::pb::envoy::config::metrics::v3::{StatsConfig, TagSpecifier, tag_specifier};
+        use crate::envoy::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener;
+
+        let bootstrap = Bootstrap {
+            bootstrap_extensions: vec![TypedExtensionConfig {
+                name: "envoy.bootstrap.internal_listener".into(),
+                typed_config: Some(any(&InternalListener { buffer_size_kb: Some(UInt32Value { value: 64 }) })),
+            }],
+            stats_config: Some(StatsConfig {
+                stats_tags: vec![TagSpecifier {
+                    tag_name: "csp_channel".into(),
+                    tag_value: Some(tag_specifier::TagValue::Regex("^csp\\.(.+?)\\.".into())),
+                }],
+                ..StatsConfig::default()
+            }),
+            ..Bootstrap::default()
+        };
+        assert!(to_value(&bootstrap).is_err(), "bootstraps are outside the resources' pool");
+        let value = to_value_any_api(&bootstrap).expect("json");
+        assert_eq!(
+            value,
+            json!({
+                "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+                    "buffer_size_kb": 64
+                }}],
+                "stats_config": {"stats_tags": [{"regex": "^csp\\.(.+?)\\.", "tag_name": "csp_channel"}]}
             })
         );
     }

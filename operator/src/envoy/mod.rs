@@ -17,12 +17,17 @@
 pub mod bootstrap;
 pub mod descriptors;
 pub mod json;
-pub mod upstream_http;
-pub mod upstream_tls;
 
 pub use envoy_types::pb;
 
-use pb::envoy::config::core::v3::{ApiVersion, ConfigSource, PathConfigSource, WatchedDirectory, config_source};
+use pb::envoy::config::core::v3::{
+    ApiVersion, ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, PathConfigSource, WatchedDirectory,
+    config_source,
+};
+use pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
 use pb::google::protobuf::Any;
 
 /// Wraps a message in a `google.protobuf.Any`.
@@ -42,5 +47,48 @@ pub fn path_config_source(dir: &str, file: &str) -> ConfigSource {
             ..PathConfigSource::default()
         })),
         ..ConfigSource::default()
+    }
+}
+
+/// A cluster's upstream protocol options (`Cluster.typed_extension_protocol_options`, keyed by the message's
+/// full name): HTTP/2 with prior knowledge and Envoy's default HTTP/2 settings.
+pub fn explicit_http2() -> HttpProtocolOptions {
+    explicit_http(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default()))
+}
+
+/// [`explicit_http2`] for HTTP/1.1 with Envoy's default settings.
+pub fn explicit_http1() -> HttpProtocolOptions {
+    explicit_http(ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default()))
+}
+
+fn explicit_http(protocol: ProtocolConfig) -> HttpProtocolOptions {
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(protocol),
+        })),
+        ..HttpProtocolOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::{Message, Name};
+
+    use super::*;
+
+    #[test]
+    fn upstream_protocol_options_are_keyed_by_their_full_name() {
+        assert_eq!(
+            HttpProtocolOptions::type_url(),
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        );
+    }
+
+    #[test]
+    fn explicit_http_encodes_with_envoys_field_numbers() {
+        // Field 3 (explicit_http_config, length-delimited) holding field 2 (http2_protocol_options, empty)
+        // or field 1 (http_protocol_options, empty).
+        assert_eq!(explicit_http2().encode_to_vec(), vec![0x1a, 0x02, 0x12, 0x00]);
+        assert_eq!(explicit_http1().encode_to_vec(), vec![0x1a, 0x02, 0x0a, 0x00]);
     }
 }

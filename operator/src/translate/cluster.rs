@@ -114,9 +114,7 @@ pub(crate) fn channel_cluster(
     if dns {
         cluster.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred.into();
     }
-    cluster
-        .typed_extension_protocol_options
-        .insert(upstream_http::EXTENSION_NAME.to_owned(), any(&protocol_options(spec)));
+    cluster.typed_extension_protocol_options.insert(HttpProtocolOptions::full_name(), any(&protocol_options(spec)));
     Ok(cluster)
 }
 
@@ -132,17 +130,14 @@ pub const CHANNEL_PRIORITY_HEADER: &str = "x-channel-priority";
 /// aggregate runs the aggregate's upstream filters (verified with Envoy 1.40), whichever channel's
 /// endpoint takes the try, so that the header names the channel that really serves it, after a failover
 /// too, and whatever the client sent.
-pub(crate) fn protocol_options(spec: &ChannelContractSpec) -> upstream_http::HttpProtocolOptions {
+pub(crate) fn protocol_options(spec: &ChannelContractSpec) -> HttpProtocolOptions {
     use crate::envoy::pb::envoy::config::common::mutation_rules::v3::{
         HeaderMutation as Mutation, header_mutation::Action,
     };
     use crate::envoy::pb::envoy::extensions::filters::http::header_mutation::v3::{HeaderMutation, Mutations};
     use crate::envoy::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
-    let mut options = if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) {
-        upstream_http::explicit_http2()
-    } else {
-        upstream_http::explicit_http1()
-    };
+    let mut options =
+        if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) { explicit_http2() } else { explicit_http1() };
     let header = HeaderMutation {
         mutations: Some(Mutations {
             request_mutations: vec![Mutation {
@@ -208,7 +203,7 @@ pub(crate) fn aggregate_cluster(spec: &ChannelContractSpec, name: &str, chain: V
         circuit_breakers: Some(circuit_breakers(&spec.circuit_breaker, &spec.retry)),
         common_lb_config: Some(common_lb_config()),
         typed_extension_protocol_options: std::collections::HashMap::from([(
-            upstream_http::EXTENSION_NAME.to_owned(),
+            HttpProtocolOptions::full_name(),
             any(&protocol_options(spec)),
         )]),
         ..Cluster::default()

@@ -111,8 +111,7 @@ pub(crate) fn passthrough_cluster(spec: &ChannelContractSpec, names: &Names<'_>,
         ..Cluster::default()
     };
     if matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc) {
-        c.typed_extension_protocol_options
-            .insert(upstream_http::EXTENSION_NAME.to_owned(), any(&upstream_http::explicit_http2()));
+        c.typed_extension_protocol_options.insert(HttpProtocolOptions::full_name(), any(&explicit_http2()));
     }
     c
 }

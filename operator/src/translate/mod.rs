@@ -53,12 +53,13 @@ use crate::envoy::pb::envoy::extensions::filters::http::router::v3::Router;
 use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
+use crate::envoy::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use crate::envoy::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use crate::envoy::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use crate::envoy::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use crate::envoy::pb::envoy::r#type::v3::Percent;
 use crate::envoy::pb::google::protobuf::{self as protobuf, UInt32Value};
-use crate::envoy::{any, path_config_source, upstream_http};
+use crate::envoy::{any, explicit_http1, explicit_http2, path_config_source};
 
 use crate::model::{ActiveFault, ChannelEndpoints, Endpoint, EnvoyResources, ProxyOptions, XdsContract};
 

@@ -8,7 +8,9 @@ use super::*;
 use crate::envoy::pb::envoy::config::cluster::v3::cluster;
 use crate::envoy::pb::envoy::config::core::v3::config_source;
 use crate::envoy::pb::envoy::config::route::v3::route;
-use crate::envoy::upstream_http::{HttpProtocolOptions, ProtocolConfig, UpstreamProtocolOptions};
+use crate::envoy::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
 use crds::resolve_channels;
 
 fn contract(spec: serde_json::Value) -> ChannelContract {
