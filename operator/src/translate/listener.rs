@@ -14,14 +14,15 @@ pub(crate) fn listener(spec: &ChannelContractSpec, names: &Names<'_>, options: &
         config_source: Some(path_config_source(&options.config_dir, "rds.yaml")),
         route_config_name: names.base(),
     });
-    http_listener(names.base(), address.ip(), address.port(), routes)
+    let hcm = connection_manager(names.base(), routes);
+    http_listener(names.base(), address.ip(), address.port(), &hcm)
 }
 
-/// A listener `name` on `ip:port` with one HTTP connection manager (stats under `name`, tracing on, the
-/// router filter) whose routes come from `routes`.
-fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_manager::RouteSpecifier) -> Listener {
-    let hcm = HttpConnectionManager {
-        stat_prefix: name.clone(),
+/// An HTTP connection manager (stats under `name`, tracing on, the router filter) whose routes come from
+/// `routes`.
+fn connection_manager(name: String, routes: http_connection_manager::RouteSpecifier) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: name,
         route_specifier: Some(routes),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
@@ -30,14 +31,18 @@ fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_ma
         }],
         tracing: Some(http_connection_manager::Tracing::default()),
         ..HttpConnectionManager::default()
-    };
+    }
+}
+
+/// A listener `name` on `ip:port` with the one HTTP connection manager `hcm`.
+fn http_listener(name: String, ip: IpAddr, port: u16, hcm: &HttpConnectionManager) -> Listener {
     Listener {
         name,
         address: Some(socket_address(&ip.to_string(), u32::from(port))),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+                config_type: Some(filter::ConfigType::TypedConfig(any(hcm))),
             }],
             ..FilterChain::default()
         }],
@@ -49,26 +54,18 @@ fn http_listener(name: String, ip: IpAddr, port: u16, routes: http_connection_ma
 /// HTTP connection manager whose routes come from the scope that matches the request's authority
 /// ([`scope`](super::scope)), scopes and route configurations both over ADS.
 pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
-    let mut listener = http_listener(format!("csp~port~{port}"), address, port, scoped_routes_by_header(":authority"));
-    for chain in &mut listener.filter_chains {
-        for filter in &mut chain.filters {
-            let Some(filter::ConfigType::TypedConfig(config)) = &filter.config_type else { continue };
-            let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(config.value.as_slice()) else {
-                continue;
-            };
-            hcm.access_log = vec![grpc_access_log(SLO_LOG, None, &[])];
-            for http in &mut hcm.http_filters {
-                if http.name == "envoy.filters.http.router" {
-                    http.config_type = Some(http_filter::ConfigType::TypedConfig(any(&Router {
-                        upstream_log: vec![drill_upstream_log()],
-                        ..Router::default()
-                    })));
-                }
-            }
-            filter.config_type = Some(filter::ConfigType::TypedConfig(any(&hcm)));
+    let name = format!("csp~port~{port}");
+    let mut hcm = connection_manager(name.clone(), scoped_routes_by_header(":authority"));
+    hcm.access_log = vec![grpc_access_log(SLO_LOG, None, &[])];
+    for http in &mut hcm.http_filters {
+        if http.name == "envoy.filters.http.router" {
+            http.config_type = Some(http_filter::ConfigType::TypedConfig(any(&Router {
+                upstream_log: vec![drill_upstream_log()],
+                ..Router::default()
+            })));
         }
     }
-    listener
+    http_listener(name, address, port, &hcm)
 }
 
 /// The log name of the gateway's access log of every request (see `publish::xds::als`).
@@ -111,21 +108,7 @@ fn grpc_access_log(
     use crate::envoy::pb::envoy::extensions::access_loggers::grpc::v3::{
         CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig,
     };
-    use crate::envoy::pb::envoy::r#type::metadata::v3::{MetadataKey, MetadataKind, metadata_key, metadata_kind};
-    use crate::envoy::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
-    let host = |tag: &str, key: &str| CustomTag {
-        tag: tag.to_owned(),
-        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
-            kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Host(metadata_kind::Host {})) }),
-            metadata_key: Some(MetadataKey {
-                key: super::endpoint::METADATA_NAMESPACE.to_owned(),
-                path: vec![metadata_key::PathSegment {
-                    segment: Some(metadata_key::path_segment::Segment::Key(key.to_owned())),
-                }],
-            }),
-            default_value: String::new(),
-        })),
-    };
+    let host = |tag: &str, key: &str| super::route::host_metadata_tag(tag, key, "");
     let config = HttpGrpcAccessLogConfig {
         common_config: Some(CommonGrpcAccessLogConfig {
             log_name: log_name.to_owned(),
@@ -195,31 +178,19 @@ fn scoped_routes_by_header(header: &str) -> http_connection_manager::RouteSpecif
 pub fn fault_listener() -> Listener {
     use crate::envoy::pb::envoy::config::listener::v3::listener::{InternalListenerConfig, ListenerSpecifier};
     use crate::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
-    let mut listener = http_listener(
-        super::fault::FAULT_LISTENER.to_owned(),
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    let name = super::fault::FAULT_LISTENER.to_owned();
+    let mut hcm = connection_manager(name.clone(), scoped_routes_by_header(super::fault::DRILL_HEADER));
+    hcm.tracing = None;
+    hcm.http_filters.insert(
         0,
-        scoped_routes_by_header(super::fault::DRILL_HEADER),
+        HttpFilter {
+            name: super::fault::FAULT_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpFault::default()))),
+            ..HttpFilter::default()
+        },
     );
+    let mut listener = http_listener(name, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, &hcm);
     listener.address = None;
     listener.listener_specifier = Some(ListenerSpecifier::InternalListener(InternalListenerConfig::default()));
-    for chain in &mut listener.filter_chains {
-        for filter in &mut chain.filters {
-            let Some(filter::ConfigType::TypedConfig(config)) = &filter.config_type else { continue };
-            let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(config.value.as_slice()) else {
-                continue;
-            };
-            hcm.tracing = None;
-            hcm.http_filters.insert(
-                0,
-                HttpFilter {
-                    name: super::fault::FAULT_FILTER.to_owned(),
-                    config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpFault::default()))),
-                    ..HttpFilter::default()
-                },
-            );
-            filter.config_type = Some(filter::ConfigType::TypedConfig(any(&hcm)));
-        }
-    }
     listener
 }

@@ -136,19 +136,7 @@ pub(crate) fn channel_header(selector: &str) -> HeaderMatcher {
 ///   `sla.maxLatency`, so a timed-out request is one), else `false`: computed by Envoy per request
 ///   (`%CEL(...)%`).
 pub(crate) fn span_tags(contract: &str, max_latency: &str) -> Vec<CustomTag> {
-    let host = |tag: &str, key: &str, default: &str| CustomTag {
-        tag: tag.to_owned(),
-        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
-            kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Host(metadata_kind::Host {})) }),
-            metadata_key: Some(MetadataKey {
-                key: super::endpoint::METADATA_NAMESPACE.to_owned(),
-                path: vec![metadata_key::PathSegment {
-                    segment: Some(metadata_key::path_segment::Segment::Key(key.to_owned())),
-                }],
-            }),
-            default_value: default.to_owned(),
-        })),
-    };
+    let host = host_metadata_tag;
     vec![
         literal_tag(CONTRACT_TAG, contract),
         host(CHANNEL_TAG, "channel", ""),
@@ -162,6 +150,24 @@ pub(crate) fn span_tags(contract: &str, max_latency: &str) -> Vec<CustomTag> {
             ))),
         },
     ]
+}
+
+/// A custom tag (span attribute, access log tag) with the value of key `key` of the serving endpoint's
+/// metadata ([`super::endpoint::endpoint_metadata`]), `default` when it has none.
+pub(crate) fn host_metadata_tag(tag: &str, key: &str, default: &str) -> CustomTag {
+    CustomTag {
+        tag: tag.to_owned(),
+        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
+            kind: Some(MetadataKind { kind: Some(metadata_kind::Kind::Host(metadata_kind::Host {})) }),
+            metadata_key: Some(MetadataKey {
+                key: super::endpoint::METADATA_NAMESPACE.to_owned(),
+                path: vec![metadata_key::PathSegment {
+                    segment: Some(metadata_key::path_segment::Segment::Key(key.to_owned())),
+                }],
+            }),
+            default_value: default.to_owned(),
+        })),
+    }
 }
 
 pub(crate) fn literal_tag(tag: &str, value: &str) -> CustomTag {
