@@ -342,6 +342,9 @@ gateway_bootstrap mtls-sotw-namespaces \
   --client-cert /var/run/csp/xds-client/tls.crt --client-key /var/run/csp/xds-client/tls.key --sotw \
   --namespaces payments,orders -- \
   --set operator.xds.tls.requireClientCert=true --set proxy.sotw=true --set 'proxy.namespaces={payments,orders}'
+gateway_bootstrap tracing --otlp-address otel-collector.observability.svc:4317 --trace-sampling 12.5 -- \
+  --set proxy.tracing.otlpAddress=otel-collector.observability.svc:4317 --set-json proxy.tracing.sampling=12.5
+gateway_bootstrap tracing-ip --otlp-address 10.0.0.7:4317 -- --set proxy.tracing.otlpAddress=10.0.0.7:4317
 
 # 7. the API server accepts what the chart renders (server-side dry run: validation and admission, nothing
 # stored). Rendered into the namespace `default`, which always exists, so that no namespace is created.

@@ -70,7 +70,19 @@ impl Prometheus {
     /// Starts Prometheus with a 1s scrape and evaluation interval, the given jobs and rule files; in
     /// network namespace `netns` when given (to reach proxies that listen on that namespace's loopback).
     pub fn start(dir: &Path, netns: Option<&str>, jobs: &[Job], rule_files: &[PathBuf]) -> Self {
-        let port = free_port();
+        Self::start_at(dir, netns, "127.0.0.1", free_port(), jobs, rule_files)
+    }
+
+    /// [`start`](Self::start) listening on `address:port` (`0.0.0.0` to be reached from outside its
+    /// network namespace, e.g. by an operator on the host).
+    pub fn start_at(
+        dir: &Path,
+        netns: Option<&str>,
+        address: &str,
+        port: u16,
+        jobs: &[Job],
+        rule_files: &[PathBuf],
+    ) -> Self {
         let scrape: Vec<Value> = jobs
             .iter()
             .map(|j| {
@@ -102,7 +114,7 @@ impl Prometheus {
         args.extend([
             format!("--config.file={}", file.display()),
             format!("--storage.tsdb.path={}", data.display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={address}:{port}"),
             "--log.level=warn".to_owned(),
         ]);
         let process = Tied::spawn(&program, &args, &[], &dir.join("prometheus.log"));
@@ -240,6 +252,8 @@ pub struct Span {
     pub name: String,
     /// Its attributes, every value as text.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Start, Unix nanoseconds.
+    pub start_ns: u64,
     /// Duration in nanoseconds.
     pub duration_ns: u64,
 }
@@ -263,6 +277,7 @@ impl Span {
         Self {
             name: span["name"].as_str().unwrap_or_default().to_owned(),
             attributes,
+            start_ns: nanos("startTimeUnixNano"),
             duration_ns: nanos("endTimeUnixNano").saturating_sub(nanos("startTimeUnixNano")),
         }
     }

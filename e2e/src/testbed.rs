@@ -66,14 +66,15 @@ pub fn remove_stale_nodes() {
 }
 
 /// Starts `target/debug/operator run` as the chart's operator ServiceAccount (its token, its RBAC: see
-/// [`crate::rbac`]) with `--admin-listen` on a free loopback port, `--log-format text` and `args`, logging
+/// [`crate::rbac`]) with `--admin-listen` on a free port of every address (a Prometheus in a test's network
+/// namespace scrapes it through the namespace's link to the host), `--log-format text` and `args`, logging
 /// to `log`; waits until its `/readyz` answers 200. Returns it and its admin port.
 pub fn spawn_operator(args: &[String], log: &std::path::Path) -> (Tied, u16) {
     let admin_port = crate::free_port();
     let mut all: Vec<String> = vec![
         "run".into(),
         "--admin-listen".into(),
-        format!("127.0.0.1:{admin_port}"),
+        format!("0.0.0.0:{admin_port}"),
         "--log-format".into(),
         "text".into(),
     ];
@@ -138,6 +139,9 @@ pub struct Reply {
     pub backend: String,
     /// Its `x-csp-contract` header.
     pub contract: String,
+    /// The `x-channel-priority` request header(s) the backend received (`x-seen-channel-priority`), comma
+    /// separated, empty if none.
+    pub channel_priority: String,
 }
 
 /// Where an endpoint's region comes from.
@@ -435,7 +439,7 @@ pub fn requests(netns: &NetworkNamespace, url: &str, n: usize, headers: &[(&str,
         "--max-time".into(),
         "10".into(),
         "-w".into(),
-        "%{http_code} %{time_total} [%header{x-backend}] [%header{x-csp-contract}]\\n".into(),
+        "%{http_code} %{time_total} [%header{x-backend}] [%header{x-csp-contract}] [%header{x-seen-channel-priority}]\\n".into(),
     ];
     for (k, v) in headers {
         args.push("-H".into());
@@ -447,7 +451,16 @@ pub fn requests(netns: &NetworkNamespace, url: &str, n: usize, headers: &[(&str,
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = netns.run("curl", &args);
     let mut replies: Vec<Reply> = out.stdout.lines().filter_map(parse_reply).collect();
-    replies.resize(n, Reply { status: 0, seconds: 0.0, backend: String::new(), contract: String::new() });
+    replies.resize(
+        n,
+        Reply {
+            status: 0,
+            seconds: 0.0,
+            backend: String::new(),
+            contract: String::new(),
+            channel_priority: String::new(),
+        },
+    );
     replies
 }
 
@@ -462,6 +475,7 @@ fn parse_reply(line: &str) -> Option<Reply> {
         seconds,
         backend: headers.next().unwrap_or_default(),
         contract: headers.next().unwrap_or_default(),
+        channel_priority: headers.next().unwrap_or_default(),
     })
 }
 

@@ -204,6 +204,8 @@ pub struct ProxySpec {
     pub envoy_args: Vec<String>,
     /// State of the world instead of delta.
     pub sotw: bool,
+    /// Where it exports its spans (an OTLP gRPC receiver), and the share it traces (percent).
+    pub otlp: Option<(SocketAddr, f64)>,
 }
 
 impl ProxySpec {
@@ -219,6 +221,7 @@ impl ProxySpec {
             admin_port,
             envoy_args: Vec::new(),
             sotw: false,
+            otlp: None,
         }
     }
 }
@@ -256,6 +259,11 @@ impl AdsEnvoy {
             }),
             admin: SocketAddr::from(([127, 0, 0, 1], spec.admin_port)),
             delta: !spec.sotw,
+            otlp: spec.otlp.map(|(address, sampling)| operator::envoy::bootstrap::Otlp {
+                host: address.ip().to_string(),
+                port: address.port(),
+                sampling,
+            }),
         };
         let mut bootstrap = ads(&options);
         if spec.envoy_args.iter().any(|a| a.contains("http_protocol_options")) {
@@ -396,6 +404,16 @@ impl XdsBed {
             next_host: 10,
             pods: Vec::new(),
         }
+    }
+
+    /// The host's address on the link to the network namespace (what the proxies reach the operator at).
+    pub fn host_address(&self) -> &str {
+        &self.link.host
+    }
+
+    /// The namespace's address on that link (what the host reaches a server of the namespace at).
+    pub fn inside_address(&self) -> &str {
+        &self.link.inside
     }
 
     /// The Node of a region.

@@ -4,7 +4,8 @@ The gateway fleet's Envoy bootstrap: what `operator bootstrap` prints for
   operator bootstrap --xds-address <fullname>-xds.<ns>.svc.<clusterDomain>:<operator.xds.port> \
     --ca /var/run/csp/xds/ca.crt --fleet <proxy.fleet> --pod-namespace <ns> --admin 127.0.0.1:9901 \
     [--namespaces <proxy.namespaces>] [--client-cert /var/run/csp/xds-client/tls.crt \
-    --client-key /var/run/csp/xds-client/tls.key] [--sotw]
+    --client-key /var/run/csp/xds-client/tls.key] [--sotw] \
+    [--otlp-address <proxy.tracing.otlpAddress> --trace-sampling <proxy.tracing.sampling>]
 
 key for key (charts/test.sh compares the two when an operator binary is at hand, and runs
 `envoy --mode validate` on it), plus one static listener of the chart's: `GET /ready` on
@@ -45,11 +46,14 @@ node:
   locality:
     zone: csp-proxy
   metadata:
-    csp.contracts.dev/features: drills
+    csp.contracts.dev/features: drills{{ if $v.tracing.otlpAddress }},tracing{{ end }}
     {{- with $v.namespaces }}
     csp.contracts.dev/namespaces: {{ join "," . }}
     {{- end }}
     csp.contracts.dev/pod-namespace: {{ .Release.Namespace }}
+    {{- if $v.tracing.otlpAddress }}
+    csp.contracts.dev/trace-sampling: {{ $v.tracing.sampling | toString | quote }}
+    {{- end }}
 # The labels csp_namespace, csp_contract, csp_channel, csp_region, csp_fallback of the proxies' metrics,
 # from the contracts' cluster names (csp~<namespace>~<contract>[~<channel>]) and zones.
 stats_config:
@@ -105,6 +109,27 @@ static_resources:
         '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config:
           http2_protocol_options: {}
+  {{- with $v.tracing.otlpAddress }}
+  {{- $otlpHost := regexReplaceAll ":[0-9]+$" . "" | trimPrefix "[" | trimSuffix "]" }}
+  # The OpenTelemetry Collector the gateway listeners' tracer exports to.
+  - connect_timeout: 2s
+    load_assignment:
+      cluster_name: csp-otlp
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: {{ $otlpHost }}
+                port_value: {{ regexFind "[0-9]+$" . }}
+    name: csp-otlp
+    type: {{ if regexMatch "^[0-9.]+$|:" $otlpHost }}STATIC{{ else }}STRICT_DNS{{ end }}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+  {{- end }}
   # The chart's own: the kubelet's readiness probe. Static listeners open once Envoy has initialized (its
   # first clusters and listeners from the operator, or initial_fetch_timeout); 503 once health checks fail
   # (admin POST /healthcheck/fail).

@@ -11,7 +11,9 @@
 //! - `flaky <n>`: 503 for the first `n` of every `n + 1` requests, counted from when the mode was written
 //!   (`flaky 2`: fail, fail, succeed, fail, fail, succeed, …).
 //!
-//! Every answer carries `x-backend: <name>` and `x-backend-count: <requests so far>`, and the body
+//! Every answer carries `x-backend: <name>`, `x-backend-count: <requests so far>` and
+//! `x-seen-channel-priority`: the request's `x-channel-priority` header as it arrived (what a backend that
+//! relaxes its checks on the degraded path reads; empty if none), and the body
 //! `<name>`. The count is also written (atomically) to the count file before the answer is sent, and
 //! `0` is written there once the server listens, so that a test knows when the backend is up.
 #![forbid(unsafe_code)]
@@ -88,7 +90,7 @@ fn write_atomically(path: &Path, text: &str) {
     }
 }
 
-async fn handle(State(shared): State<Arc<Shared>>) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, request_headers: axum::http::HeaderMap) -> Response {
     let mode = tokio::fs::read_to_string(&shared.mode_file).await.unwrap_or_default().trim().to_owned();
     let (total, in_mode) = {
         let mut counts = shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -115,6 +117,11 @@ async fn handle(State(shared): State<Arc<Shared>>) -> Response {
         headers.insert("x-backend", v);
     }
     headers.insert("x-backend-count", HeaderValue::from(total));
+    let priority =
+        request_headers.get_all("x-channel-priority").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    if let Ok(v) = HeaderValue::from_str(&priority.join(",")) {
+        headers.insert("x-seen-channel-priority", v);
+    }
     response
 }
 

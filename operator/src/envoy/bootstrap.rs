@@ -114,7 +114,7 @@ pub fn to_yaml(bootstrap: &Bootstrap) -> Result<String, BootstrapError> {
 }
 
 /// How a proxy reaches the operator's xDS server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdsBootstrap {
     /// `node.id`: the pod name (empty: Envoy's `--service-node` sets it).
     pub node_id: String,
@@ -138,6 +138,20 @@ pub struct AdsBootstrap {
     pub admin: SocketAddr,
     /// Delta (incremental) xDS rather than state of the world.
     pub delta: bool,
+    /// Where the proxy exports its spans (OTLP over gRPC); None: no tracing.
+    pub otlp: Option<Otlp>,
+}
+
+/// A proxy's span export: an OpenTelemetry Collector's OTLP gRPC receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// Its host name or IP address.
+    pub host: String,
+    /// Its port (4317 by convention).
+    pub port: u16,
+    /// The share of the requests that start a trace, in percent (a request that arrives with a sampled
+    /// trace context is always traced).
+    pub sampling: f64,
 }
 
 /// TLS from a proxy to the xDS server: files in the proxy.
@@ -161,6 +175,16 @@ pub const FEATURES_KEY: &str = "csp.contracts.dev/features";
 /// The feature of a bootstrap that enables Envoy's internal listeners: the proxy can carry a
 /// ContractDrill's fault (its faulted endpoints are reached through an internal listener).
 pub const FEATURE_DRILLS: &str = "drills";
+
+/// The feature of a bootstrap that has the [`OTLP_CLUSTER`]: the operator gives the proxy's gateway
+/// listeners an OpenTelemetry tracer that exports to it.
+pub const FEATURE_TRACING: &str = "tracing";
+
+/// The node metadata key of the tracing share, in percent (e.g. `"1"`, `"100"`).
+pub const TRACE_SAMPLING_KEY: &str = "csp.contracts.dev/trace-sampling";
+
+/// The cluster of the OpenTelemetry Collector in a tracing proxy's bootstrap.
+pub const OTLP_CLUSTER: &str = "csp-otlp";
 
 /// The proxy's own locality zone: Envoy counts responses per (proxy zone, upstream zone) only when the
 /// proxy has a zone, and the contracts' endpoints carry their channel and region in theirs.
@@ -211,7 +235,12 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
     if let Some(namespace) = &options.pod_namespace {
         put("csp.contracts.dev/pod-namespace", namespace.clone());
     }
-    put(FEATURES_KEY, FEATURE_DRILLS.to_owned());
+    let mut features = vec![FEATURE_DRILLS];
+    if let Some(otlp) = &options.otlp {
+        features.push(FEATURE_TRACING);
+        put(TRACE_SAMPLING_KEY, otlp.sampling.to_string());
+    }
+    put(FEATURES_KEY, features.join(","));
     let node = Node {
         id: options.node_id.clone(),
         cluster: options.fleet.clone(),
@@ -259,35 +288,42 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
         }
     });
-    let resolved_by_dns = options.xds_host.parse::<std::net::IpAddr>().is_err();
-    let xds_cluster = Cluster {
-        name: XDS_CLUSTER.to_owned(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            if resolved_by_dns { cluster::DiscoveryType::StrictDns } else { cluster::DiscoveryType::Static }.into(),
-        )),
-        connect_timeout: Some(super::pb::google::protobuf::Duration { seconds: 2, nanos: 0 }),
-        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), any(&super::explicit_http2()))]
-            .into_iter()
-            .collect(),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: XDS_CLUSTER.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                        super::pb::envoy::config::endpoint::v3::Endpoint {
-                            address: Some(socket(&options.xds_host, options.xds_port)),
-                            ..Default::default()
-                        },
-                    )),
-                    ..LbEndpoint::default()
+    // A gRPC cluster of one endpoint: resolved by DNS unless it is an IP address.
+    let grpc_cluster = |name: &str, host: &str, port: u16| {
+        let resolved_by_dns = host.parse::<std::net::IpAddr>().is_err();
+        Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                if resolved_by_dns { cluster::DiscoveryType::StrictDns } else { cluster::DiscoveryType::Static }.into(),
+            )),
+            connect_timeout: Some(super::pb::google::protobuf::Duration { seconds: 2, nanos: 0 }),
+            typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), any(&super::explicit_http2()))]
+                .into_iter()
+                .collect(),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: name.to_owned(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                            super::pb::envoy::config::endpoint::v3::Endpoint {
+                                address: Some(socket(host, port)),
+                                ..Default::default()
+                            },
+                        )),
+                        ..LbEndpoint::default()
+                    }],
+                    ..LocalityLbEndpoints::default()
                 }],
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }),
-        transport_socket,
-        ..Cluster::default()
+                ..ClusterLoadAssignment::default()
+            }),
+            ..Cluster::default()
+        }
     };
+    let xds_cluster = Cluster { transport_socket, ..grpc_cluster(XDS_CLUSTER, &options.xds_host, options.xds_port) };
+    let mut clusters = vec![xds_cluster];
+    if let Some(otlp) = &options.otlp {
+        clusters.push(grpc_cluster(OTLP_CLUSTER, &otlp.host, otlp.port));
+    }
     Bootstrap {
         node: Some(node),
         dynamic_resources: Some(bootstrap::DynamicResources {
@@ -313,7 +349,7 @@ pub fn ads(options: &AdsBootstrap) -> Bootstrap {
             lds_config: Some(ads_source()),
             ..Default::default()
         }),
-        static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
+        static_resources: Some(bootstrap::StaticResources { clusters, ..Default::default() }),
         admin: Some(admin(options.admin)),
         bootstrap_extensions: vec![TypedExtensionConfig {
             name: "envoy.bootstrap.internal_listener".to_owned(),

@@ -60,7 +60,7 @@ mod tests {
     /// `envoy-types`' folder, as cargo resolved it for this workspace.
     fn envoy_types_dir() -> PathBuf {
         let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["metadata", "--format-version", "1", "--offline"])
+            .args(["metadata", "--format-version", "1", "--locked"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("cargo metadata runs");

@@ -11,6 +11,7 @@
 //! response flags, its duration and the endpoint that answered it, so the SLA is judged exactly.
 
 pub mod drill;
+pub mod drill_metrics;
 pub mod slo;
 pub mod trigger;
 

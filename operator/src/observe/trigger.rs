@@ -5,7 +5,7 @@
 //! that series over the window (a range query) and judges it here: the series must cover the whole window
 //! (a contract whose traffic began a minute ago has not breached "for 5 minutes", however bad that
 //! minute was), have no gap longer than two steps (no traffic is not a breach), and stay strictly above
-//! the threshold at every sample.
+//! the threshold at every sample: so it fires no earlier than `for` after the breach began.
 
 use std::time::Duration;
 
@@ -48,7 +48,9 @@ pub fn judge(samples: &[(f64, f64)], end: f64, window: Duration, step: Duration,
                 .into(),
         );
     };
-    if first.0 > start + slack {
+    // A range query's samples are at `start + k * step`: a series that existed at the window's start has
+    // its first sample there. Any later (beyond clock rounding) and the breach has not lasted `for` yet.
+    if first.0 > start + 1.0 {
         return Breach::Not(format!(
             "the breach ratio covers only the last {:.0}s of the {:.0}s window",
             end - first.0,
@@ -121,6 +123,9 @@ mod tests {
         assert_eq!(judge(&series(end - 300.0, end, 0.2), end, W, S, 0.05), Breach::Sustained { lowest: 0.2 });
         let Breach::Not(why) = judge(&series(end - 60.0, end, 0.9), end, W, S, 0.05) else { panic!("too short") };
         assert!(why.contains("only the last 60s"), "{why}");
+        // One step short of the window is short.
+        let Breach::Not(why) = judge(&series(end - 290.0, end, 0.9), end, W, S, 0.05) else { panic!("10s short") };
+        assert!(why.contains("only the last 290s"), "{why}");
         let mut dip = series(end - 300.0, end, 0.2);
         dip[10].1 = 0.01;
         let Breach::Not(why) = judge(&dip, end, W, S, 0.05) else { panic!("a dip breaks it") };

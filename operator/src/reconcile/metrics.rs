@@ -7,7 +7,10 @@
 //! - `csp_operator_contracts{condition,status}`: contracts by condition type and status;
 //! - `csp_operator_leader`: 1 while this instance reconciles (leader, or leader election off);
 //! - the xDS server's: `csp_xds_connected_proxies`, `csp_xds_push_duration_seconds`,
-//!   `csp_xds_nacks_total{contract}` ([`XdsMetrics`]).
+//!   `csp_xds_nacks_total{contract}` ([`XdsMetrics`]);
+//! - per drill and per contract (names as labels, like kube-state-metrics; [`DrillMetrics`]):
+//!   `csp_drill_runs_total`, `csp_drill_active`, `csp_drill_switchover_seconds`,
+//!   `csp_drill_promised_seconds`, `csp_contract_condition`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::status::condition;
+use crate::observe::drill_metrics::DrillMetrics;
 use crate::publish::xds::metrics::XdsMetrics;
 use crate::watch::index::ContractKey;
 
@@ -73,6 +77,8 @@ pub struct Metrics {
     statuses: Mutex<HashMap<ContractKey, [u8; 3]>>,
     /// The xDS server's metrics.
     pub xds: XdsMetrics,
+    /// The drills' and the contracts' conditions, per object.
+    pub drills: DrillMetrics,
     registry: Registry,
 }
 
@@ -119,7 +125,9 @@ impl Metrics {
         }
         let xds = XdsMetrics::default();
         xds.register(&mut registry);
-        Self { reconciles, duration, contracts, leader, statuses: Mutex::default(), xds, registry }
+        let drills = DrillMetrics::default();
+        drills.register(&mut registry);
+        Self { reconciles, duration, contracts, leader, statuses: Mutex::default(), xds, drills, registry }
     }
 
     /// Counts one reconcile and its duration.
@@ -134,6 +142,8 @@ impl Metrics {
     /// thousands of contracts, recounting them all on every reconcile was quadratic), under the same lock
     /// as the map, so that they always equal a count over it.
     pub fn record_conditions(&self, key: &ContractKey, conditions: &[Condition]) {
+        let each = conditions.iter().map(|c| (c.type_.clone(), c.status == "True")).collect();
+        self.drills.set_conditions(&key.namespace, &key.name, Some(each));
         let statuses = condition::ALL.map(|type_| {
             conditions
                 .iter()
@@ -154,6 +164,7 @@ impl Metrics {
 
     /// Forgets a deleted contract.
     pub fn forget(&self, key: &ContractKey) {
+        self.drills.set_conditions(&key.namespace, &key.name, None);
         let mut all = self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = all.remove(key) {
             self.count(old, -1);

@@ -4,11 +4,12 @@
 //! operator bootstrap --xds-address csp-operator-xds.csp-system.svc:18000 --ca /etc/csp/xds/ca.crt \
 //!     [--node-id POD] [--fleet csp-gateway] [--region gz] [--namespaces payments,orders] \
 //!     [--listen-address 0.0.0.0] [--pod-namespace NS] [--admin 127.0.0.1:9901] [--sotw]
+//!     [--otlp-address otel-collector.observability.svc:4317 [--trace-sampling 1]]
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::envoy::bootstrap::{AdsBootstrap, AdsTls, BootstrapError, ads, to_yaml};
+use crate::envoy::bootstrap::{AdsBootstrap, AdsTls, BootstrapError, Otlp, ads, to_yaml};
 
 /// Arguments of `operator bootstrap`.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,6 +56,15 @@ pub struct BootstrapArgs {
     /// State-of-the-world xDS instead of delta.
     #[arg(long)]
     pub sotw: bool,
+    /// An OpenTelemetry Collector's OTLP gRPC receiver, `host:port`: the proxy exports a span per request
+    /// with the attributes csp.contract, csp.channel, csp.region, csp.fallback.used and csp.sla.breached.
+    /// Omitted: no tracing.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub otlp_address: Option<String>,
+    /// The share of requests that start a trace, in percent (0 to 100); a request that arrives with a
+    /// sampled trace context is traced whatever this says.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT", requires = "otlp_address")]
+    pub trace_sampling: f64,
 }
 
 /// Why no bootstrap was printed.
@@ -63,6 +73,12 @@ pub enum BootstrapCommandError {
     /// `--xds-address` is not `host:port`.
     #[error("--xds-address {0:?} is not host:port (for example csp-operator-xds.csp-system.svc:18000)")]
     Address(String),
+    /// `--otlp-address` is not `host:port`.
+    #[error("--otlp-address {0:?} is not host:port (for example otel-collector.observability.svc:4317)")]
+    OtlpAddress(String),
+    /// `--trace-sampling` is not a percentage.
+    #[error("--trace-sampling {0} is not a percentage between 0 and 100")]
+    Sampling(f64),
     /// The bootstrap could not be written.
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
@@ -74,13 +90,19 @@ pub enum BootstrapCommandError {
 impl BootstrapArgs {
     /// The bootstrap these arguments describe.
     pub fn options(&self) -> Result<AdsBootstrap, BootstrapCommandError> {
-        let bad = || BootstrapCommandError::Address(self.xds_address.clone());
-        let (host, port) = self.xds_address.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
+        let (host, port) =
+            host_port(&self.xds_address).ok_or_else(|| BootstrapCommandError::Address(self.xds_address.clone()))?;
+        let otlp = match &self.otlp_address {
+            None => None,
+            Some(address) => {
+                let (host, port) =
+                    host_port(address).ok_or_else(|| BootstrapCommandError::OtlpAddress(address.clone()))?;
+                if !(0.0..=100.0).contains(&self.trace_sampling) {
+                    return Err(BootstrapCommandError::Sampling(self.trace_sampling));
+                }
+                Some(Otlp { host, port, sampling: self.trace_sampling })
+            }
+        };
         Ok(AdsBootstrap {
             node_id: self.node_id.clone(),
             fleet: self.fleet.clone(),
@@ -88,7 +110,7 @@ impl BootstrapArgs {
             namespaces: self.namespaces.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
             pod_namespace: self.pod_namespace.clone(),
             listen_address: self.listen_address,
-            xds_host: host.to_owned(),
+            xds_host: host,
             xds_port: port,
             tls: self.ca.as_ref().map(|ca| AdsTls {
                 ca_file: ca.clone(),
@@ -97,8 +119,17 @@ impl BootstrapArgs {
             }),
             admin: self.admin,
             delta: !self.sotw,
+            otlp,
         })
     }
+}
+
+/// `host:port` (an IPv6 host in brackets) with a host and a port other than 0.
+fn host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
 }
 
 /// Prints the bootstrap.

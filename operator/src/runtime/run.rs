@@ -4,6 +4,7 @@
 //! operator run [--admin-listen 0.0.0.0:8080] [--proxy-config-dir /etc/envoy/csp]
 //!              [--contract-selector LABELS] [--concurrency 8] [--log-format json|text]
 //!              [--leader-elect [--leader-election-namespace NS] [--leader-election-lease NAME] [--identity ID]]
+//!              [--prometheus-url URL [--prometheus-token-file FILE] [--prometheus-ca-file FILE]]
 //! ```
 //!
 //! It watches ChannelContracts (those `--contract-selector` matches), Services, EndpointSlices, Nodes
@@ -54,7 +55,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
     /// Reconcile only the ChannelContracts with these labels (a label selector such as `team=payments`).
-    /// Omitted: all.
+    /// Omitted: all. With a selector, ContractDrills of contracts it does not select are left to the
+    /// operator that selects them (not aborted as ContractNotFound).
     #[arg(long, env = "CSP_OPERATOR_CONTRACT_SELECTOR", value_name = "LABELS")]
     pub contract_selector: Option<String>,
     /// At most this many contracts are reconciled at once.
@@ -66,6 +68,9 @@ pub struct RunArgs {
     /// Where contracts go, and the xDS server.
     #[command(flatten)]
     pub xds: XdsArgs,
+    /// Where ContractDrill triggers read the SLA breach ratio.
+    #[command(flatten)]
+    pub prometheus: super::drills::prometheus::PrometheusArgs,
 }
 
 /// How proxies use the ConfigMaps.
@@ -113,11 +118,15 @@ pub enum RunError {
     /// The xDS server failed.
     #[error(transparent)]
     Xds(#[from] ServeError),
+    /// The Prometheus flags are wrong.
+    #[error(transparent)]
+    Prometheus(#[from] super::drills::prometheus::PrometheusError),
 }
 
 /// Runs the controller until `cancel` (or until leadership, once held, is lost).
 pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunError> {
     let xds_config = args.xds.server_config()?;
+    let prometheus = super::drills::prometheus::Prometheus::new(&args.prometheus)?;
     let client = connect(&args).await?;
     let admin_listener =
         admin::bind(args.admin_listen).await.map_err(|source| RunError::Admin { addr: args.admin_listen, source })?;
@@ -159,6 +168,9 @@ pub async fn run(args: RunArgs, cancel: CancellationToken) -> Result<(), RunErro
                 let xds = xds.clone();
                 Arc::new(move |run: &str| xds.as_ref().and_then(|x| x.drill_log(run)))
             },
+            scoped: args.contract_selector.is_some(),
+            prometheus,
+            metrics: metrics.drills.clone(),
         };
         tokio::spawn(super::drills::run(runtime, cancel.clone()));
         let drill_triggers = tokio_stream::wrappers::UnboundedReceiverStream::new(drill_rx);

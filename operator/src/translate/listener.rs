@@ -52,10 +52,15 @@ fn http_listener(name: String, ip: IpAddr, port: u16, hcm: &HttpConnectionManage
 
 /// The listener of a gateway proxy for every contract on `port`: `csp~port~<port>` on `address:port`, an
 /// HTTP connection manager whose routes come from the scope that matches the request's authority
-/// ([`scope`](super::scope)), scopes and route configurations both over ADS.
-pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
+/// ([`scope`](super::scope)), scopes and route configurations both over ADS. With `tracing` (the share of
+/// requests that start a trace, in hundredths of a percent), an OpenTelemetry tracer exports the spans
+/// (with the routes' `csp.*` tags) to the bootstrap's OTLP cluster.
+pub fn gateway_listener(address: IpAddr, port: u16, tracing: Option<u32>) -> Listener {
     let name = format!("csp~port~{port}");
     let mut hcm = connection_manager(name.clone(), scoped_routes_by_header(":authority"));
+    if let Some(share) = tracing {
+        hcm.tracing = Some(otlp_tracing(share));
+    }
     hcm.access_log = vec![grpc_access_log(SLO_LOG, None, &[])];
     for http in &mut hcm.http_filters {
         if http.name == "envoy.filters.http.router" {
@@ -66,6 +71,38 @@ pub fn gateway_listener(address: IpAddr, port: u16) -> Listener {
         }
     }
     http_listener(name, address, port, &hcm)
+}
+
+/// The service name of the gateway proxies' spans.
+pub const TRACE_SERVICE: &str = "csp-gateway";
+
+/// Tracing with an OpenTelemetry tracer that exports over gRPC to the bootstrap's OTLP cluster; `share`
+/// of the requests (hundredths of a percent) start a trace, and every request whose trace context arrives
+/// sampled is traced.
+fn otlp_tracing(share: u32) -> http_connection_manager::Tracing {
+    use crate::envoy::pb::envoy::config::core::v3::{GrpcService, grpc_service};
+    use crate::envoy::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+    use crate::envoy::pb::envoy::config::trace::v3::tracing;
+    use crate::envoy::pb::envoy::r#type::v3::Percent;
+    let config = OpenTelemetryConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                cluster_name: crate::envoy::bootstrap::OTLP_CLUSTER.to_owned(),
+                ..Default::default()
+            })),
+            ..GrpcService::default()
+        }),
+        service_name: TRACE_SERVICE.to_owned(),
+        ..OpenTelemetryConfig::default()
+    };
+    http_connection_manager::Tracing {
+        random_sampling: Some(Percent { value: f64::from(share) / 100.0 }),
+        provider: Some(tracing::Http {
+            name: "envoy.tracers.opentelemetry".to_owned(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(any(&config))),
+        }),
+        ..http_connection_manager::Tracing::default()
+    }
 }
 
 /// The log name of the gateway's access log of every request (see `publish::xds::als`).

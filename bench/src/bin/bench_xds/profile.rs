@@ -206,6 +206,7 @@ pub fn profile(args: &ProfileArgs) -> Result<Value> {
             region: Some(region.into()),
             namespaces: None,
             drills: false,
+            tracing: None,
         };
         let view = view_of(&identity, listen);
         let stream = xds.next_stream();

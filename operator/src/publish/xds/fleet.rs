@@ -24,6 +24,10 @@ pub struct ProxyIdentity {
     /// Whether its bootstrap enables internal listeners, which a ContractDrill's fault needs (node
     /// metadata `csp.contracts.dev/features` lists `drills`).
     pub drills: bool,
+    /// The share of requests its gateway listeners trace, in hundredths of a percent (10000: all), when
+    /// its bootstrap has the OTLP cluster (features list `tracing`; node metadata
+    /// `csp.contracts.dev/trace-sampling`, percent, default 1); None: no tracing.
+    pub tracing: Option<u32>,
 }
 
 impl ProxyIdentity {
@@ -175,6 +179,7 @@ mod tests {
             region: None,
             namespaces: namespaces.map(|n| n.iter().map(|s| (*s).to_owned()).collect()),
             drills: false,
+            tracing: None,
         }
     }
 

@@ -460,7 +460,13 @@ impl Xds {
 
 /// The region and namespaces a proxy's node asks for, and where its listeners bind.
 pub fn view_of(identity: &ProxyIdentity, listen: std::net::IpAddr) -> View {
-    View { region: identity.region.clone(), namespaces: identity.namespaces.clone(), listen, drills: identity.drills }
+    View {
+        region: identity.region.clone(),
+        namespaces: identity.namespaces.clone(),
+        listen,
+        drills: identity.drills,
+        tracing: identity.tracing,
+    }
 }
 
 #[cfg(test)]

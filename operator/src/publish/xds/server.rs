@@ -310,9 +310,18 @@ impl Ads {
                 tracing::info!(proxy = %node.id, "the proxy's region is unknown (no node.locality.region, no region on its Pod's Node): the declared order applies");
             }
         }
-        let drills = field(metadata::FEATURES)
-            .is_some_and(|f| f.split(',').any(|x| x.trim() == crate::envoy::bootstrap::FEATURE_DRILLS));
-        (ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces, drills }, listen)
+        let features = field(metadata::FEATURES).unwrap_or_default();
+        let has = |feature: &str| features.split(',').any(|x| x.trim() == feature);
+        let drills = has(crate::envoy::bootstrap::FEATURE_DRILLS);
+        let tracing = has(crate::envoy::bootstrap::FEATURE_TRACING).then(|| {
+            let percent = field(crate::envoy::bootstrap::TRACE_SAMPLING_KEY).and_then(|s| s.parse::<f64>().ok());
+            let percent = percent.filter(|p| (0.0..=100.0).contains(p)).unwrap_or(1.0);
+            // Hundredths of a percent: whole, so that views compare and hash.
+            (percent * 100.0).round() as u32
+        });
+        let identity =
+            ProxyIdentity { id: node.id.clone(), fleet: node.cluster.clone(), region, namespaces, drills, tracing };
+        (identity, listen)
     }
 }
 

@@ -75,6 +75,8 @@ pub struct View {
     pub listen: IpAddr,
     /// Whether it can carry a drill's fault (internal listeners).
     pub drills: bool,
+    /// The share of requests its gateway listeners trace (hundredths of a percent); None: no tracer.
+    pub tracing: Option<u32>,
 }
 
 impl View {
@@ -197,10 +199,11 @@ pub fn derive(earlier: &Contracts, catalog: &Catalog, view: &View) -> Option<Con
 pub fn snapshot_of(contracts: &Contracts, log: &Arc<ChangeLog>, view: &View) -> Snapshot {
     let mut listeners = Items::new();
     for &port in &contracts.ports {
-        let listener = gateway_listener(view.listen, port);
+        let listener = gateway_listener(view.listen, port, view.tracing);
         let resource = Resource { name: Arc::from(listener.name.as_str()), any: any(&listener) };
-        // The listener is made from the port and the address alone.
-        let version: Arc<str> = Arc::from(format!("listener-v2:{}:{port}", view.listen).as_str());
+        // The listener is made from the port, the address and the tracing share alone.
+        let tracing = view.tracing.map(|t| t.to_string()).unwrap_or_default();
+        let version: Arc<str> = Arc::from(format!("listener-v3:{}:{port}:{tracing}", view.listen).as_str());
         listeners.insert(resource.name.clone(), Item { version, resource: Arc::new(resource) });
     }
     if view.drills {
@@ -346,6 +349,7 @@ mod tests {
                 namespaces: only_a.then(|| ["a".to_owned()].into_iter().collect()),
                 listen: IpAddr::from([127, 0, 0, 2]),
                 drills: false,
+                tracing: None,
             };
             let mut earlier = contracts(&catalog, &view);
             for (step, change) in changes.into_iter().enumerate() {
@@ -387,7 +391,8 @@ mod tests {
         for i in 0..4 {
             catalog.publish(published(i, 1, 80));
         }
-        let view = View { region: None, namespaces: None, listen: IpAddr::from([0, 0, 0, 0]), drills: false };
+        let view =
+            View { region: None, namespaces: None, listen: IpAddr::from([0, 0, 0, 0]), drills: false, tracing: None };
         let before = snapshot(&catalog, &view);
         let c1 = ContractKey { namespace: "a".into(), name: "c1".into() };
         let names: Vec<&str> = before.of_contract(Kind::Cluster, &c1).map(|(n, _)| &**n).collect();

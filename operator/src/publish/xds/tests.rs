@@ -19,7 +19,7 @@ fn key(name: &str) -> ContractKey {
 }
 
 fn proxy(id: &str) -> ProxyIdentity {
-    ProxyIdentity { id: id.into(), fleet: "f".into(), region: None, namespaces: None, drills: false }
+    ProxyIdentity { id: id.into(), fleet: "f".into(), region: None, namespaces: None, drills: false, tracing: None }
 }
 
 #[test]
@@ -102,7 +102,8 @@ fn a_drills_fault_reaches_only_the_proxies_that_can_take_it() {
     xds.publish_with_fault(key("a"), "v1+drill".into(), Arc::new(c), endpoints, Some(fault));
     let inner = xds.inner();
     let names = |drills: bool| {
-        let view = View { region: Some("sz".into()), namespaces: None, listen: [0, 0, 0, 0].into(), drills };
+        let view =
+            View { region: Some("sz".into()), namespaces: None, listen: [0, 0, 0, 0].into(), drills, tracing: None };
         let s = snapshot(&inner.catalog, &view);
         Kind::ALL.iter().flat_map(|k| s.kinds[k.index()].keys().map(move |n| format!("{k:?}:{n}"))).collect::<Vec<_>>()
     };
@@ -113,4 +114,36 @@ fn a_drills_fault_reaches_only_the_proxies_that_can_take_it() {
     }
     let plain = names(false);
     assert!(plain.iter().all(|n| !n.contains("fault") && !n.contains("~~drill")), "{plain:?}");
+}
+
+#[test]
+fn a_tracing_proxys_gateway_listeners_export_spans_to_its_otlp_cluster() {
+    use crate::envoy::pb::envoy::config::core::v3::grpc_service;
+    use crate::envoy::pb::envoy::config::listener::v3::{Listener, filter};
+    use crate::envoy::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+    use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+
+    let hcm = |tracing: Option<u32>| {
+        let listener = crate::translate::gateway_listener([0, 0, 0, 0].into(), 8080, tracing);
+        let Some(filter::ConfigType::TypedConfig(any)) = &listener.filter_chains[0].filters[0].config_type else {
+            panic!("{listener:?}")
+        };
+        let _: &Listener = &listener;
+        HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM")
+    };
+    let traced = hcm(Some(2500)).tracing.expect("tracing");
+    assert_eq!(traced.random_sampling.expect("a share").value, 25.0);
+    let provider = traced.provider.expect("a tracer");
+    assert_eq!(provider.name, "envoy.tracers.opentelemetry");
+    let Some(tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else { panic!("typed config") };
+    let otel = OpenTelemetryConfig::decode(any.value.as_slice()).expect("OpenTelemetryConfig");
+    let Some(grpc_service::TargetSpecifier::EnvoyGrpc(target)) = otel.grpc_service.and_then(|g| g.target_specifier)
+    else {
+        panic!("an Envoy gRPC target")
+    };
+    assert_eq!(target.cluster_name, crate::envoy::bootstrap::OTLP_CLUSTER);
+    assert_eq!(otel.service_name, "csp-gateway");
+    // Without the OTLP cluster in its bootstrap, no tracer (it would be rejected), only the routes' tags.
+    assert!(hcm(None).tracing.is_some_and(|t| t.provider.is_none()));
 }

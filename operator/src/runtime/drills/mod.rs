@@ -10,10 +10,11 @@
 //! and Events.
 
 pub mod decide;
+pub mod prometheus;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crds::{ChannelContract, ContractDrill, DrillPhase};
 use futures::StreamExt;
@@ -27,8 +28,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::decide::{Decision, Inputs, decide, fault_in_force, run_key};
+use self::prometheus::Prometheus;
 use crate::model::{ActiveFault, ContractKey, Faults};
 use crate::observe::drill::DrillLog;
+use crate::observe::drill_metrics::{DrillMetrics, DrillRow};
+use crate::observe::trigger::Breach;
 use crate::watch::Caches;
 
 /// The field manager of the drill controller's status writes.
@@ -36,6 +40,9 @@ pub const MANAGER: &str = "channel-contracts-drills";
 
 /// How often the faults and the drills are looked at, besides on every change of a drill.
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// How often a trigger's breach ratio is asked of Prometheus (per drill).
+pub const TRIGGER_EVERY: Duration = Duration::from_secs(15);
 
 /// The faults in force at `now`, by contract: one per contract (the drill that started first).
 pub fn faults_in_force(drills: &[Arc<ContractDrill>], now: Timestamp) -> BTreeMap<ContractKey, ActiveFault> {
@@ -70,7 +77,17 @@ pub struct DrillRuntime {
     pub reporter: Reporter,
     /// The replicas' merged logs of a drill run (None: none reached the operator).
     pub logs: LogsOf,
+    /// Whether this operator reconciles only some contracts (`--contract-selector`): then a drill whose
+    /// contract it does not see belongs to another operator, and is left alone rather than aborted.
+    pub scoped: bool,
+    /// Where triggers read the SLA breach ratio (None: triggers never fire, and say why).
+    pub prometheus: Option<Prometheus>,
+    /// The drills' metrics.
+    pub metrics: DrillMetrics,
 }
+
+/// What Prometheus said last about a drill's trigger, and when: by the drill's uid.
+type Breaches = HashMap<String, (Instant, Breach)>;
 
 /// Runs the drill controller until `cancel`.
 pub async fn run(runtime: DrillRuntime, cancel: CancellationToken) {
@@ -81,6 +98,7 @@ pub async fn run(runtime: DrillRuntime, cancel: CancellationToken) {
     tracing::info!("drill controller running");
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut breaches = Breaches::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -95,11 +113,16 @@ pub async fn run(runtime: DrillRuntime, cancel: CancellationToken) {
         // Not awaited: the store fills only while this loop polls the watch.
         let listed = futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok());
         if *runtime.leader.borrow() && listed {
-            for drill in store.state() {
-                if let Err(e) = step(&runtime, &store, &drill).await {
+            let drills = store.state();
+            breaches.retain(|uid, _| drills.iter().any(|d| d.uid().as_deref() == Some(uid.as_str())));
+            for drill in &drills {
+                if let Err(e) = step(&runtime, &store, drill, &mut breaches).await {
                     tracing::warn!(drill = %drill.name_any(), namespace = ?drill.namespace(), error = %e, "drill step failed; retrying");
                 }
             }
+            runtime.metrics.set_drills(store.state().iter().map(|d| DrillRow::of(d)).collect());
+        } else {
+            runtime.metrics.set_drills(Vec::new());
         }
     }
 }
@@ -126,12 +149,16 @@ async fn step(
     runtime: &DrillRuntime,
     store: &Store<ContractDrill>,
     drill: &Arc<ContractDrill>,
+    breaches: &mut Breaches,
 ) -> Result<(), kube::Error> {
     if drill.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
     let namespace = drill.namespace().unwrap_or_default();
     let contract = runtime.caches.contracts.get(&ObjectRef::new(&drill.spec.contract).within(&namespace));
+    if contract.is_none() && runtime.scoped {
+        return Ok(());
+    }
     let another_running = store.state().iter().any(|other| {
         other.uid() != drill.uid()
             && other.namespace() == drill.namespace()
@@ -141,14 +168,14 @@ async fn step(
     let status = drill.status.clone().unwrap_or_default();
     let log =
         (status.phase == Some(DrillPhase::Running)).then(|| (runtime.logs)(&run_key(drill, status.runs))).flatten();
-    let inputs = Inputs {
-        contract: contract.as_deref(),
-        another_running,
-        log: log.as_ref(),
-        // The trigger's breach ratio comes from Prometheus (next step of this controller).
-        breach: None,
-        now: Timestamp::now(),
+    let breach = match (&drill.spec.trigger, &runtime.prometheus) {
+        (Some(trigger), Some(prometheus)) if status.phase != Some(DrillPhase::Running) => {
+            Some(breach_of(prometheus, drill, trigger, breaches).await)
+        }
+        _ => None,
     };
+    let inputs =
+        Inputs { contract: contract.as_deref(), another_running, log: log.as_ref(), breach, now: Timestamp::now() };
     let mut decision = decide(drill, &inputs);
     if decision.status.as_ref() == drill.status.as_ref() {
         // Nothing new (a drill waiting for another one, say): no write.
@@ -157,7 +184,40 @@ async fn step(
     if decision.status.is_some() || decision.event.is_some() {
         tracing::info!(drill = %drill.name_any(), %namespace, event = ?decision.event.as_ref().map(|e| e.1), "drill step");
     }
-    apply(runtime, drill, contract.as_deref(), decision).await
+    let finished = decision.status.as_ref().and_then(|next| {
+        let phase = next.phase.filter(|p| p.is_finished())?;
+        (next.finished_at != status.finished_at).then_some(phase)
+    });
+    if finished.is_some() {
+        // The next run's trigger starts from a fresh look.
+        breaches.remove(drill.uid().as_deref().unwrap_or_default());
+    }
+    apply(runtime, drill, contract.as_deref(), decision).await?;
+    if let Some(phase) = finished {
+        runtime.metrics.finished(drill, phase);
+    }
+    Ok(())
+}
+
+/// What Prometheus says of a drill's trigger: asked at most every [`TRIGGER_EVERY`].
+async fn breach_of(
+    prometheus: &Prometheus,
+    drill: &ContractDrill,
+    trigger: &crds::Trigger,
+    breaches: &mut Breaches,
+) -> Breach {
+    let uid = drill.uid().unwrap_or_default();
+    if let Some((at, breach)) = breaches.get(&uid)
+        && at.elapsed() < TRIGGER_EVERY
+    {
+        return breach.clone();
+    }
+    let window = crds::duration::parse(&trigger.for_).unwrap_or(Duration::from_secs(300));
+    let namespace = drill.namespace().unwrap_or_default();
+    let breach = prometheus.breach(&namespace, &drill.spec.contract, window, trigger.sla_breach_ratio).await;
+    tracing::debug!(drill = %drill.name_any(), %namespace, ?breach, "asked Prometheus for the trigger");
+    breaches.insert(uid, (Instant::now(), breach.clone()));
+    breach
 }
 
 async fn apply(
