@@ -387,3 +387,48 @@ fn a_namespace_that_opted_out_is_neither_judged_nor_audited() {
         "only the opted-in Service counts: {status}"
     );
 }
+
+#[test]
+fn the_audit_reports_a_contract_without_a_recent_passed_drill_and_says_how_to_prove_it() {
+    let f = fixture();
+    let ns = f.namespace("drill-audit", &[]);
+    let policy = create_policy(&unique("drilled"), "Audit", &[&ns.name], &["gz"], "  drill: {requiredWithin: 1m}\n");
+    for name in ["never", "proven"] {
+        let yaml = format!(
+            "apiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n  port: 8080\n  sla: {{maxLatency: 1s}}\n  failover: {{regions: [gz, sz]}}\n"
+        );
+        let r = kubectl(&["create", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        assert!(r.success, "Audit admits it: {}", r.stderr);
+    }
+    let status = || -> serde_json::Value {
+        let out = kubectl(&["get", "contractpolicy", &policy.name, "-o", "jsonpath={.status}"], None).ok();
+        serde_json::from_str(&out).unwrap_or_default()
+    };
+    // Younger than the window: a grace period, not a violation.
+    wait_until("the audit to see both contracts", Duration::from_secs(30), || {
+        let s = status();
+        (s["matched"] == 2 && s["violations"] == 0).then_some(())
+    });
+    // A minute on, neither has proven anything.
+    wait_until("the grace period to end", Duration::from_secs(90), || (status()["violations"] == 2).then_some(()));
+    // One passes a drill (what the operator writes when one does).
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = format!("{{\"status\": {{\"lastPassedDrillTime\": \"{now}\"}}}}");
+    let r = kubectl(
+        &["patch", "channelcontract", "proven", "-n", &ns.name, "--subresource=status", "--type=merge", "-p", &patch],
+        None,
+    );
+    assert!(r.success, "{}", r.stderr);
+    let s = wait_until("the audit to count the proven contract", Duration::from_secs(30), || {
+        let s = status();
+        (s["violations"] == 1).then_some(s)
+    });
+    let sample = &s["violationSamples"][0];
+    assert_eq!((sample["kind"].as_str(), sample["name"].as_str()), (Some("ChannelContract"), Some("never")), "{s:#}");
+    let message = sample["message"].as_str().unwrap_or_default();
+    assert!(message.contains("has no ContractDrill that Passed within 1m (last passed: never)"), "{message}");
+    assert!(
+        message.contains(&format!("create a ContractDrill in namespace {} with spec.contract: never", ns.name)),
+        "{message}"
+    );
+}
