@@ -521,3 +521,34 @@ fn every_request_is_a_span_at_a_real_collector_with_the_channel_fallback_and_sla
         last.len()
     );
 }
+
+#[test]
+fn a_drill_refuses_to_start_when_the_other_regions_are_not_ready_and_never_pushes_its_fault() {
+    let operator = xds_operator();
+    let log = log_of(operator);
+    let mut bed = XdsBed::new("drill-refused");
+    bed.start_backend("gz-1");
+    // The contract fails over gz -> sz, but sz has no endpoint: an outage of gz would leave nowhere to go.
+    bed.service("pay", PORT, &[("gz-1", "gz")]);
+    let spec = "  service: pay\n  port: 18080\n  sla: {maxLatency: 3s}\n  failover: {regions: [gz, sz]}\n";
+    bed.contract(operator, "pay", spec);
+    bed.start_proxy(operator, ProxySpec::new("proxy-gz", "gz", 2, 19306));
+    let c = bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log, |c| acked(c, 1));
+    let plain = version(&c);
+    drill(&bed, "gz-outage", "30s");
+    let judged = verdict(&bed, "gz-outage");
+    let status = &judged["status"];
+    assert_eq!(status["phase"], "Aborted", "{judged:#}");
+    let succeeded = status["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Succeeded");
+    let (reason, message) = succeeded
+        .map_or(("", ""), |c| (c["reason"].as_str().unwrap_or_default(), c["message"].as_str().unwrap_or_default()));
+    assert_eq!(reason, "RegionsNotReady", "{judged:#}");
+    assert!(message.contains("[sz]") && message.contains("no ready endpoints"), "{message}");
+    // The proxies never saw the fault, and the traffic never moved.
+    std::thread::sleep(Duration::from_secs(2));
+    let contract = bed.get_contract("pay").expect("pay");
+    assert_eq!(version(&contract), plain, "{contract:#}");
+    let replies = bed.get_many("proxy-gz", "pay", PORT, 10, &[]);
+    assert!(replies.iter().all(|r| r.status == 200 && r.backend == "gz-1"), "{replies:?}");
+    println!("measured: refused: {message}");
+}
