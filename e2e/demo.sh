@@ -5,7 +5,9 @@
 #   tools -> a local cluster with a real node -> the product's image (the repository's Dockerfile) -> helm
 #   install with the chart's defaults and the gateway fleet -> helm test -> a ContractPolicy, a contract and
 #   its backend pods -> a non-compliant Service rejected -> a client pod's requests through the gateway's
-#   Envoys (fed over xDS) -> the primary channel fails, the fallback channel serves.
+#   Envoys (fed over xDS) -> a ContractDrill: a fault pushed to the Envoys fails the primary channel, the
+#   switchover is measured from their own logs against the contract's promise -> the primary channel fails
+#   for real, the fallback channel serves.
 #
 # CSP_DEMO_MODE=process: the operator and webhook as local processes instead (e2e/demo-process.sh).
 set -euo pipefail
@@ -142,7 +144,35 @@ YAML
 step "8. Traffic: a client pod -> the gateway Service -> Envoy (configured over xDS) -> the primary's pods"
 probe client-1
 
-step "9. The primary channel fails (its pods gone): the fallback channel's pods serve, nothing fails"
+step "9. A ContractDrill: the Envoys are told the primary channel fails (a fault over xDS); does traffic move within the promise?"
+cat <<YAML | "$bin/kubectl" apply -f - >/dev/null
+apiVersion: csp.contracts.dev/v1alpha1
+kind: ContractDrill
+metadata: {name: primary-outage, namespace: payments}
+spec:
+  contract: payment-verify
+  fault: {channel: primary, abort: {httpStatus: 503, percent: 100}}
+  duration: 15s
+  expect: {failoverWithin: 1800ms}
+YAML
+echo "contractdrill.csp.contracts.dev/primary-outage created (fault: channel primary, 503; promise: 1800ms)"
+for _ in $(seq 1 150); do
+  [[ "$("$bin/kubectl" get drill primary-outage -n payments -o jsonpath='{.status.phase}')" == Running ]] && break
+  sleep 0.2
+done
+probe client-drill
+for _ in $(seq 1 300); do
+  phase="$("$bin/kubectl" get drill primary-outage -n payments -o jsonpath='{.status.phase}')"
+  [[ $phase == Passed || $phase == Failed || $phase == Aborted ]] && break
+  sleep 0.2
+done
+k get drill primary-outage -n payments
+switchover="$("$bin/kubectl" get drill primary-outage -n payments -o jsonpath='{.status.switchover}')"
+verdict="$("$bin/kubectl" get drill primary-outage -n payments -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].message}')"
+printf 'switchover %s against the promise of 1800ms: %s (%s)\n' "${switchover:-none}" "${phase:-unknown}" "$verdict"
+[[ $phase == Passed ]] || { echo "expected the drill to pass" >&2; exit 1; }
+
+step "10. The primary channel fails for real (its pods gone): the fallback channel's pods serve, nothing fails"
 k scale deployment payment-verify -n payments --replicas=0
 "$bin/kubectl" wait --for=delete pod -l app=payment-verify -n payments --timeout=60s >/dev/null 2>&1 || true
 probe client-2

@@ -102,8 +102,30 @@ impl DrillMetrics {
     }
 
     /// The drills as they are now (the leader, every tick); an empty list on a replica that does not lead.
+    /// Every drill's run counters exist from when it is first seen, at 0, so that the first run counts in
+    /// `increase()` (a counter that appears at 1 is invisible to it); a deleted drill's go.
     pub fn set_drills(&self, drills: Vec<DrillRow>) {
-        self.lock().drills = drills;
+        let phases = [DrillPhase::Passed, DrillPhase::Failed, DrillPhase::Aborted];
+        let labels = |(ns, contract, drill): &(String, String, String), phase: DrillPhase| RunLabels {
+            csp_namespace: ns.clone(),
+            csp_contract: contract.clone(),
+            drill: drill.clone(),
+            phase: format!("{phase:?}"),
+        };
+        let mut gauges = self.lock();
+        for old in &gauges.drills {
+            if !drills.iter().any(|d| d.key == old.key) {
+                for phase in phases {
+                    self.runs.remove(&labels(&old.key, phase));
+                }
+            }
+        }
+        for row in &drills {
+            for phase in phases {
+                let _ = self.runs.get_or_create(&labels(&row.key, phase));
+            }
+        }
+        gauges.drills = drills;
     }
 
     /// A contract's conditions (None: the contract is gone, or this replica stopped leading).
@@ -233,9 +255,12 @@ mod tests {
         ] {
             assert!(text.contains(&line), "{line} in:\n{text}");
         }
+        // The other phases' counters exist at 0 from the start.
+        assert!(text.contains(&format!("csp_drill_runs_total{{{l},phase=\"Passed\"}} 0")), "{text}");
         m.set_conditions("payments", "pay", None);
         m.set_drills(Vec::new());
         let text = encode(&m);
         assert!(!text.contains("csp_contract_condition{") && !text.contains("csp_drill_active{"), "{text}");
+        assert!(!text.contains("csp_drill_runs_total{"), "a deleted drill's counters go: {text}");
     }
 }

@@ -212,12 +212,34 @@ fn scoped_routes_by_header(header: &str) -> http_connection_manager::RouteSpecif
 /// each drill's fault route configuration) and the router, whose routes come from the scope keyed by the
 /// request's `x-csp-drill` header. It shares the gateway listeners' scoped routes: the keys cannot meet
 /// (an authority is never a drill run, which has slashes).
+///
+/// A request that finds no route here is one that met a faulted endpoint before the proxy had the drill's
+/// scope and routes (the cluster update that points the endpoints here can arrive first): it is answered
+/// 503 like the fault, not 404, so that the client's retries and the outlier detection treat it as the
+/// outage it stands for (`make bench-drills` saw such 404s reach clients at the start of drills).
 pub fn fault_listener() -> Listener {
+    use crate::envoy::pb::envoy::config::accesslog::v3::{AccessLogFilter, ResponseFlagFilter, access_log_filter};
     use crate::envoy::pb::envoy::config::listener::v3::listener::{InternalListenerConfig, ListenerSpecifier};
     use crate::envoy::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use crate::envoy::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        LocalReplyConfig, ResponseMapper,
+    };
+    use crate::envoy::pb::google::protobuf::UInt32Value;
     let name = super::fault::FAULT_LISTENER.to_owned();
     let mut hcm = connection_manager(name.clone(), scoped_routes_by_header(super::fault::DRILL_HEADER));
     hcm.tracing = None;
+    hcm.local_reply_config = Some(LocalReplyConfig {
+        mappers: vec![ResponseMapper {
+            filter: Some(AccessLogFilter {
+                filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
+                    flags: vec!["NR".to_owned()],
+                })),
+            }),
+            status_code: Some(UInt32Value { value: 503 }),
+            ..ResponseMapper::default()
+        }],
+        ..LocalReplyConfig::default()
+    });
     hcm.http_filters.insert(
         0,
         HttpFilter {

@@ -827,3 +827,23 @@ fn a_drill_sends_the_faulted_endpoints_through_the_fault_listener() {
     assert_eq!(address_of(&x, PRIMARY, "127.0.0.2"), "socket");
     assert_eq!(address_of(&x, "csp~payments~payment-verify~cache", "127.0.1.1"), "internal");
 }
+
+#[test]
+fn the_fault_listener_answers_a_request_it_has_no_route_for_like_the_fault() {
+    use crate::envoy::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
+    use crate::envoy::pb::envoy::config::listener::v3::filter;
+    let listener = super::fault_listener();
+    let Some(filter::ConfigType::TypedConfig(any)) = &listener.filter_chains[0].filters[0].config_type else {
+        panic!("{listener:?}")
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+    let mappers = hcm.local_reply_config.expect("a local reply config").mappers;
+    assert_eq!(mappers.len(), 1);
+    let Some(FilterSpecifier::ResponseFlagFilter(flags)) =
+        mappers[0].filter.as_ref().and_then(|f| f.filter_specifier.clone())
+    else {
+        panic!("{mappers:?}")
+    };
+    assert_eq!(flags.flags, ["NR"], "no route");
+    assert_eq!(mappers[0].status_code.as_ref().map(|c| c.value), Some(503));
+}
