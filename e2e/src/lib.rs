@@ -328,4 +328,5 @@ pub mod observability;
 pub mod proxy;
 pub mod rbac;
 pub mod testbed;
+pub mod traffic;
 pub mod xds;

@@ -8,7 +8,34 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::xds::{XdsBed, XdsOperator};
 use crate::{Tied, free_port, helm, repo_root, tool, wait_until};
+
+/// An operator of its own (`name`, contracts labelled with a fresh id) whose drill triggers ask a real
+/// Prometheus (`--prometheus-url`), and that Prometheus, in the bed's network namespace (listening on all
+/// its addresses, so that the operator on the host reaches it), scraping the operator (through the bed's
+/// link to the host) and the Envoys whose admin ports are `envoy_admins` (on the namespace's loopback),
+/// every second, with the chart's recording rules and alerts.
+pub fn operator_with_prometheus(bed: &XdsBed, name: &str, envoy_admins: &[u16]) -> (XdsOperator, Prometheus) {
+    let port = free_port();
+    let url = format!("http://{}:{port}", bed.inside_address());
+    let operator = XdsOperator::start(name, &crate::unique("prom"), &["--prometheus-url".into(), url]);
+    let jobs = vec![
+        Job {
+            name: "channel-contracts-operator".into(),
+            path: "/metrics".into(),
+            targets: vec![format!("{}:{}", bed.host_address(), operator.admin_port)],
+        },
+        Job {
+            name: "envoy".into(),
+            path: "/stats/prometheus".into(),
+            targets: envoy_admins.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        },
+    ];
+    let rules = chart_rules(&bed.dir);
+    let prometheus = Prometheus::start_at(&bed.dir, Some(&bed.netns.name), "0.0.0.0", port, &jobs, &[rules]);
+    (operator, prometheus)
+}
 
 /// The chart's recording rules and alerts, rendered by helm (`metrics.prometheusRule.enabled=true`), as a
 /// Prometheus rule file (`groups:` of the PrometheusRule's spec).

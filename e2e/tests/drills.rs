@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::kubectl;
-use e2e::observability::{Collector, Job, Prometheus, Span, chart_rules};
+use e2e::observability::{Collector, Span, operator_with_prometheus};
+use e2e::traffic::Traffic;
 use e2e::xds::{ProxySpec, XdsBed, XdsOperator, xds_operator};
 use serde_json::Value;
 
@@ -211,80 +212,6 @@ fn a_drill_whose_promise_is_impossibly_short_fails_and_says_by_how_much() {
     println!("measured: a 100ms promise failed: switchover {switchover:?}, said: {message}");
 }
 
-/// Sends requests through `proxy` in the background, one every `every`, until the returned guard drops;
-/// counts them by (status, backend).
-struct Traffic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(u16, String), u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(bed: &XdsBed, proxy: &str, every: Duration) -> Self {
-        let spec = &bed.proxies.iter().find(|p| p.spec.name == proxy).expect("the proxy").spec;
-        let url = format!("http://{}:{PORT}/", e2e::netns::NetworkNamespace::address(spec.host));
-        let authority = format!("pay.{}:{PORT}", bed.ns.name);
-        let netns = bed.netns.name.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-        let (s, counts) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            // The bed owns (and deletes) the namespace; this is a view of it.
-            let netns = std::mem::ManuallyDrop::new(e2e::netns::NetworkNamespace { name: netns });
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = Instant::now();
-                for r in e2e::testbed::requests(&netns, &url, 1, &[("Host", authority.as_str())]) {
-                    *counts.lock().expect("counts").entry((r.status, r.backend)).or_insert(0) += 1;
-                }
-                std::thread::sleep(every.saturating_sub(started.elapsed()));
-            }
-        });
-        Self { stop, seen, thread: Some(thread) }
-    }
-
-    /// Requests so far by (status, backend).
-    fn seen(&self) -> std::collections::BTreeMap<(u16, String), u64> {
-        self.seen.lock().expect("counts").clone()
-    }
-
-    /// Requests so far answered `status` by `backend`.
-    fn count(&self, status: u16, backend: &str) -> u64 {
-        self.seen().get(&(status, backend.to_owned())).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// An operator of its own whose triggers ask a real Prometheus, and that Prometheus, in the bed's network
-/// namespace, scraping the operator and the bed's proxies with the chart's recording rules.
-fn operator_with_prometheus(bed: &XdsBed, name: &str, envoy_admins: &[u16]) -> (XdsOperator, Prometheus) {
-    let port = e2e::free_port();
-    let url = format!("http://{}:{port}", bed.inside_address());
-    let operator = XdsOperator::start(name, &e2e::unique("prom"), &["--prometheus-url".into(), url]);
-    let jobs = vec![
-        Job {
-            name: "channel-contracts-operator".into(),
-            path: "/metrics".into(),
-            targets: vec![format!("{}:{}", bed.host_address(), operator.admin_port)],
-        },
-        Job {
-            name: "envoy".into(),
-            path: "/stats/prometheus".into(),
-            targets: envoy_admins.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-        },
-    ];
-    let rules = chart_rules(&bed.dir);
-    let prometheus = Prometheus::start_at(&bed.dir, Some(&bed.netns.name), "0.0.0.0", port, &jobs, &[rules]);
-    (operator, prometheus)
-}
-
 #[test]
 fn a_sustained_sla_breach_triggers_a_drill_by_itself_once_per_cooldown() {
     let mut bed = XdsBed::new("drill-trigger");
@@ -314,7 +241,7 @@ fn a_sustained_sla_breach_triggers_a_drill_by_itself_once_per_cooldown() {
         d["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Triggered").cloned()
     };
     // Healthy traffic first: the trigger waits, and says why.
-    let traffic = Traffic::start(&bed, "proxy-gz", Duration::from_millis(100));
+    let traffic = Traffic::start(&bed, "proxy-gz", "pay", PORT, 1, Duration::from_millis(100));
     let waiting = e2e::wait_until("the trigger to wait", Duration::from_secs(30), || {
         triggered(&get()).filter(|c| c["status"] == "False" && c["reason"] == "WaitingForTrigger")
     });
@@ -383,7 +310,7 @@ fn prometheus_scraping_the_proxies_during_a_failover_gets_attainment_and_fallbac
     bed.start_proxy(&operator, ProxySpec::new("proxy-gz", "gz", 2, 19304));
     bed.wait_status("pay", "1/1 acked", Duration::from_secs(60), &log, |c| acked(c, 1));
     bed.settles_on("proxy-gz", "pay", PORT, "primary-1", 5, Duration::from_secs(30));
-    let before = Traffic::start(&bed, "proxy-gz", Duration::from_millis(50));
+    let before = Traffic::start(&bed, "proxy-gz", "pay", PORT, 1, Duration::from_millis(50));
     std::thread::sleep(Duration::from_secs(15));
     // The failover: three failures reach the client, then the cache channel serves.
     bed.backend("primary-1").set_mode("status 503");

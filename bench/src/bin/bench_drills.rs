@@ -16,14 +16,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use channel_contracts_bench::stats::{Stats, stats};
 use clap::Parser;
 use e2e::kubectl;
+use e2e::traffic::{Seen, Traffic};
 use e2e::xds::{ProxySpec, XdsBed, XdsOperator};
 use serde_json::{Value, json};
 
@@ -69,81 +68,6 @@ struct Args {
 
 fn log(msg: impl AsRef<str>) {
     channel_contracts_bench::log("bench_drills", msg);
-}
-
-/// One background reply.
-#[derive(Debug, Clone)]
-struct Seen {
-    /// Since the driver's start.
-    at: Duration,
-    /// Unix milliseconds (to compare with the proxies' logs).
-    unix_ms: u128,
-    status: u16,
-    backend: String,
-}
-
-/// Sends requests through a proxy in the background, one every `every`, until dropped; keeps every reply
-/// (adapted from the `Traffic` helper of e2e/tests/drills.rs).
-#[derive(Debug)]
-struct Traffic {
-    proxy: String,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(bed: &XdsBed, proxy: &str, every: Duration, epoch: Instant) -> Result<Self> {
-        let spec = &bed.proxies.iter().find(|p| p.spec.name == proxy).context("no such proxy")?.spec;
-        let url = format!("http://{}:{PORT}/", e2e::netns::NetworkNamespace::address(spec.host));
-        let authority = format!("pay.{}:{PORT}", bed.ns.name);
-        let netns = bed.netns.name.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s, replies) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            // The bed owns (and deletes) the namespace; this is a view of it.
-            let netns = std::mem::ManuallyDrop::new(e2e::netns::NetworkNamespace { name: netns });
-            while !s.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                for r in e2e::testbed::requests(&netns, &url, 1, &[("Host", authority.as_str())]) {
-                    let at = epoch.elapsed();
-                    let unix_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis())
-                        .unwrap_or(0);
-                    replies.lock().unwrap_or_else(PoisonError::into_inner).push(Seen {
-                        at,
-                        unix_ms,
-                        status: r.status,
-                        backend: r.backend,
-                    });
-                }
-                std::thread::sleep(every.saturating_sub(started.elapsed()));
-            }
-        });
-        Ok(Self { proxy: proxy.to_owned(), stop, seen, thread: Some(thread) })
-    }
-
-    /// The replies since `from` (driver time).
-    fn since(&self, from: Duration) -> Vec<Seen> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).iter().filter(|s| s.at >= from).cloned().collect()
-    }
-
-    /// Whether the last `n` replies since `from` were all 200 from `backend`.
-    fn settled_on(&self, from: Duration, backend: &str, n: usize) -> bool {
-        let seen = self.since(from);
-        seen.len() >= n && seen[seen.len() - n..].iter().all(|s| s.status == 200 && s.backend == backend)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn acked(c: &Value, n: usize) -> bool {
@@ -200,7 +124,7 @@ fn run_drill(
     // Before: every proxy acked the plain version and sends to gz-1.
     let ready = poll(Duration::from_secs(60), Duration::from_millis(250), || {
         let c = get("channelcontract", "pay", ns)?;
-        let on_gz = traffic.iter().all(|t| t.settled_on(Duration::ZERO, "gz-1", 5));
+        let on_gz = traffic.iter().all(|t| t.settled_on(epoch, "gz-1", 5));
         (acked(&c, n) && config_version(&c) == plain && on_gz).then_some(())
     });
     if ready.is_none() {
@@ -237,7 +161,7 @@ fn run_drill(
     // After: the plain version back on every proxy, and gz-1 serving again once its ejection is over.
     let back = poll(Duration::from_secs(90), Duration::from_millis(250), || {
         let c = get("channelcontract", "pay", ns)?;
-        let on_gz = traffic.iter().all(|t| t.settled_on(judged_at, "gz-1", 5));
+        let on_gz = traffic.iter().all(|t| t.settled_on(epoch + judged_at, "gz-1", 5));
         (acked(&c, n) && config_version(&c) == plain && on_gz).then_some(())
     });
     let back_after = back.map(|()| epoch.elapsed() - judged_at);
@@ -246,8 +170,11 @@ fn run_drill(
     let clients: Vec<Value> = traffic
         .iter()
         .map(|t| {
-            let seen: Vec<Seen> = t.since(created).into_iter().filter(|s| s.at <= judged_at).collect();
-            let first_sz = seen.iter().find(|s| s.status == 200 && s.backend == "sz-1").map(|s| secs(s.at - created));
+            let seen: Vec<Seen> = t.since(epoch + created).into_iter().filter(|s| s.at <= epoch + judged_at).collect();
+            let first_sz = seen
+                .iter()
+                .find(|s| s.status == 200 && s.backend == "sz-1")
+                .map(|s| secs(s.at.duration_since(epoch + created)));
             let mut by: BTreeMap<String, u64> = BTreeMap::new();
             for s in &seen {
                 *by.entry(format!("{} {}", s.status, if s.backend.is_empty() { "-" } else { &s.backend }))
@@ -260,7 +187,7 @@ fn run_drill(
                 .filter(|s| s.status != 200)
                 .map(|s| {
                     json!({
-                        "after_create_s": secs(s.at - created),
+                        "after_create_s": secs(s.at.duration_since(epoch + created)),
                         "utc": utc(s.unix_ms),
                         "status": s.status,
                         "backend": s.backend,
@@ -536,10 +463,8 @@ fn main() -> Result<()> {
     for name in &names {
         bed.settles_on(name, "pay", PORT, "gz-1", 10, Duration::from_secs(30));
     }
-    let traffic: Vec<Traffic> = names
-        .iter()
-        .map(|p| Traffic::start(&bed, p, Duration::from_millis(args.traffic_ms), epoch))
-        .collect::<Result<_>>()?;
+    let traffic: Vec<Traffic> =
+        names.iter().map(|p| Traffic::start(&bed, p, "pay", PORT, 1, Duration::from_millis(args.traffic_ms))).collect();
     // A few seconds of healthy traffic first.
     std::thread::sleep(Duration::from_secs(3));
 

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use e2e::kubectl;
-use e2e::observability::{Job, Prometheus, chart_rules, encode};
-use e2e::xds::{ProxySpec, XdsBed, XdsOperator};
+use e2e::observability::{encode, operator_with_prometheus};
+use e2e::traffic::Traffic;
+use e2e::xds::{ProxySpec, XdsBed};
 use serde_json::{Value, json};
 
 const PORT: u16 = 18080;
@@ -120,53 +121,11 @@ fn now_secs() -> f64 {
 // Producing the data.
 // ---------------------------------------------------------------------------------------------------
 
-/// Sends requests for `service` through `proxy` in the background, `batch` every `every` (one curl per
-/// batch), until dropped; counts them by (status, backend). After `Traffic` in e2e/tests/drills.rs.
-struct Traffic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    seen: std::sync::Arc<std::sync::Mutex<BTreeMap<(u16, String), u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    what: String,
-}
-
-impl Traffic {
-    fn start(bed: &XdsBed, proxy: &str, service: &str, batch: usize, every: Duration) -> Self {
-        let spec = &bed.proxies.iter().find(|p| p.spec.name == proxy).expect("the proxy").spec;
-        let url = format!("http://{}:{PORT}/", e2e::netns::NetworkNamespace::address(spec.host));
-        let authority = format!("{service}.{}:{PORT}", bed.ns.name);
-        let netns = bed.netns.name.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        let (s, counts) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            // The bed owns (and deletes) the namespace; this is a view of it.
-            let netns = std::mem::ManuallyDrop::new(e2e::netns::NetworkNamespace { name: netns });
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = Instant::now();
-                for r in e2e::testbed::requests(&netns, &url, batch, &[("Host", authority.as_str())]) {
-                    *counts.lock().expect("counts").entry((r.status, r.backend)).or_insert(0) += 1;
-                }
-                std::thread::sleep(every.saturating_sub(started.elapsed()));
-            }
-        });
-        Self { stop, seen, thread: Some(thread), what: format!("{service} through {proxy}") }
-    }
-
-    fn summary(&self) -> Value {
-        let seen = self.seen.lock().expect("counts").clone();
-        let by: BTreeMap<String, u64> =
-            seen.into_iter().map(|((status, backend), n)| (format!("{status} {backend}"), n)).collect();
-        json!({"traffic": self.what, "replies": by})
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// What a background traffic's clients saw, for the report.
+fn summary(t: &Traffic) -> Value {
+    let by: BTreeMap<String, u64> =
+        t.by_reply().into_iter().map(|((status, backend), n)| (format!("{status} {backend}"), n)).collect();
+    json!({"traffic": format!("{} through {}", t.service, t.proxy), "replies": by})
 }
 
 fn drill(bed: &XdsBed, name: &str, contract: &str, duration: &str, within: &str) {
@@ -192,24 +151,8 @@ fn produce(dashboard: &Value) -> Result<Value> {
     // As operator_with_prometheus() in e2e/tests/drills.rs: Prometheus in the bed's network namespace on
     // 0.0.0.0 (the operator's triggers reach it from the host), scraping the operator on the host's end of
     // the link and the Envoys on the namespace's loopback, with the chart's recording rules.
-    let prom_port = e2e::free_port();
-    let prom_url = format!("http://{}:{prom_port}", bed.inside_address());
-    let operator =
-        XdsOperator::start("shot-operator", &e2e::unique("shot"), &["--prometheus-url".into(), prom_url.clone()]);
-    let jobs = vec![
-        Job {
-            name: "channel-contracts-operator".into(),
-            path: "/metrics".into(),
-            targets: vec![format!("{}:{}", bed.host_address(), operator.admin_port)],
-        },
-        Job {
-            name: "envoy".into(),
-            path: "/stats/prometheus".into(),
-            targets: admins.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-        },
-    ];
-    let rules = chart_rules(&bed.dir);
-    let prometheus = Prometheus::start_at(&bed.dir, Some(&bed.netns.name), "0.0.0.0", prom_port, &jobs, &[rules]);
+    let (operator, prometheus) = operator_with_prometheus(&bed, "shot-operator", &admins);
+    let prom_url = format!("http://{}:{}", bed.inside_address(), prometheus.port);
     log(format!(
         "Prometheus at {prom_url}, operator admin on :{}, files in {}",
         operator.admin_port,
@@ -244,10 +187,10 @@ fn produce(dashboard: &Value) -> Result<Value> {
         events.push(json!({"time": now_secs(), "at_s": secs, "what": what}));
     };
     let traffic = [
-        Traffic::start(&bed, "proxy-gz", "payment-verify", 4, Duration::from_millis(500)),
-        Traffic::start(&bed, "proxy-gz", "orders", 3, Duration::from_millis(500)),
-        Traffic::start(&bed, "proxy-sz", "payment-verify", 2, Duration::from_millis(500)),
-        Traffic::start(&bed, "proxy-sz", "orders", 2, Duration::from_millis(500)),
+        Traffic::start(&bed, "proxy-gz", "payment-verify", PORT, 4, Duration::from_millis(500)),
+        Traffic::start(&bed, "proxy-gz", "orders", PORT, 3, Duration::from_millis(500)),
+        Traffic::start(&bed, "proxy-sz", "payment-verify", PORT, 2, Duration::from_millis(500)),
+        Traffic::start(&bed, "proxy-sz", "orders", PORT, 2, Duration::from_millis(500)),
     ];
     at(0, "healthy traffic: payment-verify and orders through proxy-gz and proxy-sz");
     at(20, "ContractDrill pv-strict-promise: payment-verify, gz aborts 503 for 40s, promise failover within 10ms");
@@ -267,7 +210,7 @@ fn produce(dashboard: &Value) -> Result<Value> {
     bed.backend("pv-gz-1").set_mode("ok");
     bed.backend("pv-sz-1").set_mode("ok");
     at(300, "traffic stops");
-    let summaries: Vec<Value> = traffic.iter().map(Traffic::summary).collect();
+    let summaries: Vec<Value> = traffic.iter().map(summary).collect();
     drop(traffic);
     // The last access logs reach the operator and the last scrapes and rule evaluations happen.
     std::thread::sleep(Duration::from_secs(5));
