@@ -549,7 +549,7 @@ fn every_route_has_the_tracing_tags_and_the_contract_header() {
             assert_eq!(m.default_value, default);
         }
         assert!(
-            matches!(&tags[4].r#type, Some(custom_tag::Type::Value(v)) if v == "%CEL(request.duration >= duration('120ms') || response.code_details == 'upstream_response_timeout')%"),
+            matches!(&tags[4].r#type, Some(custom_tag::Type::Value(v)) if v == "%CEL(request.duration >= duration('120ms') || response.code_details == 'upstream_response_timeout' || response.flags / 4 % 2 == 1)%"),
             "{:?}",
             tags[4]
         );
