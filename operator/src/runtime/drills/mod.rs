@@ -120,7 +120,7 @@ pub async fn run(runtime: DrillRuntime, cancel: CancellationToken) {
                     tracing::warn!(drill = %drill.name_any(), namespace = ?drill.namespace(), error = %e, "drill step failed; retrying");
                 }
             }
-            runtime.metrics.set_drills(store.state().iter().map(|d| DrillRow::of(d)).collect());
+            runtime.metrics.set_drills(drills.iter().map(|d| DrillRow::of(d)).collect());
         } else {
             runtime.metrics.set_drills(Vec::new());
         }
