@@ -372,7 +372,8 @@ if [[ $SERVER == 1 ]]; then
     }
     dry_run default
     dry_run local -f "$CHART/ci/local-values.yaml"
-    dry_run non-default -f "$CHART/ci/non-default-values.yaml"
+    # (the Argo CD Role goes to a namespace that exists)
+    dry_run non-default -f "$CHART/ci/non-default-values.yaml" --set fleet.hub.argocdNamespace=kube-public
     # (its Roles in other namespaces would need those namespaces)
     dry_run gateway -f "$CHART/ci/gateway-values.yaml" --set-json 'operator.xds.proxyPodNamespaces=[]'
 

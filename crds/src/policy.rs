@@ -27,6 +27,7 @@ use crate::schema::{
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.requiredRegions","description":"Regions every matched object must declare"}"#,
     printcolumn = r#"{"name":"Violations","type":"integer","jsonPath":".status.violations","description":"Matched objects that fall short, at the last audit"}"#,
     printcolumn = r#"{"name":"Compliance","type":"string","jsonPath":".status.compliance","description":"Share of matched objects that comply, at the last audit"}"#,
+    printcolumn = r#"{"name":"Fleet","type":"string","jsonPath":".status.fleet.summary","description":"On a fleet hub: member clusters that comply, of those the policy is propagated to"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -184,6 +185,69 @@ pub struct ContractPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub violation_samples: Vec<ViolationSample>,
+
+    /// On a fleet hub, for a policy labelled `csp.contracts.dev/propagate: "true"`: how every member
+    /// cluster stands. Written by the hub (`operator fleet`), never by the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The label that makes the fleet hub apply a ContractPolicy to every member cluster.
+pub const PROPAGATE_LABEL: &str = "csp.contracts.dev/propagate";
+/// The label of a Secret in the hub's namespace that registers a member cluster (its value: the member's
+/// name); the Secret holds a kubeconfig.
+pub const MEMBER_CLUSTER_LABEL: &str = "csp.contracts.dev/member-cluster";
+/// The label the hub puts on every policy it applies to a member: the hub's name.
+pub const FLEET_HUB_LABEL: &str = "csp.contracts.dev/fleet-hub";
+
+/// How a propagated policy stands across the fleet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    /// `compliant/clusters`, e.g. `23/23` (the `FLEET` column).
+    pub summary: String,
+    /// Member clusters the policy is propagated to.
+    pub clusters: i64,
+    /// Members that are reachable, hold the hub's policy unchanged, were audited against it and have no
+    /// violation. An unreachable member is never counted here.
+    pub compliant: i64,
+    /// Members whose API server did not answer at the last attempt.
+    pub unreachable: i64,
+    /// One entry per member, sorted by name.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    pub members: Vec<FleetMember>,
+}
+
+/// One member cluster's copy of a propagated policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetMember {
+    /// The member's name (its Secret's `csp.contracts.dev/member-cluster` label, or the Argo CD cluster
+    /// Secret's `name`).
+    pub cluster: String,
+    /// Whether the member's API server answered at the last attempt.
+    pub reachable: bool,
+    /// Whether the member holds the hub's policy unchanged (the hub restores it when it drifts).
+    pub in_sync: bool,
+    /// Whether the member counts as compliant: reachable, in sync, audited against this version of the
+    /// policy, with no violation.
+    pub compliant: bool,
+    /// Objects the policy matched on the member at its last audit.
+    #[serde(default)]
+    pub matched: i64,
+    /// Matched objects that fall short on the member.
+    #[serde(default)]
+    pub violations: i64,
+    /// The member's compliance, e.g. `97.5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<String>,
+    /// When the member's audit last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_time: Option<Time>,
+    /// Why the member is not compliant, when it is not (unreachable, out of sync, not audited, violations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One object that falls short of a policy.

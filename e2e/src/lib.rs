@@ -95,6 +95,13 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
     run(cmd, stdin)
 }
 
+/// Runs kubectl against the control plane of `kubeconfig` (one of several, e.g. a fleet's members).
+pub fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(tool("kubectl"));
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    run(cmd, stdin)
+}
+
 /// `helm` against the local control plane.
 pub fn helm(args: &[&str]) -> Run {
     let mut cmd = Command::new(tool("helm"));
@@ -323,6 +330,7 @@ pub mod webhook;
 
 pub mod backend;
 pub mod configmap_volume;
+pub mod fleet;
 pub mod netns;
 pub mod observability;
 pub mod proxy;

@@ -29,6 +29,21 @@ pub fn webhook_service_account() -> String {
     format!("{FULLNAME}-webhook")
 }
 
+/// The fleet hub's ServiceAccount (in [`NAMESPACE`]).
+pub fn fleet_service_account() -> String {
+    format!("{FULLNAME}-fleet")
+}
+
+/// The ServiceAccount a member cluster gives a fleet hub (in [`NAMESPACE`]).
+pub fn fleet_member_service_account() -> String {
+    format!("{FULLNAME}-fleet-member")
+}
+
+/// The only Lease the fleet hub may hold (in [`NAMESPACE`]).
+pub fn fleet_lease() -> String {
+    format!("{FULLNAME}-fleet")
+}
+
 /// The only Lease the operator may hold (in [`NAMESPACE`]).
 pub fn operator_lease() -> String {
     format!("{FULLNAME}-operator")
@@ -51,7 +66,8 @@ pub fn kubernetes_version() -> String {
 }
 
 /// `helm template` of the chart's ServiceAccounts and RBAC, as `release` in `namespace`, with the values
-/// of the local runs (`ci/local-values.yaml`) and `extra` helm arguments.
+/// of the local runs (`ci/local-values.yaml`), the fleet hub's and a fleet member's RBAC on (no hub
+/// Deployment, no token Secret: tests issue tokens), and `extra` helm arguments.
 pub fn render_rbac(release: &str, namespace: &str, extra: &[&str]) -> String {
     let chart = repo_root().join("charts/channel-contracts");
     let mut cmd = Command::new(tool("helm"));
@@ -59,8 +75,12 @@ pub fn render_rbac(release: &str, namespace: &str, extra: &[&str]) -> String {
         .arg(&chart)
         .args(["--namespace", namespace, "--kube-version", &kubernetes_version(), "-f"])
         .arg(chart.join("ci/local-values.yaml"))
+        .args([
+            "--set",
+            "fleet.hub.enabled=true,fleet.hub.deploy=false,fleet.member.enabled=true,fleet.member.tokenSecret=false",
+        ])
         .args(extra);
-    for template in ["serviceaccounts.yaml", "operator-rbac.yaml", "webhook-rbac.yaml"] {
+    for template in ["serviceaccounts.yaml", "operator-rbac.yaml", "webhook-rbac.yaml", "fleet-rbac.yaml"] {
         cmd.args(["--show-only", &format!("templates/{template}")]);
     }
     run(cmd, None).ok()
@@ -95,13 +115,28 @@ pub fn ensure_chart_rbac() {
 /// Writes a kubeconfig that authenticates as ServiceAccount `service_account` of `namespace` with a token
 /// from the TokenRequest API (valid for 4 hours), for the admin kubeconfig's API server and CA.
 pub fn kubeconfig_for(namespace: &str, service_account: &str) -> PathBuf {
-    let token = kubectl(&["create", "token", service_account, "-n", namespace, "--duration", "4h"], None).ok();
-    let field =
-        |path: &str| kubectl(&["config", "view", "--raw", "--minify", "-o", &format!("jsonpath={path}")], None).ok();
+    kubeconfig_for_at(&crate::kubeconfig(), namespace, service_account)
+}
+
+/// [`kubeconfig_for`] on the control plane of the admin kubeconfig `admin`.
+pub fn kubeconfig_for_at(admin: &Path, namespace: &str, service_account: &str) -> PathBuf {
+    let path = run_dir(&format!("sa-{service_account}")).join("kubeconfig");
+    write_private(&path, &service_account_kubeconfig(admin, namespace, service_account));
+    path
+}
+
+/// The text of a kubeconfig for ServiceAccount `service_account` of `namespace` on the control plane of
+/// `admin`: its API server and CA, and a token from the TokenRequest API (valid for 4 hours).
+pub fn service_account_kubeconfig(admin: &Path, namespace: &str, service_account: &str) -> String {
+    let token =
+        crate::kubectl_at(admin, &["create", "token", service_account, "-n", namespace, "--duration", "4h"], None).ok();
+    let field = |path: &str| {
+        crate::kubectl_at(admin, &["config", "view", "--raw", "--minify", "-o", &format!("jsonpath={path}")], None).ok()
+    };
     let server = field("{.clusters[0].cluster.server}");
     let ca = field("{.clusters[0].cluster.certificate-authority-data}");
     assert!(!server.is_empty() && !ca.is_empty(), "the admin kubeconfig names no server or CA");
-    let yaml = format!(
+    format!(
         r#"apiVersion: v1
 kind: Config
 clusters:
@@ -122,13 +157,11 @@ contexts:
 current-context: local
 "#,
         token = token.trim()
-    );
-    let path = run_dir(&format!("sa-{service_account}")).join("kubeconfig");
-    write_private(&path, &yaml);
-    path
+    )
 }
 
-fn write_private(path: &Path, text: &str) {
+/// Writes `text` to `path`, readable by its owner only.
+pub fn write_private(path: &Path, text: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

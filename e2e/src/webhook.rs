@@ -2,10 +2,10 @@
 //! loopback port as the chart's webhook ServiceAccount (see [`crate::rbac`]), and a ValidatingWebhookConfiguration (`clientConfig.url` + `caBundle`, failurePolicy
 //! Fail, sideEffects None) that selects only the namespaces this fixture labels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{TestNamespace, Tied, curl, kubectl, product_bin, rbac, run_dir, unique, wait_until};
+use crate::{TestNamespace, Tied, curl, kubectl, kubectl_at, product_bin, rbac, run_dir, unique, wait_until};
 
 /// The label that puts a namespace under a fixture's webhook.
 pub const NAMESPACE_LABEL: &str = "csp-e2e-webhook";
@@ -25,6 +25,8 @@ pub struct WebhookFixture {
     pub key_file: PathBuf,
     /// The ValidatingWebhookConfiguration's name, and the namespace label value it selects.
     pub id: String,
+    /// The admin kubeconfig of the control plane it is registered with.
+    pub admin: PathBuf,
 }
 
 impl WebhookFixture {
@@ -36,9 +38,18 @@ impl WebhookFixture {
     /// [`start`](Self::start) with more command-line arguments for the webhook.
     pub fn start_with(name: &str, extra_args: &[String]) -> Self {
         crate::ensure_crds();
+        Self::start_on(&crate::kubeconfig(), rbac::webhook_kubeconfig(), name, extra_args)
+    }
+
+    /// Starts a webhook for the control plane of `admin` (its CRDs and the chart's RBAC in place), running
+    /// with `service_account` (a kubeconfig of the chart's webhook ServiceAccount there), and registers it.
+    pub fn start_on(admin: &Path, service_account: &Path, name: &str, extra_args: &[String]) -> Self {
         // Earlier runs' registrations select namespaces that no longer exist; remove them anyway.
-        let _ =
-            kubectl(&["delete", "validatingwebhookconfiguration", "-l", "csp-e2e=true", "--ignore-not-found"], None);
+        let _ = kubectl_at(
+            admin,
+            &["delete", "validatingwebhookconfiguration", "-l", "csp-e2e=true", "--ignore-not-found"],
+            None,
+        );
         let dir = run_dir(name);
         let (ca, serving) = webhook::certs::ca_and_serving(
             "csp-e2e-webhook",
@@ -75,7 +86,7 @@ impl WebhookFixture {
         let args: Vec<String> = args.into_iter().chain(extra_args.iter().cloned()).collect();
         // As the chart's webhook ServiceAccount, with the chart's RBAC and audit Lease.
         let env = [
-            ("KUBECONFIG", rbac::webhook_kubeconfig().to_string_lossy().into_owned()),
+            ("KUBECONFIG", service_account.to_string_lossy().into_owned()),
             ("CSP_WEBHOOK_AUDIT_LEASE", rbac::webhook_audit_lease()),
             ("POD_NAME", unique("webhook")),
             ("RUST_LOG", "info,webhook=debug,kube=warn".to_owned()),
@@ -87,7 +98,8 @@ impl WebhookFixture {
             assert!(process.running(), "the webhook exited:\n{}", process.log_tail());
             (curl(&["--cacert", &ca_arg, &url]).0 == 200).then_some(())
         });
-        let fixture = Self { process, port, ca_file, cert_file, key_file, id: unique("csp-e2e") };
+        let fixture =
+            Self { process, port, ca_file, cert_file, key_file, id: unique("csp-e2e"), admin: admin.to_path_buf() };
         fixture.register(&ca.cert);
         fixture
     }
@@ -131,7 +143,7 @@ webhooks:
             port = self.port,
             label = NAMESPACE_LABEL,
         );
-        kubectl(&["apply", "-f", "-"], Some(&yaml)).ok();
+        kubectl_at(&self.admin, &["apply", "-f", "-"], Some(&yaml)).ok();
     }
 
     /// A namespace under this webhook, with more labels (`k=v`).
@@ -149,7 +161,11 @@ webhooks:
 
     /// Removes the registration.
     pub fn unregister(&self) {
-        let _ = kubectl(&["delete", "validatingwebhookconfiguration", &self.id, "--ignore-not-found"], None);
+        let _ = kubectl_at(
+            &self.admin,
+            &["delete", "validatingwebhookconfiguration", &self.id, "--ignore-not-found"],
+            None,
+        );
     }
 }
 

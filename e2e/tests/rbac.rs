@@ -145,9 +145,12 @@ fn each_binary_may_do_exactly_what_the_readme_security_table_says() {
         ("charts/channel-contracts/README.md", readme_table("charts/channel-contracts/README.md", rbac::FULLNAME)),
     ];
     let mut problems = String::new();
-    for (binary, service_account) in
-        [("operator", rbac::operator_service_account()), ("webhook", rbac::webhook_service_account())]
-    {
+    for (binary, service_account) in [
+        ("operator", rbac::operator_service_account()),
+        ("webhook", rbac::webhook_service_account()),
+        ("fleet hub", rbac::fleet_service_account()),
+        ("fleet member", rbac::fleet_member_service_account()),
+    ] {
         let user = format!("system:serviceaccount:{}:{service_account}", rbac::NAMESPACE);
         // `default` stands for every namespace but the release's: only the ClusterRole applies there.
         for (namespace, namespaced) in [("default", false), (rbac::NAMESPACE, true)] {

@@ -9,7 +9,7 @@ const LAYERS: [&[&str]; 8] = [
     &["publish"],
     &["watch"],
     &["reconcile"],
-    &["runtime", "render"],
+    &["runtime", "render", "fleet"],
 ];
 
 #[test]

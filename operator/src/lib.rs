@@ -13,12 +13,14 @@
 //!   watches' triggers;
 //! - [`reconcile`]: the pure plan of one reconcile, its status, the small executor that writes, metrics;
 //! - [`runtime`]: `operator run` (controller, admin server, leader election); [`render`]: the offline
-//!   `operator render` command.
+//!   `operator render` command; [`fleet`]: `operator fleet`, the hub that carries policies to member
+//!   clusters and rolls their compliance up.
 //!
 //! Pure (no client, no clock, no I/O), tested exhaustively: [`translate`], [`model`], [`observe`], [`publish::configmap`],
 //! [`watch::endpoints`], [`watch::index`], [`reconcile::plan`], [`reconcile::status`].
 
 pub mod envoy;
+pub mod fleet;
 pub mod model;
 pub mod observe;
 pub mod publish;

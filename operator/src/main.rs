@@ -25,6 +25,9 @@ enum Command {
     /// Check an installation in a throwaway namespace: the webhook denies a Service that falls short of a
     /// policy, and the operator programs a contract (what `helm test` runs).
     Check(operator::runtime::check::CheckArgs),
+    /// Run the fleet hub: apply the ContractPolicies labelled csp.contracts.dev/propagate=true to every
+    /// member cluster, keep them there, and roll the members' compliance up into the policies' status.
+    Fleet(operator::fleet::FleetArgs),
 }
 
 fn check(args: operator::runtime::check::CheckArgs) -> anyhow::Result<()> {
@@ -47,6 +50,15 @@ fn run(args: operator::runtime::run::RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn fleet(args: operator::fleet::FleetArgs) -> anyhow::Result<()> {
+    lifecycle::init_logging(args.log_format);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let cancel = CancellationToken::new();
+        lifecycle::cancel_on_signal(cancel.clone());
+        operator::fleet::run(args, cancel).await.map_err(Into::into)
+    })
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Render(args) => operator::render::run(&args, &mut std::io::stdout().lock()).map_err(Into::into),
@@ -55,6 +67,7 @@ fn main() -> ExitCode {
             operator::runtime::bootstrap::run(&args, &mut std::io::stdout().lock()).map_err(Into::into)
         }
         Command::Check(args) => check(args),
+        Command::Fleet(args) => fleet(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -145,11 +145,13 @@ pub fn status_for(policy: &ContractPolicy, report: &Report, now: &Time) -> Contr
         violations: report.violations,
         compliance: Some(report.compliance()),
         violation_samples: report.samples.clone(),
+        fleet: None,
     }
 }
 
 /// Whether `next` needs writing over the policy's current status: what it says differs (anything but
-/// `auditTime`), or the current `auditTime` is older than [`STATUS_REFRESH`] at `now`.
+/// `auditTime`, and `fleet`, which the fleet hub writes), or the current `auditTime` is older than
+/// [`STATUS_REFRESH`] at `now`.
 pub fn needs_write(current: Option<&ContractPolicyStatus>, next: &ContractPolicyStatus, now: &Time) -> bool {
     let Some(current) = current else { return true };
     let stale = current
@@ -157,8 +159,8 @@ pub fn needs_write(current: Option<&ContractPolicyStatus>, next: &ContractPolicy
         .as_ref()
         .is_none_or(|t| now.0.duration_since(t.0).as_secs_f64() >= STATUS_REFRESH.as_secs_f64());
     stale
-        || ContractPolicyStatus { audit_time: None, ..current.clone() }
-            != ContractPolicyStatus { audit_time: None, ..next.clone() }
+        || ContractPolicyStatus { audit_time: None, fleet: None, ..current.clone() }
+            != ContractPolicyStatus { audit_time: None, fleet: None, ..next.clone() }
 }
 
 /// Runs one audit over the caches and writes the status of every policy whose result changed.
@@ -402,6 +404,12 @@ mod tests {
         p.status = Some(first.clone());
         let again = status_for(&p, &report, &at(1_060));
         assert!(!needs_write(Some(&first), &again, &at(1_060)), "same result a minute later");
+        // What a fleet hub writes next to the audit's fields is not the audit's to rewrite.
+        let with_fleet = ContractPolicyStatus {
+            fleet: Some(crds::FleetStatus { summary: "1/1".into(), clusters: 1, compliant: 1, ..Default::default() }),
+            ..first.clone()
+        };
+        assert!(!needs_write(Some(&with_fleet), &again, &at(1_060)), "the hub's status.fleet is not a change");
         let later = status_for(&p, &report, &at(1_000 + STATUS_REFRESH.as_secs() as i64));
         assert!(needs_write(Some(&first), &later, &at(1_000 + STATUS_REFRESH.as_secs() as i64)), "auditTime refresh");
         let changed = status_for(&p, &Report { matched: 2, violations: 0, samples: vec![] }, &at(1_060));

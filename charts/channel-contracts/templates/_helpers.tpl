@@ -32,6 +32,14 @@ valid Service names (DNS labels, at most 63).
 {{- printf "%s-webhook" (include "channel-contracts.fullname" .) }}
 {{- end }}
 
+{{- define "channel-contracts.fleet.name" -}}
+{{- printf "%s-fleet" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
+{{- define "channel-contracts.fleet.memberName" -}}
+{{- printf "%s-fleet-member" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
 {{/* The Lease the operator replicas elect a leader on. */}}
 {{- define "channel-contracts.operator.lease" -}}
 {{- include "channel-contracts.operator.name" . }}
