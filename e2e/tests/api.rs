@@ -106,7 +106,7 @@ fn kubectl_get_csp_lists_both_kinds_with_their_columns() {
         (r.success && r.stdout.contains(&name) && r.stdout.contains(&policy)).then_some(r.stdout)
     });
     let _ = kubectl(&["delete", "contractpolicy", &policy, "--ignore-not-found"], None);
-    for header in ["SERVICE", "CHANNELS", "REGIONS", "READY", "AGE", "ACTION", "VIOLATIONS", "COMPLIANCE"] {
+    for header in ["SERVICE", "CHANNELS", "REGIONS", "READY", "AGE", "ACTION", "VIOLATIONS", "COMPLIANCE", "FLEET"] {
         assert!(out.contains(header), "kubectl get csp should show the column {header}:\n{out}");
     }
     let row = out.lines().find(|l| l.contains(&name)).unwrap_or_default();

@@ -169,6 +169,7 @@ pub async fn run_once(
     caches: &Caches,
     metrics: &Metrics,
     exempt: &[String],
+    reports: &mut crate::openreports::Publisher,
 ) -> Result<usize, kube::Error> {
     let subjects = subjects(caches);
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
@@ -198,6 +199,11 @@ pub async fn run_once(
             first_error.get_or_insert(e);
         }
     }
+    let by_namespace = crate::openreports::reports(&policies, &subjects, &namespace_labels, exempt, now.0);
+    if let Err(e) = reports.publish(client, &by_namespace).await {
+        tracing::warn!(error = %e, "publishing the OpenReports Reports failed");
+        first_error.get_or_insert(e);
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(policies.len()),
@@ -215,13 +221,16 @@ pub async fn run_loop(
     interval: Duration,
     policy_changed: Arc<Notify>,
     mut leader: tokio::sync::watch::Receiver<bool>,
+    openreports: crate::openreports::Mode,
     cancel: CancellationToken,
 ) {
     let mut known: Vec<String> = Vec::new();
+    let mut reports = crate::openreports::Publisher::new(openreports, FIELD_MANAGER, STATUS_REFRESH);
     loop {
         if !*leader.borrow_and_update() {
             metrics.forget_policies(&known);
             known.clear();
+            reports.forget();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = leader.changed() => if changed.is_err() { return },
@@ -229,7 +238,7 @@ pub async fn run_loop(
             continue;
         }
         let start = std::time::Instant::now();
-        let result = run_once(&client, &caches, &metrics, &exempt).await;
+        let result = run_once(&client, &caches, &metrics, &exempt, &mut reports).await;
         let reason = if result.is_ok() { "ok" } else { "error" };
         metrics.audit_runs.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
         match result {

@@ -4,7 +4,7 @@
 const LAYERS: [&[&str]; 7] = [
     &["subject", "certs"],
     &["evaluate"],
-    &["admission", "metrics"],
+    &["admission", "metrics", "openreports"],
     &["index", "selfcert"],
     &["audit"],
     &["server"],

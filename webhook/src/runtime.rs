@@ -93,6 +93,10 @@ pub struct Args {
     /// How often existing objects are audited (also whenever a policy changes).
     #[arg(long, env = "CSP_WEBHOOK_AUDIT_INTERVAL", default_value = "60s", value_parser = crds::duration::parse_flag)]
     pub audit_interval: Duration,
+    /// Publish the audit's results as OpenReports Reports (one per namespace): auto, when the API server
+    /// serves openreports.io/v1alpha1 (looked at every audit); on (warns when it does not); off.
+    #[arg(long, env = "CSP_WEBHOOK_OPENREPORTS", value_enum, default_value = "auto")]
+    pub openreports: crate::openreports::Mode,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "CSP_WEBHOOK_DRAIN_TIMEOUT", default_value = "10s", value_parser = crds::duration::parse_flag)]
     pub drain_timeout: Duration,
@@ -221,7 +225,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
     let audit_task = {
         let (client, caches, ready, metrics, exempt, cancel) =
             (client.clone(), caches.clone(), ready.clone(), metrics.clone(), exempt.clone(), cancel.clone());
-        let interval = args.audit_interval;
+        let (interval, openreports) = (args.audit_interval, args.openreports);
         tokio::spawn(async move {
             tokio::select! {
                 synced = caches.wait_until_ready() => if synced.is_err() { return },
@@ -229,7 +233,8 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
             }
             ready.set_ready();
             tracing::info!(?caches, "caches synced: ready");
-            audit::run_loop(client, caches, metrics, exempt, interval, policy_changed, leader_rx, cancel).await;
+            audit::run_loop(client, caches, metrics, exempt, interval, policy_changed, leader_rx, openreports, cancel)
+                .await;
         })
     };
     let state = server::AppState {
