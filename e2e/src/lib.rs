@@ -331,6 +331,7 @@ pub mod webhook;
 pub mod backend;
 pub mod configmap_volume;
 pub mod fleet;
+pub mod lua;
 pub mod netns;
 pub mod observability;
 pub mod proxy;

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::fleet::{ControlPlane, Hub, argocd_cluster_secret, ca_of, member_secret, read, token_of};
+use e2e::lua::{argocd_health, capture, karmada};
 use e2e::webhook::{NAMESPACE_LABEL, WebhookFixture};
 use e2e::{rbac, wait_until};
 use serde_json::Value;
@@ -135,6 +136,13 @@ fn a_hub_carries_policies_to_three_members_keeps_them_and_rolls_their_compliance
         );
         assert!(e["auditTime"].is_string(), "the member's audit time is rolled up: {e}");
     }
+    // Argo CD's health of the hub's policy (our health.lua, run with gopher-lua).
+    let hub_object = policy_json(&hub_plane, "fleet-baseline");
+    assert_eq!(
+        argocd_health("ContractPolicy", &hub_object),
+        ("Healthy".to_owned(), "FLEET 3/3: every member cluster complies".to_owned())
+    );
+    capture("ContractPolicy", "fleet_healthy", &hub_object);
     let table = hub_plane.kubectl(&["get", "cpol", "fleet-baseline"], None).ok();
     assert!(table.lines().next().is_some_and(|h| h.contains("FLEET")), "{table}");
     assert!(table.lines().nth(1).is_some_and(|r| r.contains("3/3")), "{table}");
@@ -259,6 +267,11 @@ fn a_hub_carries_policies_to_three_members_keeps_them_and_rolls_their_compliance
         assert_eq!(member(&fleet, m)["compliant"].as_bool(), Some(true), "{fleet}");
     }
     assert_eq!(metrics_line(&hub, r#"csp_fleet_member_up{cluster="member-3"}"#), Some(0.0));
+    let hub_object = policy_json(&hub_plane, "fleet-baseline");
+    let (status, message) = argocd_health("ContractPolicy", &hub_object);
+    assert_eq!(status, "Degraded", "{message}");
+    assert!(message.starts_with("FLEET 2/3; member-3: unreachable since "), "{message}");
+    capture("ContractPolicy", "fleet_degraded_unreachable", &hub_object);
 
     // 6. A member Secret whose kubeconfig would run a command in the hub is refused, with what to fix;
     //    that member counts, as not compliant.
@@ -291,6 +304,10 @@ fn a_hub_carries_policies_to_three_members_keeps_them_and_rolls_their_compliance
         assert!(denied.contains("fleet-baseline"), "{} no longer denies with the hub gone: {denied}", m.name);
     }
     drop(webhooks);
+}
+
+fn policy_json(cp: &ControlPlane, name: &str) -> Value {
+    serde_json::from_str(&cp.kubectl(&["get", "contractpolicy", name, "-o", "json"], None).ok()).expect("json")
 }
 
 fn metrics_line(hub: &Hub, series: &str) -> Option<f64> {

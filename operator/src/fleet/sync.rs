@@ -62,7 +62,20 @@ pub enum SyncError {
 fn classify(e: kube::Error) -> SyncError {
     match e {
         kube::Error::Api(status) => SyncError::Api(format!("{} ({})", status.message, status.code)),
-        other => SyncError::Unreachable(other.to_string()),
+        other => SyncError::Unreachable(root_cause(&other)),
+    }
+}
+
+/// An error and its deepest cause (`client error (Connect): Connection refused (os error 111)`): the
+/// top one alone rarely says what happened.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut deepest = e.source();
+    while let Some(next) = deepest.and_then(|d| d.source()) {
+        deepest = Some(next);
+    }
+    match deepest {
+        Some(cause) if !e.to_string().contains(&cause.to_string()) => format!("{e}: {cause}"),
+        _ => e.to_string(),
     }
 }
 
