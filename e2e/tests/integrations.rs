@@ -65,11 +65,12 @@ fn contracts_healthy_progressing_and_degraded_are_told_apart_by_argocd_and_karma
     }
 
     // Karmada: health, the reflected status, and the aggregate of two members' statuses.
-    let health = |o: &Value| karmada("ChannelContract", "healthInterpretation", "InterpretHealth", &[o.clone()]);
+    let health =
+        |o: &Value| karmada("ChannelContract", "healthInterpretation", "InterpretHealth", std::slice::from_ref(o));
     assert_eq!(health(&ready), [json!(true)]);
     assert_eq!(health(&orphan), [json!(false)]);
     assert_eq!(health(&unseen), [json!(false)]);
-    let reflected = karmada("ChannelContract", "statusReflection", "ReflectStatus", &[ready.clone()]);
+    let reflected = karmada("ChannelContract", "statusReflection", "ReflectStatus", std::slice::from_ref(&ready));
     assert_eq!(reflected[0]["conditions"], ready["status"]["conditions"]);
     let aggregate = |items: Vec<Value>| {
         let template = scrubbed(ready.clone());
@@ -145,12 +146,14 @@ fn policies_audited_clean_with_violations_and_not_yet_audited_are_told_apart_by_
         capture("ContractPolicy", n, o);
     }
 
-    let health = |o: &Value| karmada("ContractPolicy", "healthInterpretation", "InterpretHealth", &[o.clone()]);
+    let health =
+        |o: &Value| karmada("ContractPolicy", "healthInterpretation", "InterpretHealth", std::slice::from_ref(o));
     assert_eq!(health(&clean_obj), [json!(true)]);
     assert_eq!(health(&strict_obj), [json!(true)], "violations are the audit's finding, not an unhealthy copy");
     assert_eq!(health(&fresh), [json!(false)]);
-    let reflected =
-        karmada("ContractPolicy", "statusReflection", "ReflectStatus", &[strict_obj.clone()]).pop().expect("status");
+    let reflected = karmada("ContractPolicy", "statusReflection", "ReflectStatus", std::slice::from_ref(&strict_obj))
+        .pop()
+        .expect("status");
     assert_eq!((reflected["matched"].as_i64(), reflected["violations"].as_i64()), (Some(1), Some(1)));
     let aggregated = karmada(
         "ContractPolicy",
