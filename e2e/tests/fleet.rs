@@ -240,6 +240,20 @@ fn a_hub_carries_policies_to_three_members_keeps_them_and_rolls_their_compliance
             == Some(1.0)
     );
     assert!(metrics_line(&hub, r#"csp_fleet_policy_compliant_clusters{policy="fleet-audit"}"#) == Some(2.0));
+    // Karmada's aggregation (our ResourceInterpreterCustomization, run with gopher-lua) over the members'
+    // real copies says what the hub says.
+    let items: Vec<Value> = [&m1, &m2, &m3]
+        .iter()
+        .map(|m| {
+            serde_json::json!({"clusterName": m.name, "status": policy_json(m, "fleet-audit")["status"], "applied": true, "health": "Healthy"})
+        })
+        .collect();
+    let template = policy_json(&hub_plane, "fleet-audit");
+    let aggregated =
+        karmada("ContractPolicy", "statusAggregation", "AggregateStatus", &[template, Value::Array(items)]);
+    let karmada_fleet = &aggregated[0]["status"]["fleet"];
+    assert_eq!(karmada_fleet["summary"], fleet["summary"], "Karmada's roll-up {karmada_fleet} vs the hub's {fleet}");
+    assert_eq!(member(karmada_fleet, "member-2")["violations"], member(&fleet, "member-2")["violations"]);
 
     // 4. Deleting the hub's policy deletes it on every member.
     let deleted = Instant::now();
