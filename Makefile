@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills dashboard-screenshot
+.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet dashboard-screenshot
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench-xds: ## benchmarks of the xDS server (not in CI): 5k contracts, 10 Envoys 
 
 bench-drills: ## ContractDrill switchovers (not in CI): 20 drills in a row against real Envoys, switchover p50/p99/max, share within the promise
 	@bash bench/drills.sh
+
+bench-fleet: ## the fleet hub (not in CI): as many real member control planes as memory holds, violation -> hub status time, hub memory per member
+	@bash bench/fleet.sh
 
 dashboard-screenshot: ## the chart's Grafana dashboard drawn with real data (own control plane, operator, 2 Envoys, Prometheus, ~6 min) into docs/dashboard.svg, raw data in bench/results/dashboard.json; no Grafana (AGPL) here
 	@bash bench/dashboard.sh

@@ -130,8 +130,10 @@ up() {
   # With a node: pods reach the API server through the Service kubernetes (10.96.0.1:443), whose endpoint
   # is the node's address (the lease reconciler publishes it); the Node authorizer and NodeRestriction
   # hold the kubelet to its own node.
-  local node_flags=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none
-    --authorization-mode RBAC)
+  # CSP_APISERVER_BIND=0.0.0.0 (no node): reachable from the pods of another local cluster's node too, at the
+  # node's address (its certificate names it), e.g. a fleet hub's pod reaching a member (make demo).
+  local node_flags=(--bind-address "${CSP_APISERVER_BIND:-127.0.0.1}" --advertise-address 127.0.0.1
+    --endpoint-reconciler-type none --authorization-mode RBAC)
   if [[ $node == 1 ]]; then
     node_flags=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --endpoint-reconciler-type lease
       --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
@@ -153,22 +155,26 @@ up() {
     curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "https://127.0.0.1:$api_port/readyz"
 
-  write_kubeconfig "$run/controller-manager.kubeconfig" controller-manager "https://127.0.0.1:$api_port"
-  log "starting kube-controller-manager (garbage collection, namespace deletion, service accounts)"
-  start kube-controller-manager "$bin/kube-controller-manager" \
-    --kubeconfig "$run/controller-manager.kubeconfig" \
-    --authentication-kubeconfig "$run/controller-manager.kubeconfig" \
-    --authorization-kubeconfig "$run/controller-manager.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$run/kcm-certs" \
-    --use-service-account-credentials=true \
-    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-    --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-    --leader-elect=false --controllers '*' --v=1
-  wait_for "kube-controller-manager /healthz" 120 kube-controller-manager \
-    curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
-  # The default ServiceAccount appearing proves the controllers act on the cluster.
-  wait_for "controllers acting (default ServiceAccount created)" 120 kube-controller-manager \
-    "$bin/kubectl" --kubeconfig "$run/kubeconfig" get serviceaccount default -n default
+  # CSP_CONTROLLER_MANAGER=0 (no node): without kube-controller-manager (no garbage collection, namespace
+  # deletion or token Secrets), for many small control planes (make bench-fleet).
+  if [[ $node == 1 || "${CSP_CONTROLLER_MANAGER:-1}" == 1 ]]; then
+    write_kubeconfig "$run/controller-manager.kubeconfig" controller-manager "https://127.0.0.1:$api_port"
+    log "starting kube-controller-manager (garbage collection, namespace deletion, service accounts)"
+    start kube-controller-manager "$bin/kube-controller-manager" \
+      --kubeconfig "$run/controller-manager.kubeconfig" \
+      --authentication-kubeconfig "$run/controller-manager.kubeconfig" \
+      --authorization-kubeconfig "$run/controller-manager.kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$run/kcm-certs" \
+      --use-service-account-credentials=true \
+      --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+      --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+      --leader-elect=false --controllers '*' --v=1
+    wait_for "kube-controller-manager /healthz" 120 kube-controller-manager \
+      curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
+    # The default ServiceAccount appearing proves the controllers act on the cluster.
+    wait_for "controllers acting (default ServiceAccount created)" 120 kube-controller-manager \
+      "$bin/kubectl" --kubeconfig "$run/kubeconfig" get serviceaccount default -n default
+  fi
 
   if [[ $node == 1 ]]; then
     echo 1 > "$run/node-enabled"

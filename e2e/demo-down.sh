@@ -16,4 +16,12 @@ for name in traffic operator webhook; do
   fi
   rm -f "$pid_file"
 done
+# The fleet's members (make demo's step 11): their webhooks, then their control planes.
+for member in "$demo"/member-*/; do
+  [[ -d "$member" ]] || continue
+  if [[ -f "$member/webhook.pid" ]] && kill -0 "$(cat "$member/webhook.pid")" 2>/dev/null; then
+    kill -TERM "$(cat "$member/webhook.pid")" 2>/dev/null || true
+  fi
+  CSP_RUN_DIR="${member%/}" bash "$root/e2e/cluster.sh" down
+done
 bash "$root/e2e/cluster.sh" down

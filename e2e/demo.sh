@@ -7,7 +7,8 @@
 #   its backend pods -> a non-compliant Service rejected -> a client pod's requests through the gateway's
 #   Envoys (fed over xDS) -> a ContractDrill: a fault pushed to the Envoys fails the primary channel, the
 #   switchover is measured from their own logs against the contract's promise -> the primary channel fails
-#   for real, the fallback channel serves.
+#   for real, the fallback channel serves -> a small fleet (e2e/demo-fleet.sh): this cluster as the hub, two
+#   member control planes get its baseline, FLEET 2/2, then 1/2 after a violation on one.
 #
 # CSP_DEMO_MODE=process: the operator and webhook as local processes instead (e2e/demo-process.sh).
 set -euo pipefail
@@ -178,11 +179,15 @@ k scale deployment payment-verify -n payments --replicas=0
 probe client-2
 k get chc payment-verify -n payments
 
+step "11. A small fleet: this cluster is the hub, two member clusters get its baseline; FLEET 2/2, then 1/2 after a violation"
+bash "$root/e2e/demo-fleet.sh"
+
 step "Done in $((SECONDS - t0))s. Everything keeps running:"
 cat <<TXT
   export KUBECONFIG=$KUBECONFIG
   $bin/kubectl get pods -A -o wide                # the product's pods, the gateway, the backends
   $bin/kubectl get csp -A                         # contracts and policies at a glance
+  $bin/kubectl get cpol fleet-baseline            # the fleet's roll-up (FLEET); members: $demo/member-*/kubeconfig
   $bin/kubectl describe chc payment-verify -n payments
   $bin/kubectl logs -n $ns deploy/csp-channel-contracts-operator
   $bin/helm --kubeconfig \$KUBECONFIG test csp -n $ns; $bin/kubectl logs -n $ns csp-channel-contracts-check

@@ -16,6 +16,7 @@ pub struct ControlPlane {
     /// Its state folder (`CSP_RUN_DIR`).
     pub dir: PathBuf,
     up: bool,
+    lean: bool,
 }
 
 impl ControlPlane {
@@ -33,10 +34,13 @@ impl ControlPlane {
 
     /// Starts one control plane.
     pub fn start(name: &str) -> Self {
-        let dir = run_dir(&format!("cp-{name}"));
-        let mut cp = Self { name: name.to_owned(), dir, up: true };
+        Self::start_in(name, run_dir(&format!("cp-{name}")), false)
+    }
+
+    /// Starts one in `dir`; `lean`: without kube-controller-manager (for many members in a benchmark).
+    pub fn start_in(name: &str, dir: PathBuf, lean: bool) -> Self {
+        let cp = Self { name: name.to_owned(), dir, up: true, lean };
         cp.cluster_sh("up").ok();
-        cp.up = true;
         cp
     }
 
@@ -46,6 +50,7 @@ impl ControlPlane {
             .arg(verb)
             .env("CSP_RUN_DIR", &self.dir)
             .env("CSP_NODE", "0")
+            .env("CSP_CONTROLLER_MANAGER", if self.lean { "0" } else { "1" })
             .env("CSP_E2E_BIN", crate::bin_dir());
         run(cmd, None)
     }
@@ -66,6 +71,15 @@ impl ControlPlane {
             .ok()
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("{} has no apiserver-port", self.dir.display()))
+    }
+
+    /// The resident memory (VmRSS, bytes) of its processes (etcd, API server, controller manager).
+    pub fn rss(&self) -> u64 {
+        ["etcd", "kube-apiserver", "kube-controller-manager"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(self.dir.join("pids").join(p)).ok())
+            .filter_map(|pid| crate::fleet::rss_of(pid.trim().parse().ok()?))
+            .sum()
     }
 
     /// Stops it (etcd, API server, controller manager).
@@ -199,6 +213,13 @@ impl Hub {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
+}
+
+/// A process's resident memory (VmRSS), in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Where a member's kubeconfig for the hub goes: a Secret of ours on the hub.

@@ -83,7 +83,12 @@ impl WebhookFixture {
             "--log-format".into(),
             "text".into(),
         ];
-        let args: Vec<String> = args.into_iter().chain(extra_args.iter().cloned()).collect();
+        let mut args: Vec<String> = args.into_iter().chain(extra_args.iter().cloned()).collect();
+        // An --audit-interval of the caller's replaces the fixture's 3s.
+        if extra_args.iter().any(|a| a == "--audit-interval") {
+            let at = args.iter().position(|a| a == "--audit-interval").expect("the fixture's own");
+            args.drain(at..at + 2);
+        }
         // As the chart's webhook ServiceAccount, with the chart's RBAC and audit Lease.
         let env = [
             ("KUBECONFIG", service_account.to_string_lossy().into_owned()),
