@@ -6,7 +6,7 @@
 # target/bench-fleet/<name> and is stopped at the end (the driver's Drop), with the webhooks and the hub.
 # Results: bench/results/fleet-<date>.md and bench/results/fleet.json.
 #
-# Knobs (environment): CSP_BENCH_MEMBERS (0: as many as memory allows), CSP_BENCH_MAX_MEMBERS (30),
+# Knobs (environment): CSP_BENCH_MEMBERS (0: as many as memory allows), CSP_BENCH_MAX_MEMBERS (100),
 # CSP_BENCH_PARALLEL (4 started at once), CSP_BENCH_AUDIT_INTERVAL (5 s, the members' webhooks),
 # CSP_BENCH_VIOLATIONS (10 members get a violation, one after the other).
 set -euo pipefail

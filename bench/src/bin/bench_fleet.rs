@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, env = "CSP_BENCH_MEMBERS", default_value_t = 0)]
     members: usize,
     /// The most members memory may decide on.
-    #[arg(long, env = "CSP_BENCH_MAX_MEMBERS", default_value_t = 30)]
+    #[arg(long, env = "CSP_BENCH_MAX_MEMBERS", default_value_t = 100)]
     max_members: usize,
     /// Members started at once.
     #[arg(long, env = "CSP_BENCH_PARALLEL", default_value_t = 4)]
