@@ -93,20 +93,7 @@ impl ControlPlane {
     /// The CRDs, the release namespace and the chart's RBAC (as [`rbac::RELEASE`] in [`rbac::NAMESPACE`],
     /// with `extra` helm arguments), once the API server authorizes by them.
     pub fn install(&self, extra: &[&str]) {
-        let crds = repo_root().join("crds/manifests");
-        self.kubectl(&["apply", "--server-side", "-f", &crds.to_string_lossy()], None).ok();
-        self.kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/channelcontracts.csp.contracts.dev",
-                "crd/contractpolicies.csp.contracts.dev",
-                "crd/contractdrills.csp.contracts.dev",
-            ],
-            None,
-        )
-        .ok();
+        crate::apply_crds(&self.kubeconfig());
         let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n", rbac::NAMESPACE);
         self.kubectl(&["apply", "-f", "-"], Some(&namespace)).ok();
         self.kubectl(&["apply", "-f", "-"], Some(&rbac::render_rbac(rbac::RELEASE, rbac::NAMESPACE, extra))).ok();
@@ -243,20 +230,20 @@ pub fn argocd_cluster_secret(namespace: &str, name: &str, server: &str, token: &
 
 /// The `token:` of a kubeconfig's text.
 pub fn token_of(kubeconfig: &str) -> String {
-    kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no token in the kubeconfig"))
+    field_of(kubeconfig, "token: ")
 }
 
 /// The `certificate-authority-data:` of a kubeconfig's text.
 pub fn ca_of(kubeconfig: &str) -> String {
+    field_of(kubeconfig, "certificate-authority-data: ")
+}
+
+fn field_of(kubeconfig: &str, prefix: &str) -> String {
     kubeconfig
         .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .find_map(|l| l.trim().strip_prefix(prefix))
         .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no CA in the kubeconfig"))
+        .unwrap_or_else(|| panic!("no {prefix:?} in the kubeconfig"))
 }
 
 /// Reads a kubeconfig file.

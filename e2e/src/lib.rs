@@ -155,22 +155,26 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
 /// Applies the CRD manifests once per test binary and waits until both are established.
 pub fn ensure_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = repo_root().join("crds/manifests");
-        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()], None).ok();
-        kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/channelcontracts.csp.contracts.dev",
-                "crd/contractpolicies.csp.contracts.dev",
-                "crd/contractdrills.csp.contracts.dev",
-            ],
-            None,
-        )
-        .ok();
-    });
+    DONE.get_or_init(|| apply_crds(&kubeconfig()));
+}
+
+/// Applies the CRD manifests to the control plane of `kubeconfig` and waits until all are established.
+pub fn apply_crds(kubeconfig: &Path) {
+    let dir = repo_root().join("crds/manifests");
+    kubectl_at(kubeconfig, &["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()], None).ok();
+    kubectl_at(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/channelcontracts.csp.contracts.dev",
+            "crd/contractpolicies.csp.contracts.dev",
+            "crd/contractdrills.csp.contracts.dev",
+        ],
+        None,
+    )
+    .ok();
 }
 
 /// A unique name: `prefix-<pid>-<n>`.

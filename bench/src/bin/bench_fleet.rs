@@ -62,22 +62,18 @@ struct Member {
     webhook: WebhookFixture,
 }
 
-fn mem_available() -> u64 {
+/// A field of /proc/meminfo (`MemAvailable:`, `MemTotal:`), in bytes.
+fn meminfo(field: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 
-fn mem_total() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+fn mem_available() -> u64 {
+    meminfo("MemAvailable:")
 }
 
 fn start_member(dir: &std::path::Path, i: usize, audit_interval: u64) -> Member {
@@ -112,7 +108,7 @@ fn fleet_summary(hub: &ControlPlane) -> String {
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)?;
-    let memory = mem_total();
+    let memory = meminfo("MemTotal:");
     let available_at_start = mem_available();
     channel_contracts_bench::log(
         "fleet",
