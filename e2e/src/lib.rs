@@ -234,10 +234,28 @@ pub fn product_bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port (free on every address), for a process the test starts to listen on.
+///
+/// Not from the kernel's ephemeral range (32768–60999 by default): a port found free there can be taken,
+/// before the process binds it, as the source port of any outgoing connection on the machine (a kubectl,
+/// a proxy's upstream). The ports come from 20000–32767 instead, starting at a place of this process's own
+/// and never handed out twice by it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        // One after the other: a listener on 0.0.0.0 still open would make the loopback bind fail.
+        let any = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        let loopback = any && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if loopback {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}-{}", FIRST + SPAN - 1)
 }
 
 /// A background process that dies with the test process: it runs under a shell that waits on the
@@ -283,9 +301,16 @@ impl Tied {
         self.shell.wait().ok()
     }
 
-    /// Whether it still runs.
+    /// Whether it still runs: its shell does, and the process itself is not gone or a zombie (the shell
+    /// outlives it until the test lets go).
     pub fn running(&mut self) -> bool {
-        matches!(self.shell.try_wait(), Ok(None))
+        let process_alive = self.pid.is_none_or(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+                .unwrap_or(false)
+        });
+        process_alive && matches!(self.shell.try_wait(), Ok(None))
     }
 
     /// Its peak resident memory so far (`VmHWM`), in bytes.
