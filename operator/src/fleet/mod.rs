@@ -11,8 +11,9 @@
 //!   sync with the new credentials, one that goes stops it.
 //! - Every ContractPolicy labelled `csp.contracts.dev/propagate: "true"` is applied to every member and
 //!   kept there ([`sync`]); one that is deleted, or loses the label, is deleted on every member.
-//! - The roll-up ([`rollup`]) goes to each propagated policy's `status.fleet` (server-side apply of
-//!   that field alone, field manager [`sync::FIELD_MANAGER`]) and to metrics ([`metrics`]).
+//! - The roll-up ([`rollup`]) goes to each propagated policy's `status.fleet` ([`status`]: server-side
+//!   apply of that field alone, field manager [`sync::FIELD_MANAGER`]) and to metrics ([`metrics`]).
+//! - [`watches`]: the hub's own watches of the propagated policies and the member Secrets.
 //!
 //! Members enforce by themselves: their webhook holds its copy of each policy, so a hub that stops
 //! changes nothing there; it only stops carrying changes and rolling results up.
@@ -22,7 +23,9 @@
 pub mod members;
 pub mod metrics;
 pub mod rollup;
+pub mod status;
 pub mod sync;
+pub mod watches;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,11 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crds::{ContractPolicy, PROPAGATE_LABEL};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::api::ListParams;
+use kube::runtime::watcher;
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -149,9 +151,9 @@ pub async fn run(args: FleetArgs, cancel: CancellationToken) -> Result<(), Fleet
 
     // The propagated policies, and the member Secrets, each followed by a watch.
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
-    tokio::spawn(follow_policies(policies.clone(), selector, desired_tx, cancel.clone()));
+    tokio::spawn(watches::follow_policies(policies.clone(), selector, desired_tx, cancel.clone()));
     let (ours_tx, ours_rx) = watch::channel::<Option<Vec<Arc<Secret>>>>(None);
-    tokio::spawn(follow_secrets(
+    tokio::spawn(watches::follow_secrets(
         secrets,
         watcher::Config::default().labels(crds::MEMBER_CLUSTER_LABEL),
         ours_tx,
@@ -161,7 +163,7 @@ pub async fn run(args: FleetArgs, cancel: CancellationToken) -> Result<(), Fleet
     match &args.argocd_namespace {
         Some(ns) if !ns.is_empty() => {
             let label = format!("{}={}", members::ARGOCD_SECRET_TYPE_LABEL, members::ARGOCD_SECRET_TYPE);
-            tokio::spawn(follow_secrets(
+            tokio::spawn(watches::follow_secrets(
                 Api::namespaced(client.clone(), ns),
                 watcher::Config::default().labels(&label),
                 argo_tx,
@@ -219,7 +221,7 @@ pub async fn run(args: FleetArgs, cancel: CancellationToken) -> Result<(), Fleet
                 metrics.clone(),
                 cancel.clone(),
             ));
-            roll_up(policies, desired_rx, board, metrics, cancel).await;
+            status::roll_up(policies, desired_rx, board, metrics, cancel).await;
             let _ = supervisor.await;
         }
     };
@@ -244,80 +246,6 @@ pub async fn run(args: FleetArgs, cancel: CancellationToken) -> Result<(), Fleet
         _ => Ok(()),
     };
     outcome.and(admin)
-}
-
-/// Follows the propagated policies: publishes the whole set after the first list and after every change.
-async fn follow_policies(
-    api: Api<ContractPolicy>,
-    selector: String,
-    out: watch::Sender<Desired>,
-    cancel: CancellationToken,
-) {
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default().labels(&selector)))
-        .default_backoff()
-        .boxed();
-    // Published when the set, a spec or labels change; not for status writes (the hub's own among them),
-    // which would wake a pass over every member for nothing.
-    follow(stream, cancel, || {
-        let set: BTreeMap<String, ContractPolicy> =
-            reader.state().iter().map(|p| (p.name_any(), (**p).clone())).collect();
-        out.send_if_modified(|current| {
-            let same = current.as_ref().is_some_and(|c| {
-                c.len() == set.len()
-                    && c.iter().zip(set.iter()).all(|((n1, p1), (n2, p2))| {
-                        n1 == n2
-                            && p1.spec == p2.spec
-                            && p1.labels() == p2.labels()
-                            && p1.metadata.generation == p2.metadata.generation
-                    })
-            });
-            if !same {
-                *current = Some(Arc::new(set));
-            }
-            !same
-        });
-    })
-    .await;
-}
-
-/// Follows Secrets: publishes them all after the first list and after every change.
-async fn follow_secrets(
-    api: Api<Secret>,
-    config: watcher::Config,
-    out: watch::Sender<Option<Vec<Arc<Secret>>>>,
-    cancel: CancellationToken,
-) {
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::reflector(writer, watcher(api, config)).default_backoff().boxed();
-    follow(stream, cancel, || {
-        out.send_replace(Some(reader.state()));
-    })
-    .await;
-}
-
-/// Drives a reflector's stream; calls `publish` once it has listed, then after every change.
-async fn follow<K: std::fmt::Debug>(
-    mut stream: futures::stream::BoxStream<'_, Result<watcher::Event<K>, watcher::Error>>,
-    cancel: CancellationToken,
-    publish: impl Fn(),
-) {
-    let mut listed = false;
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = stream.next() => match e { Some(e) => e, None => return },
-        };
-        match event {
-            Ok(watcher::Event::InitDone) => {
-                listed = true;
-                publish();
-            }
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) if listed => publish(),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "a hub watch failed; retrying"),
-        }
-    }
 }
 
 /// Keeps one sync task per registered member: starts new members, restarts one whose Secret changed,
@@ -389,72 +317,6 @@ async fn supervise(
             r = ours.changed() => if r.is_err() { return },
             r = argo.changed() => if r.is_err() { return },
         }
-    }
-}
-
-/// Writes each propagated policy's `status.fleet` whenever what the hub knows changes; removes it from
-/// a policy that is no longer propagated.
-async fn roll_up(
-    api: Api<ContractPolicy>,
-    mut desired: watch::Receiver<Desired>,
-    board: Arc<Board>,
-    metrics: Arc<FleetMetrics>,
-    cancel: CancellationToken,
-) {
-    let mut written: BTreeMap<String, crds::FleetStatus> = BTreeMap::new();
-    let params = PatchParams::apply(sync::FIELD_MANAGER).force();
-    loop {
-        let snapshot = desired.borrow_and_update().clone();
-        if let Some(policies) = snapshot {
-            let observations = board.snapshot();
-            let mut all = BTreeMap::new();
-            for (name, policy) in policies.iter() {
-                let fleet = rollup::fleet_status(policy, &observations);
-                let current = policy.status.as_ref().and_then(|s| s.fleet.as_ref());
-                if current != Some(&fleet) && written.get(name) != Some(&fleet) {
-                    let patch = serde_json::json!({
-                        "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
-                        "kind": "ContractPolicy",
-                        "status": {"fleet": fleet},
-                    });
-                    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
-                        Ok(_) => {
-                            tracing::debug!(policy = %name, fleet = %fleet.summary, "wrote the fleet's status");
-                            written.insert(name.clone(), fleet.clone());
-                        }
-                        Err(e) => {
-                            tracing::warn!(policy = %name, error = %e, "writing the policy's fleet status failed")
-                        }
-                    }
-                } else if current == Some(&fleet) {
-                    written.insert(name.clone(), fleet.clone());
-                }
-                all.insert(name.clone(), fleet);
-            }
-            // A policy no longer propagated (label removed): the hub's field goes. A deleted one is gone.
-            let dropped: Vec<String> = written.keys().filter(|n| !policies.contains_key(*n)).cloned().collect();
-            for name in dropped {
-                written.remove(&name);
-                let patch = serde_json::json!({
-                    "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
-                    "kind": "ContractPolicy",
-                    "status": {},
-                });
-                match api.patch_status(&name, &params, &Patch::Apply(&patch)).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => tracing::warn!(policy = %name, error = %e, "removing the policy's fleet status failed"),
-                }
-            }
-            metrics.record_rollup(&all);
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = desired.changed() => if r.is_err() { return },
-            () = board.changed.notified() => {}
-        }
-        // Coalesce a burst of member updates into one write per policy.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
