@@ -199,10 +199,14 @@ pub async fn run_once(
             first_error.get_or_insert(e);
         }
     }
-    let by_namespace = crate::openreports::reports(&policies, &subjects, &namespace_labels, exempt, now.0);
-    if let Err(e) = reports.publish(client, &by_namespace).await {
-        tracing::warn!(error = %e, "publishing the OpenReports Reports failed");
-        first_error.get_or_insert(e);
+    // Judged again per object for the Reports, only when they are published (most clusters have no
+    // OpenReports CRD).
+    if reports.publishing(client).await {
+        let by_namespace = crate::openreports::reports(&policies, &subjects, &namespace_labels, exempt, now.0);
+        if let Err(e) = reports.publish(client, &by_namespace).await {
+            tracing::warn!(error = %e, "publishing the OpenReports Reports failed");
+            first_error.get_or_insert(e);
+        }
     }
     match first_error {
         Some(e) => Err(e),

@@ -289,16 +289,19 @@ impl Publisher {
         served
     }
 
+    /// Whether this audit publishes: not `off`, and the API server serves the Report CRD (asked each
+    /// time). The caller computes the Reports only then.
+    pub async fn publishing(&mut self, client: &Client) -> bool {
+        self.mode != Mode::Off && self.served(client).await
+    }
+
     /// Writes every namespace's Report that changed, deletes ours in namespaces that have none now.
-    /// Returns how many it wrote.
+    /// Returns how many it wrote. Call it when [`publishing`](Self::publishing) says so.
     pub async fn publish(
         &mut self,
         client: &Client,
         reports: &BTreeMap<String, NamespaceReport>,
     ) -> Result<usize, kube::Error> {
-        if self.mode == Mode::Off || !self.served(client).await {
-            return Ok(0);
-        }
         let ar = resource();
         let params = PatchParams::apply(self.field_manager).force();
         let mut wrote = 0;
