@@ -281,6 +281,9 @@ pub fn fingerprint(status: &ChannelContractStatus) -> u64 {
 pub const WRITTEN_FIELDS: [&str; 6] =
     ["observedGeneration", "configVersion", "conditions", "channels", "channelSummary", "proxies"];
 
+/// The status fields the drill controller writes, never a reconcile.
+pub const DRILL_FIELDS: [&str; 2] = ["lastDrill", "lastPassedDrillTime"];
+
 /// The JSON merge patch that makes the status `next`: `{"status": …}` with every field of
 /// [`WRITTEN_FIELDS`] that `next` leaves out set to null (a merge patch removes a field only when told to).
 pub fn merge_patch(next: &ChannelContractStatus) -> serde_json::Value {
@@ -288,6 +291,11 @@ pub fn merge_patch(next: &ChannelContractStatus) -> serde_json::Value {
     if let Some(fields) = status.as_object_mut() {
         for field in WRITTEN_FIELDS {
             fields.entry(field).or_insert(serde_json::Value::Null);
+        }
+        // The drill controller owns these. A reconcile sees them through its cache, which may not hold
+        // the drill's latest write yet: sending them back could undo a drill's result.
+        for field in DRILL_FIELDS {
+            fields.remove(field);
         }
     }
     serde_json::json!({ "status": status })

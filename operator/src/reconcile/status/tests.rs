@@ -203,6 +203,26 @@ fn the_status_patch_sets_every_written_field_and_clears_the_unset_ones() {
 }
 
 #[test]
+fn the_status_patch_never_sends_the_drill_fields_back_from_a_cached_status() {
+    // The reconcile's cache may hold an older lastDrill than the one the drill controller just wrote.
+    let mut s = status(&programmed(&[("primary", 2)]), Some(3), None, &at(100));
+    s.last_drill = Some(crds::drill::LastDrill {
+        name: "older".into(),
+        time: at(50),
+        phase: crds::DrillPhase::Passed,
+        switchover: None,
+        promised: None,
+    });
+    s.last_passed_drill_time = Some(at(50));
+    let patch = merge_patch(&s);
+    let fields = patch["status"].as_object().expect("object");
+    for field in DRILL_FIELDS {
+        assert!(!fields.contains_key(field), "{field} is the drill controller's: {patch}");
+    }
+    assert_eq!(patch["status"]["observedGeneration"], 3);
+}
+
+#[test]
 fn the_fingerprint_ignores_transition_times_only() {
     let s1 = status(&programmed(&[("primary", 2)]), Some(1), None, &at(100));
     let later = status(&programmed(&[("primary", 2)]), Some(1), None, &at(200));

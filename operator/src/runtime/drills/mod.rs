@@ -228,10 +228,9 @@ async fn apply(
 ) -> Result<(), kube::Error> {
     let namespace = drill.namespace().unwrap_or_default();
     let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
-    if let Some(status) = &decision.status {
-        let api: Api<ContractDrill> = Api::namespaced(runtime.client.clone(), &namespace);
-        api.patch_status(&drill.name_any(), &params, &Patch::Merge(serde_json::json!({ "status": status }))).await?;
-    }
+    // The drill's own status goes last: whoever sees a drill finished also finds the contract's
+    // `status.lastDrill` and the drill's Event already written. Should a write fail, the drill is still
+    // Running and the next pass writes all three again.
     if let (Some(last), Some(contract)) = (&decision.last_drill, contract) {
         let api: Api<ChannelContract> = Api::namespaced(runtime.client.clone(), &namespace);
         let mut patch = serde_json::json!({ "status": { "lastDrill": last } });
@@ -252,6 +251,10 @@ async fn apply(
         if let Err(e) = recorder.publish(&event, &drill.object_ref(&())).await {
             tracing::warn!(error = %e, "cannot publish the drill's Event");
         }
+    }
+    if let Some(status) = &decision.status {
+        let api: Api<ContractDrill> = Api::namespaced(runtime.client.clone(), &namespace);
+        api.patch_status(&drill.name_any(), &params, &Patch::Merge(serde_json::json!({ "status": status }))).await?;
     }
     Ok(())
 }
