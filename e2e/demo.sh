@@ -8,7 +8,8 @@
 #   Envoys (fed over xDS) -> a ContractDrill: a fault pushed to the Envoys fails the primary channel, the
 #   switchover is measured from their own logs against the contract's promise -> the primary channel fails
 #   for real, the fallback channel serves -> a small fleet (e2e/demo-fleet.sh): this cluster as the hub, two
-#   member control planes get its baseline, FLEET 2/2, then 1/2 after a violation on one.
+#   member control planes get its baseline, FLEET 2/2, then 1/2 after a violation on one -> `kubectl contracts
+#   status` (the kubectl plugin) over all of it.
 #
 # CSP_DEMO_MODE=process: the operator and webhook as local processes instead (e2e/demo-process.sh).
 set -euo pipefail
@@ -182,11 +183,18 @@ k get chc payment-verify -n payments
 step "11. A small fleet: this cluster is the hub, two member clusters get its baseline; FLEET 2/2, then 1/2 after a violation"
 bash "$root/e2e/demo-fleet.sh"
 
+step "12. kubectl contracts status: the contracts with their proxies, the policies with their compliance, the fleet"
+(cd "$root" && cargo build -q --locked --bin kubectl-contracts)
+plugins="${CARGO_TARGET_DIR:-$root/target}/debug"
+printf '$ kubectl contracts status\n'
+PATH="$plugins:$bin:$PATH" "$bin/kubectl" contracts status
+
 step "Done in $((SECONDS - t0))s. Everything keeps running:"
 cat <<TXT
   export KUBECONFIG=$KUBECONFIG
   $bin/kubectl get pods -A -o wide                # the product's pods, the gateway, the backends
   $bin/kubectl get csp -A                         # contracts and policies at a glance
+  PATH=$plugins:\$PATH kubectl contracts status     # the same with proxies, drills and the fleet (the kubectl plugin)
   $bin/kubectl get cpol fleet-baseline            # the fleet's roll-up (FLEET); members: $demo/member-*/kubeconfig
   $bin/kubectl describe chc payment-verify -n payments
   $bin/kubectl logs -n $ns deploy/csp-channel-contracts-operator

@@ -137,9 +137,13 @@ fn test(args: &TestArgs) -> ExitCode {
     let results: Vec<suite::SuiteResult> = files.iter().map(|f| suite::run(f)).collect();
     eprint!("{}", report::human(&results, args.verbose));
     if let Some(path) = &args.junit {
-        let written = report::junit(&results)
-            .map_err(|e| e.to_string())
-            .and_then(|xml| std::fs::write(path, xml).map_err(|e| e.to_string()));
+        // Its folder is made as needed (`--junit test-results/policies.xml` in a fresh checkout).
+        let written = report::junit(&results).map_err(|e| e.to_string()).and_then(|xml| {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(path, xml).map_err(|e| e.to_string())
+        });
         if let Err(e) = written {
             return fail(2, format!("cannot write {}: {e}", path.display()));
         }

@@ -137,7 +137,11 @@ pub fn validate(resources: &EnvoyResources, envoy: &Path) -> Result<Verdict, Ren
     let config = dir.path().join("bootstrap.yaml");
     std::fs::write(&config, yaml).map_err(|e| failed(e.to_string()))?;
     let version = run(Command::new(envoy).arg("--version"), Duration::from_secs(30))
-        .map(|(_, out)| out.lines().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_owned())
+        .map(|(_, out)| {
+            let line = out.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL": the version is what is worth saying.
+            line.split_once("version: ").map_or(line, |(_, v)| v).trim().to_owned()
+        })
         .map_err(failed)?;
     let mut cmd = Command::new(envoy);
     cmd.args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"]).arg(&config);

@@ -55,7 +55,8 @@ pub struct Suite {
     pub kind: String,
     /// The suite's name (the JUnit test suite's name).
     pub metadata: SuiteMetadata,
-    /// Files or directories of ContractPolicies, relative to the suite file.
+    /// Files or directories of ContractPolicies, relative to the suite file (other documents there are
+    /// left alone: tests often live next to their policies).
     #[serde(default)]
     pub policies: Vec<String>,
     /// Files or directories of what the cluster holds, relative to the suite file: Namespaces (their labels
@@ -200,11 +201,12 @@ pub fn load(file: &Path) -> Result<Loaded, SuiteError> {
     let mut cluster = Cluster::new(suite.exempt_namespaces.clone());
     let policies = manifests::load(&suite.policies.iter().map(|p| resolve(p)).collect::<Vec<_>>())
         .map_err(|e| error(e.to_string()))?;
-    for m in &policies {
-        if m.group() != crds::GROUP || m.kind() != "ContractPolicy" {
-            return Err(error(format!("{}: policies holds ContractPolicies; this is a {}", m.source, m.describe())));
-        }
+    // Policies often live next to their tests: what is not a ContractPolicy there is not one of them.
+    for m in policies.iter().filter(|m| m.group() == crds::GROUP && m.kind() == "ContractPolicy") {
         cluster.add_policy(m).map_err(|e| error(e.to_string()))?;
+    }
+    if !suite.policies.is_empty() && cluster.policies().next().is_none() {
+        return Err(error(format!("no ContractPolicy in {}", suite.policies.join(", "))));
     }
     let objects = manifests::load(&suite.objects.iter().map(|p| resolve(p)).collect::<Vec<_>>())
         .map_err(|e| error(e.to_string()))?;

@@ -80,7 +80,9 @@ pub fn render_rbac(release: &str, namespace: &str, extra: &[&str]) -> String {
             "fleet.hub.enabled=true,fleet.hub.deploy=false,fleet.member.enabled=true,fleet.member.tokenSecret=false",
         ])
         .args(extra);
-    for template in ["serviceaccounts.yaml", "operator-rbac.yaml", "webhook-rbac.yaml", "fleet-rbac.yaml"] {
+    for template in
+        ["serviceaccounts.yaml", "operator-rbac.yaml", "webhook-rbac.yaml", "fleet-rbac.yaml", "user-rbac.yaml"]
+    {
         cmd.args(["--show-only", &format!("templates/{template}")]);
     }
     run(cmd, None).ok()

