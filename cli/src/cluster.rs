@@ -125,6 +125,9 @@ pub struct ContractRow {
     pub reason: Option<String>,
     /// status.proxies.summary.
     pub proxies: String,
+    /// The last configuration a proxy refused, and Envoy's words, while some proxy still refuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<String>,
     /// status.channelSummary.
     pub channels: String,
     /// The last drill: phase and switchover.
@@ -223,6 +226,12 @@ pub fn summarize(contracts: &[ChannelContract], policies: &[ContractPolicy]) -> 
             ready: ready.map_or_else(|| "Unknown".to_owned(), |r| r.status.clone()),
             reason: ready.filter(|r| r.status != "True").map(|r| format!("{}: {}", r.reason, r.message)),
             proxies: status.proxies.as_ref().map_or_else(|| "-".to_owned(), |p| p.summary.clone()),
+            rejection: status
+                .proxies
+                .as_ref()
+                .filter(|p| p.rejected > 0)
+                .and_then(|p| p.last_rejection.as_ref())
+                .map(|r| format!("proxy {} refused {}: {}", r.proxy, r.config_version, r.message)),
             channels: status.channel_summary.clone().unwrap_or_else(|| "-".to_owned()),
             last_drill,
         });
@@ -285,8 +294,13 @@ pub fn table(status: &Status) -> String {
         })
         .collect();
     out.push_str(&columns(&["NAMESPACE", "NAME", "SERVICE", "READY", "PROXIES", "CHANNELS", "LAST DRILL"], &rows));
-    for c in status.contracts.iter().filter(|c| c.reason.is_some()) {
-        let _ = writeln!(out, "  {}/{} is not ready: {}", c.namespace, c.name, c.reason.as_deref().unwrap_or_default());
+    for c in &status.contracts {
+        if let Some(reason) = &c.reason {
+            let _ = writeln!(out, "  {}/{} is not ready: {reason}", c.namespace, c.name);
+        }
+        if let Some(rejection) = &c.rejection {
+            let _ = writeln!(out, "  {}/{}: {rejection}", c.namespace, c.name);
+        }
     }
     let _ = writeln!(out, "\nPOLICIES ({})", status.policies.len());
     let rows: Vec<Vec<String>> = status

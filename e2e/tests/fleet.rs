@@ -286,6 +286,26 @@ fn a_hub_carries_policies_to_three_members_keeps_them_and_rolls_their_compliance
     assert_eq!(status, "Degraded", "{message}");
     assert!(message.starts_with("FLEET 2/3; member-3: unreachable since "), "{message}");
     capture("ContractPolicy", "fleet_degraded_unreachable", &hub_object);
+    // `kubectl contracts status` on the hub shows the fleet, member by member.
+    let status = std::process::Command::new(e2e::product_bin("kubectl-contracts"))
+        .args(["status", "--kubeconfig", &hub_plane.kubeconfig().to_string_lossy()])
+        .output()
+        .expect("kubectl-contracts status");
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{table}{}", String::from_utf8_lossy(&status.stderr));
+    let fleet_rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("FLEET (")).collect();
+    assert!(fleet_rows.first().is_some_and(|l| l.starts_with("FLEET (")), "a FLEET section:\n{table}");
+    let row = |cluster: &str| {
+        fleet_rows
+            .iter()
+            .find(|l| l.starts_with("fleet-baseline ") && l.split_whitespace().nth(1) == Some(cluster))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("a row for {cluster}:\n{table}"))
+    };
+    assert_eq!(&row("member-1")[2..5], ["yes", "yes", "yes"], "{table}");
+    assert_eq!((row("member-3")[2], row("member-3")[4]), ("no", "no"), "unreachable, not compliant: {table}");
+    assert!(row("member-3")[6..].join(" ").starts_with("unreachable since"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("fleet-baseline ") && l.contains(" 2/3")), "{table}");
 
     // 6. A member Secret whose kubeconfig would run a command in the hub is refused, with what to fix;
     //    that member counts, as not compliant.

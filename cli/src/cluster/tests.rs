@@ -60,7 +60,9 @@ fn status_rows_say_what_is_not_ready_and_roll_the_fleet_out() {
     );
     let broken = contract(
         "b",
-        serde_json::json!({"conditions": [{"type": "Ready", "status": "False", "reason": "ServiceNotFound", "message": "Service pay/b does not exist", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        serde_json::json!({"conditions": [{"type": "Ready", "status": "False", "reason": "ServiceNotFound", "message": "Service pay/b does not exist", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "proxies": {"selected": 2, "acked": 1, "stale": 0, "rejected": 1, "summary": "1/2 acked, 1 rejected",
+                "lastRejection": {"proxy": "gz-2", "configVersion": "sha256:bad", "message": "cluster: invalid", "time": "2026-01-01T00:00:00Z"}}}),
     );
     let policy: ContractPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "csp.contracts.dev/v1alpha1", "kind": "ContractPolicy", "metadata": {"name": "baseline"},
@@ -80,6 +82,8 @@ fn status_rows_say_what_is_not_ready_and_roll_the_fleet_out() {
     assert_eq!(s.fleet.len(), 2);
     let text = table(&s);
     assert!(text.contains("pay/b is not ready: ServiceNotFound: Service pay/b does not exist"), "{text}");
+    assert!(text.contains("pay/b: proxy gz-2 refused sha256:bad: cluster: invalid"), "{text}");
+    assert_eq!(s.contracts[0].rejection, None, "nothing refused");
     assert!(text.contains("baseline: Service pay/x: missing gz"), "{text}");
     assert!(text.contains("FLEET (2 members)"), "{text}");
     let header = text.lines().nth(1).unwrap_or_default();
