@@ -1,5 +1,7 @@
 //! Tests of [`super`].
 
+use crds::{ChannelContract, ContractDrill, ContractPolicy, DrillPhase};
+
 use super::*;
 
 fn drill_args(extra: &[&str]) -> DrillArgs {
