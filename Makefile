@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet dashboard-screenshot
+.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint deny unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet dashboard-screenshot
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,13 +37,16 @@ fmt: ## check formatting
 lint: ## clippy, warnings are errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+deny: tools ## cargo deny: the dependency graph's licenses, bans and sources (deny.toml)
+	PATH="$(CURDIR)/e2e/.bin:$$PATH" cargo deny --locked check licenses bans sources
+
 unit: tools ## unit tests and the CRD drift test (no cluster; the operator's tests run the real envoy)
 	cargo test --workspace --locked --exclude channel-contracts-e2e
 
 e2e: tools ## end-to-end tests against the real control plane (brings it up and down)
 	@bash e2e/run-e2e.sh
 
-test: fmt lint unit chart-test e2e ## everything CI runs
+test: fmt lint deny unit chart-test e2e ## everything CI runs
 
 demo: tools ## the main job locally: cluster with a node, image, helm install + test, policy, contract, traffic through the gateway, fallback (CSP_DEMO_MODE=process: local processes)
 	@bash e2e/demo.sh

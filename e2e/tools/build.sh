@@ -150,4 +150,15 @@ else
   log "junit schema: $junit_xsd (from pytest $JUNIT_XSD_PYTEST_VERSION)"
 fi
 
+# cargo-deny from crates.io, built once into e2e/.cargo-tools (`make deny`).
+deny_bin="$e2e/.cargo-tools/bin/cargo-deny"
+if [[ -x "$deny_bin" && "$(cat "$bin/.stamp-cargo-deny" 2>/dev/null)" == "$CARGO_DENY_VERSION" ]]; then
+  log "cargo-deny: up to date ($CARGO_DENY_VERSION)"
+else
+  log "building cargo-deny $CARGO_DENY_VERSION from crates.io (once)"
+  CARGO_INCREMENTAL=0 cargo install --quiet --locked --root "$e2e/.cargo-tools" "cargo-deny@$CARGO_DENY_VERSION"
+  ln -sf "$deny_bin" "$bin/cargo-deny"
+  echo "$CARGO_DENY_VERSION" > "$bin/.stamp-cargo-deny"
+  log "cargo-deny: $("$deny_bin" --version)"
+fi
 log "all tools ready in $bin"
