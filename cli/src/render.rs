@@ -87,14 +87,8 @@ pub struct Verdict {
 
 /// The resources of a contract file.
 pub fn resources(args: &RenderArgs) -> Result<EnvoyResources, RenderError> {
-    let read = |path: &Path| {
-        crate::manifests::read_text(path).map_err(|e| operator::render::RenderError::Read {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    };
-    let contract_text = read(&args.file)?;
-    let endpoints_text = args.endpoints.as_deref().map(read).transpose()?;
+    let contract_text = operator::render::read(&args.file)?;
+    let endpoints_text = args.endpoints.as_deref().map(operator::render::read).transpose()?;
     let endpoints_path = args.endpoints.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     Ok(operator::render::render(
         &args.file.display().to_string(),

@@ -204,7 +204,8 @@ pub fn parse_contract(path: &str, text: &str) -> Result<ChannelContract, RenderE
     Ok(contract)
 }
 
-fn read(path: &Path) -> Result<String, RenderError> {
+/// A file's text (`-`: standard input), as `render` reads its contract and endpoints.
+pub fn read(path: &Path) -> Result<String, RenderError> {
     let read_err = |source| RenderError::Read { path: path.display().to_string(), source };
     if path == Path::new("-") {
         let mut text = String::new();
