@@ -7,6 +7,10 @@
 #                          write the admin kubeconfig to e2e/.run/kubeconfig
 #   e2e/cluster.sh down    stop everything it started
 #   e2e/cluster.sh status  say whether it runs
+#   e2e/cluster.sh kill NAME     kill -9 one of its processes (etcd, kube-apiserver, ...), nothing else:
+#                                its data, pid file and recorded command stay (chaos tests)
+#   e2e/cluster.sh restart NAME  start it again with the command it first started with (same flags and
+#                                ports), and wait until it is healthy (etcd /health, kube-apiserver /readyz)
 #
 # CSP_NODE=0: the control plane only (no kubelet; the product then runs as local processes). A control
 # plane of its own (CSP_RUN_DIR set, e.g. a benchmark's) has no node unless CSP_NODE=1: there is one node
@@ -204,9 +208,34 @@ status() {
   fi
 }
 
+# flag_of NAME FLAG: the value of FLAG in NAME's recorded command.
+flag_of() {
+  sed -n "s/.*$2 \([^ ]*\).*/\1/p" "$run/cmd/$1"
+}
+
+restart() {
+  local name="$1"
+  restart_proc "$name"
+  case "$name" in
+    etcd)
+      wait_for "etcd healthy" 60 etcd curl -fsS "$(flag_of etcd --listen-client-urls)/health" ;;
+    kube-apiserver)
+      wait_for "kube-apiserver /readyz" 180 kube-apiserver \
+        curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+        "https://127.0.0.1:$(cat "$run/apiserver-port")/readyz" ;;
+    kube-controller-manager)
+      wait_for "kube-controller-manager /healthz" 120 kube-controller-manager \
+        curl -fsSk "https://127.0.0.1:$(flag_of kube-controller-manager --secure-port)/healthz" ;;
+    *)
+      wait_for "$name to run" 10 "$name" true ;;
+  esac
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  kill) [[ -n "${2:-}" ]] || die "usage: $0 kill NAME"; kill_proc "$2" ;;
+  restart) [[ -n "${2:-}" ]] || die "usage: $0 restart NAME"; restart "$2" ;;
+  *) echo "usage: $0 up|down|status|kill NAME|restart NAME" >&2; exit 2 ;;
 esac
