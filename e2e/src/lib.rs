@@ -358,6 +358,7 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 pub mod webhook;
 
 pub mod backend;
+pub mod chaos;
 pub mod configmap_volume;
 pub mod fleet;
 pub mod lua;
