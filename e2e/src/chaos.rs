@@ -22,7 +22,7 @@ use crate::fleet::ControlPlane;
 use crate::netns::NetworkNamespace;
 use crate::testbed::{REGIONS, Reply, requests};
 use crate::xds::{AdsEnvoy, HostLink, ProxySpec, XdsCerts};
-use crate::{Run, Tied, curl, free_port, product_bin, rbac, repo_root, run, wait_until};
+use crate::{Run, Tied, curl, free_port, product_bin, rbac, repo_root, run, unique, wait_until};
 
 /// How hard the scenarios push: the short default (CI, `make test`) or `CSP_CHAOS=long` (`make chaos`).
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +93,47 @@ pub fn record(scenario: &str, scale: &Scale, counts: Value) {
     }
 }
 
+/// A scenario's control plane (etcd, API server, controller manager; the CRDs and the chart's RBAC) and
+/// folder, both of its own under `target/chaos/<name>-<pid>-<n>/` (the control plane's state in `cp/`):
+/// not under `e2e/.run`, which bringing the shared cluster up wipes.
+#[derive(Debug)]
+pub struct Stage {
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The scenario's folder: logs, certificates, kubeconfigs.
+    pub dir: PathBuf,
+}
+
+impl Stage {
+    /// Starts the control plane and installs the CRDs and the chart's RBAC.
+    pub fn start(name: &str) -> Self {
+        let dir = repo_root().join("target/chaos").join(unique(name));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let cp = ControlPlane::start_in(name, dir.join("cp"), false);
+        cp.install(&[]);
+        Self { cp, dir }
+    }
+
+    /// A kubeconfig of the chart's ServiceAccount `service_account` (a TokenRequest token), in the folder.
+    pub fn service_account(&self, service_account: &str) -> PathBuf {
+        let path = self.dir.join(format!("{service_account}.kubeconfig"));
+        let text = rbac::service_account_kubeconfig(&self.cp.kubeconfig(), rbac::NAMESPACE, service_account);
+        rbac::write_private(&path, &text);
+        path
+    }
+}
+
+/// Sets its flag when dropped: threads of a scope that loop until the flag is set end even when the
+/// scenario panics (a scope waits for its threads before it passes a panic on).
+#[derive(Debug)]
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn cluster_sh(cp: &ControlPlane, args: &[&str]) -> Run {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("e2e/cluster.sh")).args(args).env("CSP_RUN_DIR", &cp.dir).env("CSP_NODE", "0");
@@ -140,27 +181,6 @@ impl Restartable {
         }
     }
 
-    /// Takes over a running process (e.g. a fixture's), reading its command line and environment from
-    /// `/proc`, so that it can be started again the same way.
-    pub fn adopt(process: Tied, dir: &Path, name: &str) -> Self {
-        let pid = process.pid.expect("the process's pid");
-        let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).expect("read /proc of the process");
-        let words = |bytes: Vec<u8>| -> Vec<String> {
-            bytes
-                .split(|b| *b == 0)
-                .filter(|w| !w.is_empty())
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect()
-        };
-        let mut command = words(read("cmdline"));
-        let program = PathBuf::from(command.remove(0));
-        let env = words(read("environ"))
-            .into_iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        Self { process, program, args: command, env, dir: dir.to_path_buf(), name: name.to_owned(), starts: 1 }
-    }
-
     /// `kill -9`, and waits until it is gone.
     pub fn kill9(&mut self) {
         let pid = self.process.pid.expect("the process's pid").to_string();
@@ -198,6 +218,76 @@ impl Restartable {
 fn spawn_with(program: &Path, args: &[String], env: &[(String, String)], log: &Path) -> Tied {
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     Tied::spawn(program, args, &env, log)
+}
+
+/// The webhook as the chart's webhook ServiceAccount, on a free loopback port with a serving certificate
+/// of a CA of its own, auditing every 3 s.
+#[derive(Debug)]
+pub struct Webhook {
+    /// The process.
+    pub process: Restartable,
+    /// Its HTTPS port on 127.0.0.1 (kept across restarts).
+    pub port: u16,
+    /// The CA that signed its certificate.
+    pub ca_file: PathBuf,
+}
+
+impl Webhook {
+    /// Starts it with the kubeconfig `kubeconfig`, its files in `dir`; waits until it is ready.
+    pub fn start(kubeconfig: &Path, dir: &Path) -> Self {
+        let day = Duration::from_secs(86_400);
+        let names = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (ca, serving) =
+            webhook::certs::ca_and_serving("csp-chaos-webhook", &names, day, day).expect("certificates");
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            path.to_string_lossy().into_owned()
+        };
+        let (ca_file, cert, key) =
+            (file("ca.crt", &ca.cert), file("tls.crt", &serving.cert), file("tls.key", &serving.key));
+        let port = free_port();
+        let args = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--namespace",
+            rbac::NAMESPACE,
+            "--audit-interval",
+            "3s",
+            "--log-format",
+            "text",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let env = vec![
+            ("KUBECONFIG".to_owned(), kubeconfig.to_string_lossy().into_owned()),
+            ("CSP_WEBHOOK_AUDIT_LEASE".to_owned(), rbac::webhook_audit_lease()),
+            ("POD_NAME".to_owned(), unique("webhook")),
+            ("RUST_LOG".to_owned(), "info,webhook=debug,kube=warn".to_owned()),
+        ];
+        let process = Restartable::spawn(&product_bin("webhook"), args, env, dir, "webhook");
+        let mut webhook = Self { process, port, ca_file: PathBuf::from(ca_file) };
+        webhook.wait_ready();
+        webhook
+    }
+
+    /// `https://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200 (its caches synced).
+    pub fn wait_ready(&mut self) {
+        let (ca, url) = (self.ca_file.to_string_lossy().into_owned(), self.url("/readyz"));
+        wait_until("the webhook to be ready", Duration::from_secs(60), || {
+            self.process.assert_running();
+            (curl(&["--cacert", &ca, &url]).0 == 200).then_some(())
+        });
+    }
 }
 
 /// `operator run` as the chart's operator ServiceAccount of a control plane.

@@ -7,11 +7,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::chaos::{self, ConfigMapWatch, Operator, ProxyBed, Restartable, Scale, record, secs};
+use e2e::chaos::{self, ConfigMapWatch, Operator, ProxyBed, Scale, Stage, StopOnDrop, Webhook, record, secs};
 use e2e::fleet::ControlPlane;
 use e2e::testbed::Reply;
-use e2e::webhook::WebhookFixture;
-use e2e::{curl, rbac, run_dir, wait_until};
+use e2e::{rbac, wait_until};
 use serde_json::{Value, json};
 
 const PORT: u16 = 18080;
@@ -33,18 +32,17 @@ fn programmed_with(cp: &ControlPlane, namespace: &str, latency: &str) -> Option<
 fn killing_the_api_server_then_etcd_while_contracts_reconcile_empties_nothing_and_proxies_keep_serving() {
     let scale = Scale::from_env();
     let n = scale.contracts;
-    let cp = ControlPlane::start("chaos-kill");
-    cp.install(&[]);
-    let dir = run_dir("chaos-kill");
-    let certs = e2e::xds::write_certs(&dir);
-    let kubeconfig = cp.service_account(&rbac::operator_service_account());
-    let mut bed = ProxyBed::new(&cp, "shop", &dir);
+    let stage = Stage::start("chaos-kill");
+    let (cp, dir) = (&stage.cp, &stage.dir);
+    let certs = e2e::xds::write_certs(dir);
+    let kubeconfig = stage.service_account(&rbac::operator_service_account());
+    let mut bed = ProxyBed::new(cp, "shop", dir);
     bed.backend("pay-1");
     for s in ["pay-a", "pay-b"] {
         bed.service(s, PORT, &["pay-1"]);
         bed.contract(s, PORT, "3s");
     }
-    let operator = Operator::start(&kubeconfig, &dir, "operator", "configmap,xds", Some(&certs), &[]);
+    let operator = Operator::start(&kubeconfig, dir, "operator", "configmap,xds", Some(&certs), &[]);
     let proxies = [bed.proxy(&operator, &certs.ca, "proxy-1", 2), bed.proxy(&operator, &certs.ca, "proxy-2", 3)];
     for p in proxies {
         for s in ["pay-a", "pay-b"] {
@@ -69,6 +67,7 @@ fn killing_the_api_server_then_etcd_while_contracts_reconcile_empties_nothing_an
     let mut programmed_at_kill = Vec::new();
     let (mut api_down, mut etcd_down) = (Vec::new(), Vec::new());
     let (replies, xds, to_programmed) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let traffic = s.spawn(|| bed.traffic(&targets, &stop));
         let xds = s.spawn(|| {
             let (mut polls, mut unanswered, mut shrunk) = (0u64, 0u64, Vec::new());
@@ -91,27 +90,27 @@ fn killing_the_api_server_then_etcd_while_contracts_reconcile_empties_nothing_an
                 || cp.kubectl(&["apply", "--server-side", "-f", "-", "--request-timeout", "30s"], Some(manifest));
             let applying = s.spawn(apply);
             let at_kill = wait_until("a quarter of the contracts to be programmed", Duration::from_secs(300), || {
-                programmed_with(&cp, bulk, latency).filter(|d| *d >= n / 4)
+                programmed_with(cp, bulk, latency).filter(|d| *d >= n / 4)
             });
             programmed_at_kill.push(at_kill);
-            chaos::kill(&cp, "kube-apiserver");
+            chaos::kill(cp, "kube-apiserver");
             let killed = Instant::now();
             std::thread::sleep(scale.down);
-            chaos::restart(&cp, "kube-apiserver");
+            chaos::restart(cp, "kube-apiserver");
             api_down.push(secs(killed.elapsed()));
             // The apply that the kill cut short, finished.
             let _ = applying.join();
             apply().ok();
-            chaos::kill(&cp, "etcd");
+            chaos::kill(cp, "etcd");
             let killed = Instant::now();
             std::thread::sleep(scale.down);
-            chaos::restart(&cp, "etcd");
+            chaos::restart(cp, "etcd");
             etcd_down.push(secs(killed.elapsed()));
         }
         let restarted = Instant::now();
         let last = latencies.last().expect("a round");
         wait_until(&format!("all {n} contracts to be programmed after the restarts"), Duration::from_secs(600), || {
-            programmed_with(&cp, bulk, last).filter(|d| *d == n)
+            programmed_with(cp, bulk, last).filter(|d| *d == n)
         });
         let to_programmed = restarted.elapsed();
         stop.store(true, Ordering::Relaxed);
@@ -203,15 +202,12 @@ fn service(namespace: &str, name: &str, regions: &str) -> String {
 #[test]
 fn killing_the_webhook_during_a_create_load_admits_nothing_non_compliant_and_leaves_kube_system_alone() {
     let scale = Scale::from_env();
-    let cp = ControlPlane::start("chaos-webhook");
-    cp.install(&[]);
-    let dir = run_dir("chaos-webhook");
-    let sa = cp.service_account(&rbac::webhook_service_account());
-    let fixture = WebhookFixture::start_on(&cp.kubeconfig(), &sa, "chaos-webhook", &[]);
-    // The chart's own registration instead of the fixture's: failurePolicy Fail, kube-system and the other
-    // control-plane namespaces excluded.
-    fixture.unregister();
-    let configuration = chaos::chart_webhook_configuration(&fixture.url("/validate"), &fixture.ca_file);
+    let stage = Stage::start("chaos-webhook");
+    let (cp, dir) = (&stage.cp, &stage.dir);
+    let mut webhook = Webhook::start(&stage.service_account(&rbac::webhook_service_account()), dir);
+    // The chart's own registration: failurePolicy Fail, kube-system and the other control-plane namespaces
+    // excluded.
+    let configuration = chaos::chart_webhook_configuration(&webhook.url("/validate"), &webhook.ca_file);
     assert!(configuration.contains("failurePolicy: Fail") && configuration.contains("kube-system"), "{configuration}");
     cp.kubectl(&["apply", "-f", "-"], Some(&configuration)).ok();
     let ns = "shop";
@@ -226,11 +222,8 @@ fn killing_the_webhook_during_a_create_load_admits_nothing_non_compliant_and_lea
     let probe = AtomicU64::new(0);
     wait_until("the webhook to deny a non-compliant Service", Duration::from_secs(60), || {
         let i = probe.fetch_add(1, Ordering::Relaxed);
-        (create(&cp, &service(ns, &format!("probe-{i}"), "gz,sz")) == Outcome::Denied).then_some(())
+        (create(cp, &service(ns, &format!("probe-{i}"), "gz,sz")) == Outcome::Denied).then_some(())
     });
-    let (ca, ready_url) = (fixture.ca_file.to_string_lossy().into_owned(), fixture.url("/readyz"));
-    let WebhookFixture { process, .. } = fixture;
-    let mut webhook = Restartable::adopt(process, &dir, "webhook");
 
     let stop = AtomicBool::new(false);
     let load = |kind: &'static str| {
@@ -244,25 +237,23 @@ fn killing_the_webhook_during_a_create_load_admits_nothing_non_compliant_and_lea
                 _ => service("kube-system", &format!("chaos-{i}"), "gz"),
             };
             let started = Instant::now();
-            let outcome = create(&cp, &yaml);
+            let outcome = create(cp, &yaml);
             seen.push((started, Instant::now(), outcome));
             i += 1;
         }
         seen
     };
     let (compliant, non_compliant, kube_system, killed, restarted, ready) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let threads =
             [s.spawn(|| load("compliant")), s.spawn(|| load("non-compliant")), s.spawn(|| load("kube-system"))];
         std::thread::sleep(scale.load);
-        webhook.kill9();
+        webhook.process.kill9();
         let killed = Instant::now();
         std::thread::sleep(scale.down);
-        webhook.start_again();
+        webhook.process.start_again();
         let restarted = Instant::now();
-        wait_until("the restarted webhook to be ready", Duration::from_secs(60), || {
-            webhook.assert_running();
-            (curl(&["--cacert", &ca, &ready_url]).0 == 200).then_some(())
-        });
+        webhook.wait_ready();
         let ready = Instant::now();
         std::thread::sleep(scale.load);
         stop.store(true, Ordering::Relaxed);
@@ -351,10 +342,9 @@ fn timeout_of(ms: u64) -> String {
 fn killing_the_operator_leader_during_churn_loses_no_update() {
     let scale = Scale::from_env();
     let m = scale.churned;
-    let cp = ControlPlane::start("chaos-leader");
-    cp.install(&[]);
-    let dir = run_dir("chaos-leader");
-    let kubeconfig = cp.service_account(&rbac::operator_service_account());
+    let stage = Stage::start("chaos-leader");
+    let (cp, dir) = (&stage.cp, &stage.dir);
+    let kubeconfig = stage.service_account(&rbac::operator_service_account());
     let ns = "churn";
     cp.namespace(ns, &[]);
     cp.kubectl(&["create", "-f", "-"], Some(&chaos::bulk(ns, "c", m, true, true, "1s"))).ok();
@@ -376,14 +366,14 @@ fn killing_the_operator_leader_during_churn_loses_no_update() {
     };
     let names = ["op-a", "op-b"];
     let mut operators: Vec<Operator> =
-        names.iter().map(|n| Operator::start(&kubeconfig, &dir, n, "configmap", None, &args(n))).collect();
+        names.iter().map(|n| Operator::start(&kubeconfig, dir, n, "configmap", None, &args(n))).collect();
     let holder = || cp.get(&["lease", &lease, "-n", rbac::NAMESPACE], "{.spec.holderIdentity}").unwrap_or_default();
     let first = wait_until("an operator to hold the Lease", Duration::from_secs(60), || {
         let h = holder();
         names.iter().position(|n| *n == h)
     });
     wait_until(&format!("all {m} contracts programmed"), Duration::from_secs(120), || {
-        chaos::programmed(&cp, ns).filter(|(d, t)| *d == m && *t == m)
+        chaos::programmed(cp, ns).filter(|(d, t)| *d == m && *t == m)
     });
 
     let stop = AtomicBool::new(false);
@@ -423,6 +413,7 @@ fn killing_the_operator_leader_during_churn_loses_no_update() {
     let mut leader = first;
     let mut takeovers = Vec::new();
     let churn_stopped = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let editors = [s.spawn(|| edit(0)), s.spawn(|| edit(1))];
         for _ in 0..scale.rounds {
             std::thread::sleep(scale.load);
@@ -509,16 +500,15 @@ fn killing_the_operator_leader_during_churn_loses_no_update() {
 #[test]
 fn proxies_serve_without_a_failed_request_while_the_operator_restarts_and_is_killed() {
     let scale = Scale::from_env();
-    let cp = ControlPlane::start("chaos-proxies");
-    cp.install(&[]);
-    let dir = run_dir("chaos-proxies");
-    let certs = e2e::xds::write_certs(&dir);
-    let kubeconfig = cp.service_account(&rbac::operator_service_account());
-    let mut bed = ProxyBed::new(&cp, "shop", &dir);
+    let stage = Stage::start("chaos-proxies");
+    let (cp, dir) = (&stage.cp, &stage.dir);
+    let certs = e2e::xds::write_certs(dir);
+    let kubeconfig = stage.service_account(&rbac::operator_service_account());
+    let mut bed = ProxyBed::new(cp, "shop", dir);
     bed.backend("pay-1");
     bed.service("pay", PORT, &["pay-1"]);
     bed.contract("pay", PORT, "3s");
-    let mut operator = Operator::start(&kubeconfig, &dir, "operator", "xds", Some(&certs), &[]);
+    let mut operator = Operator::start(&kubeconfig, dir, "operator", "xds", Some(&certs), &[]);
     let proxy = bed.proxy(&operator, &certs.ca, "proxy-1", 2);
     bed.settle(proxy, "pay", PORT, "pay-1");
     let connected = |operator: &Operator| operator.metric("csp_xds_connected_proxies") == Some(1.0);
@@ -529,6 +519,7 @@ fn proxies_serve_without_a_failed_request_while_the_operator_restarts_and_is_kil
     let stop = AtomicBool::new(false);
     let mut phases = Vec::new();
     let replies = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let traffic = s.spawn(|| bed.traffic(&[(proxy, "pay", PORT, "pay-1")], &stop));
         for _ in 0..scale.rounds {
             for how in ["SIGTERM", "SIGKILL"] {
