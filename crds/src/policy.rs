@@ -25,17 +25,29 @@ use crate::schema::{
     doc = "A ContractPolicy states a governance baseline (for example: every Service declares failover regions gz, sz and hz) that the admission webhook enforces on Services and ChannelContracts, and that its audit reports on.",
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.enforcementAction","description":"Deny, Warn or Audit"}"#,
     printcolumn = r#"{"name":"Regions","type":"string","jsonPath":".spec.failover.requiredRegions","description":"Regions every matched object must declare"}"#,
+    printcolumn = r#"{"name":"Enforced-By","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforced\")].reason","priority":1,"description":"Webhook or ValidatingAdmissionPolicy: what judges the policy's admission requests"}"#,
     printcolumn = r#"{"name":"Violations","type":"integer","jsonPath":".status.violations","description":"Matched objects that fall short, at the last audit"}"#,
     printcolumn = r#"{"name":"Compliance","type":"string","jsonPath":".status.compliance","description":"Share of matched objects that comply, at the last audit"}"#,
     printcolumn = r#"{"name":"Fleet","type":"string","jsonPath":".status.fleet.summary","description":"On a fleet hub: member clusters that comply, of those the policy is propagated to"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.enforcement) || self.enforcement != 'ValidatingAdmissionPolicy' || !has(self.requireContract) || !self.requireContract"
+).message("spec.enforcement ValidatingAdmissionPolicy cannot enforce spec.requireContract (CEL sees only the object under admission, not the ChannelContracts of its namespace): use enforcement Webhook or Auto").field_path(".enforcement").reason(Reason::FieldValueInvalid))]
 pub struct ContractPolicySpec {
     /// What happens to a request that falls short: Deny rejects it, Warn admits it with a warning that
     /// kubectl prints, Audit admits it and only the audit reports it.
     #[serde(default)]
     pub enforcement_action: EnforcementAction,
+
+    /// What judges admission requests: Webhook (the default) answers them in the webhook;
+    /// ValidatingAdmissionPolicy has the webhook generate and own a ValidatingAdmissionPolicy and binding
+    /// that the API server evaluates in-process (CEL), with the same messages, for a rule CEL can express
+    /// (anything but `requireContract`); Auto chooses ValidatingAdmissionPolicy whenever the rule allows.
+    /// The audit judges every policy either way. The status condition `Enforced` says which one does.
+    #[serde(default)]
+    pub enforcement: Enforcement,
 
     /// Which objects the policy applies to.
     #[serde(default)]
@@ -77,6 +89,18 @@ pub enum EnforcementAction {
     Warn,
     // Admit it; the audit reports it.
     Audit,
+}
+
+/// What judges a policy's admission requests.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Enforcement {
+    // The webhook.
+    #[default]
+    Webhook,
+    // A ValidatingAdmissionPolicy and binding that the webhook generates and owns.
+    ValidatingAdmissionPolicy,
+    // ValidatingAdmissionPolicy when the rule can be expressed in CEL, else the webhook.
+    Auto,
 }
 
 /// Which objects a policy applies to. All conditions must hold.

@@ -320,6 +320,12 @@ pub fn policy(spec: &ContractPolicySpec) -> Result<(), InvalidSpec> {
     {
         errors.push(err("spec.drill.requiredWithin", "spec.drill.requiredWithin must be at least 1m"));
     }
+    if spec.enforcement == crate::Enforcement::ValidatingAdmissionPolicy && spec.require_contract {
+        errors.push(err(
+            "spec.enforcement",
+            "spec.enforcement ValidatingAdmissionPolicy cannot enforce spec.requireContract (CEL sees only the object under admission, not the ChannelContracts of its namespace): use enforcement Webhook or Auto",
+        ));
+    }
     let m = &spec.r#match;
     for (field, sel) in
         [("spec.match.namespaceSelector", &m.namespace_selector), ("spec.match.labelSelector", &m.label_selector)]

@@ -171,6 +171,7 @@ pub fn apply_crds(kubeconfig: &Path) {
             "crd/channelcontracts.csp.contracts.dev",
             "crd/contractpolicies.csp.contracts.dev",
             "crd/contractdrills.csp.contracts.dev",
+            "crd/contractregionindexes.csp.contracts.dev",
         ],
         None,
     )
@@ -366,6 +367,7 @@ pub mod netns;
 pub mod observability;
 pub mod proxy;
 pub mod rbac;
+pub mod table;
 pub mod testbed;
 pub mod traffic;
 pub mod xds;

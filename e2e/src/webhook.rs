@@ -44,6 +44,18 @@ impl WebhookFixture {
     /// Starts a webhook for the control plane of `admin` (its CRDs and the chart's RBAC in place), running
     /// with `service_account` (a kubeconfig of the chart's webhook ServiceAccount there), and registers it.
     pub fn start_on(admin: &Path, service_account: &Path, name: &str, extra_args: &[String]) -> Self {
+        Self::start_registered_as(admin, service_account, name, extra_args, &unique("csp-e2e"))
+    }
+
+    /// [`start_on`](Self::start_on) with the ValidatingWebhookConfiguration named `id` (e.g. the chart's
+    /// own name, which the chart's RBAC lets the webhook update).
+    pub fn start_registered_as(
+        admin: &Path,
+        service_account: &Path,
+        name: &str,
+        extra_args: &[String],
+        id: &str,
+    ) -> Self {
         // Earlier runs' registrations select namespaces that no longer exist; remove them anyway.
         let _ = kubectl_at(
             admin,
@@ -104,7 +116,7 @@ impl WebhookFixture {
             (curl(&["--cacert", &ca_arg, &url]).0 == 200).then_some(())
         });
         let fixture =
-            Self { process, port, ca_file, cert_file, key_file, id: unique("csp-e2e"), admin: admin.to_path_buf() };
+            Self { process, port, ca_file, cert_file, key_file, id: id.to_owned(), admin: admin.to_path_buf() };
         fixture.register(&ca.cert);
         fixture
     }

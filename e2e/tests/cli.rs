@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use e2e::fleet::ControlPlane;
 use e2e::webhook::{NAMESPACE_LABEL, WebhookFixture};
 use e2e::xds::{ProxySpec, XdsBed, xds_operator};
-use e2e::{kubectl, product_bin, repo_root, tool, unique, wait_until};
+use e2e::{kubectl, product_bin, repo_root, table, tool, unique, wait_until};
 use serde_json::Value;
 
 /// What a run of the binary gave.
@@ -50,35 +50,9 @@ fn plugin_path() -> String {
     format!("{}:{}:/usr/bin:/bin", product.display(), e2e::bin_dir().display())
 }
 
-/// The admission table, copied with every `cli-table-` name made `cli-<id>-`, so that its namespaces and
-/// policies are this run's own.
+/// The admission table, copied with every `cli-table-` name made `cli-<id>-`.
 fn admission_table(id: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("a folder");
-    let source = repo_root().join("e2e/testdata/admission");
-    for entry in std::fs::read_dir(&source).expect("the admission table") {
-        let path = entry.expect("an entry").path();
-        let text = std::fs::read_to_string(&path).expect("a file of the table");
-        let name = path.file_name().expect("a name");
-        std::fs::write(dir.path().join(name), text.replace("cli-table-", &format!("cli-{id}-"))).expect("copy");
-    }
-    let suite = dir.path().join("suite.yaml");
-    (dir, suite)
-}
-
-/// The webhook's answer through kubectl: (decision, denial message, warnings).
-fn live_answer(r: &e2e::Run) -> (String, Option<String>, Vec<String>) {
-    let warnings: Vec<String> =
-        r.stderr.lines().filter_map(|l| l.strip_prefix("Warning: ")).map(str::to_owned).collect();
-    if r.success {
-        let decision = if warnings.is_empty() { "Allow" } else { "Warn" };
-        return (decision.to_owned(), None, warnings);
-    }
-    let message = r
-        .stderr
-        .split_once("denied the request: ")
-        .map(|(_, m)| m.trim_end().to_owned())
-        .unwrap_or_else(|| format!("(not a webhook denial) {}", r.stderr.trim_end()));
-    ("Deny".to_owned(), Some(message), warnings)
+    table::copy(id, |_, text| text)
 }
 
 #[test]
@@ -88,104 +62,28 @@ fn the_admission_table_gets_the_same_answers_from_kubectl_contracts_test_and_fro
     let (dir, suite_file) = admission_table(&id);
 
     // Path 1: the binary, offline.
-    let offline = contracts_in(dir.path(), &["test", "suite.yaml", "-o", "json"], None);
-    assert_eq!(offline.code, 0, "every case passes offline:\n{}", offline.stderr);
-    let report: Value = serde_json::from_str(&offline.stdout).expect("JSON on standard output");
-    let cases = report["suites"][0]["cases"].as_array().cloned().expect("cases");
+    let offline = table::offline_answers(dir.path());
 
-    // Path 2: the live webhook. The table's cluster: its namespaces under this webhook, the old objects of
-    // its updates (created before the policies, as an old object is), its contract, then its policies.
+    // Path 2: the live webhook, on the table's cluster under this webhook.
     let loaded = cli::suite::load(&suite_file).expect("the table loads");
-    let mut namespaces = Vec::new();
-    for doc in cli::manifests::load(&[dir.path().join("cluster.yaml")]).expect("cluster.yaml") {
-        if doc.kind() != "Namespace" {
-            continue;
-        }
-        let mut ns = doc.value.clone();
-        ns["metadata"]["labels"][NAMESPACE_LABEL] = webhook.id.clone().into();
-        ns["metadata"]["labels"]["csp-e2e"] = "true".into();
-        kubectl(&["apply", "-f", "-"], Some(&ns.to_string())).ok();
-        namespaces.push(doc.name().to_owned());
-    }
-    let cleanup = Cleanup {
-        namespaces: namespaces.clone(),
-        policies: loaded.cluster.policies().map(|p| p.metadata.name.clone().unwrap_or_default()).collect(),
-    };
-    for request in &loaded.requests {
-        if let Some(old) = &request.old_object {
-            kubectl(&["apply", "-n", &request.namespace, "-f", "-"], Some(&old.to_string())).ok();
-        }
-    }
-    for doc in cli::manifests::load(&[dir.path().join("cluster.yaml")]).expect("cluster.yaml") {
-        if doc.kind() == "ChannelContract" {
-            kubectl(&["apply", "-f", "-"], Some(&doc.value.to_string())).ok();
-        }
-    }
-    kubectl(&["apply", "-f", &dir.path().join("policies.yaml").to_string_lossy()], None).ok();
-    for policy in &cleanup.policies {
-        wait_until(&format!("the webhook to audit {policy}"), Duration::from_secs(30), || {
-            let r = kubectl(&["get", "contractpolicy", policy, "-o", "jsonpath={.status.auditTime}"], None);
-            (r.success && !r.stdout.trim().is_empty()).then_some(())
-        });
-    }
+    let _cleanup = table::set_up(&e2e::kubeconfig(), dir.path(), &loaded, &[(NAMESPACE_LABEL, webhook.id.as_str())]);
 
     // The webhook learns of the contract through its watch: the table is asked again until both paths
     // agree, for at most 20 s; what still differs then is the failure.
     let started = Instant::now();
-    let mut rounds = 0;
-    let differences = loop {
-        rounds += 1;
-        let mut differences = Vec::new();
-        for ((case, request), offline) in loaded.suite.cases.iter().zip(&loaded.requests).zip(&cases) {
-            let verb = if request.old_object.is_some() { "replace" } else { "create" };
-            let r = kubectl(
-                &[verb, "--dry-run=server", "-n", &request.namespace, "-f", "-"],
-                Some(&request.object.to_string()),
-            );
-            let (decision, message, warnings) = live_answer(&r);
-            let got = &offline["got"];
-            let offline_warnings: Vec<String> = got["warnings"]
-                .as_array()
-                .map(|w| w.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                .unwrap_or_default();
-            let same = got["decision"] == decision.as_str()
-                && got["message"].as_str().map(str::to_owned) == message
-                && offline_warnings == warnings;
-            if !same {
-                differences.push(format!(
-                    "{}:\n  live:    {decision} {message:?} {warnings:?}\n  offline: {} {} {:?}",
-                    case.name, got["decision"], got["message"], offline_warnings
-                ));
-            }
-        }
-        if differences.is_empty() || started.elapsed() > Duration::from_secs(20) {
-            break differences;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let (differences, rounds) =
+        table::ask_until(&e2e::kubeconfig(), &loaded, &offline, Duration::from_secs(20), |live, offline| {
+            live.decision == offline.decision
+                && live.message == offline.message
+                && live.warnings == offline.warnings
+                && live.denied_by.is_none_or(|by| by == "webhook")
+        });
     assert!(differences.is_empty(), "the two paths differ:\n{}", differences.join("\n"));
     println!(
         "measured: {} cases, the same answer from kubectl contracts test and the live webhook (round {rounds}, {:.1}s)",
-        cases.len(),
+        offline.len(),
         started.elapsed().as_secs_f64()
     );
-}
-
-/// Deletes the table's namespaces and policies.
-struct Cleanup {
-    namespaces: Vec<String>,
-    policies: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in &self.policies {
-            let _ = kubectl(&["delete", "contractpolicy", p, "--ignore-not-found", "--wait=false"], None);
-        }
-        for ns in &self.namespaces {
-            let _ = kubectl(&["delete", "namespace", ns, "--ignore-not-found", "--wait=false"], None);
-        }
-    }
 }
 
 #[test]

@@ -312,7 +312,9 @@ pub fn decide(mut req: Request, index: &impl Index, settings: &Settings) -> (Adm
         Ok(s) => s,
         Err(message) => return deny("malformed", message),
     };
-    let policies = index.policies();
+    // Policies handed over to their generated ValidatingAdmissionPolicies are judged by the API server.
+    let mut policies = index.policies();
+    policies.retain(|p| !crate::vap::enforced_by_vap(p));
     let exempt = &settings.exempt_namespaces;
     let mut decision = evaluate::evaluate(&subject, &policies, namespace_labels.as_ref(), exempt);
     if req.operation == Operation::Update

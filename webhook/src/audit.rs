@@ -115,6 +115,9 @@ pub fn subjects(caches: &Caches) -> Vec<Subject> {
     out
 }
 
+/// The conditions the audit writes.
+const AUDIT_CONDITIONS: [&str; 2] = ["Accepted", "Audited"];
+
 /// The status the audit writes for a policy.
 pub fn status_for(policy: &ContractPolicy, report: &Report, now: &Time) -> ContractPolicyStatus {
     let previous = policy.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -158,9 +161,14 @@ pub fn needs_write(current: Option<&ContractPolicyStatus>, next: &ContractPolicy
         .audit_time
         .as_ref()
         .is_none_or(|t| now.0.duration_since(t.0).as_secs_f64() >= STATUS_REFRESH.as_secs_f64());
-    stale
-        || ContractPolicyStatus { audit_time: None, fleet: None, ..current.clone() }
-            != ContractPolicyStatus { audit_time: None, fleet: None, ..next.clone() }
+    // Only the audit's own conditions: others (the leader's `Enforced`) are written by other managers.
+    let own = |s: &ContractPolicyStatus| ContractPolicyStatus {
+        audit_time: None,
+        fleet: None,
+        conditions: s.conditions.iter().filter(|c| AUDIT_CONDITIONS.contains(&c.type_.as_str())).cloned().collect(),
+        ..s.clone()
+    };
+    stale || own(current) != own(next)
 }
 
 /// Runs one audit over the caches and writes the status of every policy whose result changed.

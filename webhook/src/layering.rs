@@ -1,12 +1,13 @@
 //! The webhook's layers, checked ([`lifecycle::layering`]). A new top module must be placed in [`LAYERS`].
 
 /// The top modules, lowest layer first; a module may import only from the layers before its own.
-const LAYERS: [&[&str]; 7] = [
+const LAYERS: [&[&str]; 8] = [
     &["subject", "certs"],
     &["evaluate"],
+    &["vap"],
     &["admission", "metrics", "openreports"],
     &["index", "selfcert"],
-    &["audit"],
+    &["audit", "enforcement"],
     &["server"],
     &["runtime", "layering"],
 ];

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod audit;
 pub mod certs;
+pub mod enforcement;
 pub mod evaluate;
 pub mod index;
 #[cfg(test)]
@@ -20,5 +21,6 @@ pub mod runtime;
 pub mod selfcert;
 pub mod server;
 pub mod subject;
+pub mod vap;
 
 pub use runtime::{Args, RunError, TlsArgs, run};

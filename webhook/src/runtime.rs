@@ -57,7 +57,9 @@ pub struct TlsArgs {
     /// namespace (created if missing, renewed before expiry) instead of reading the files.
     #[arg(long, env = "CSP_WEBHOOK_CERT_SECRET")]
     pub cert_secret: Option<String>,
-    /// With --cert-secret: the ValidatingWebhookConfiguration whose caBundle gets the CA.
+    /// The webhook's own ValidatingWebhookConfiguration: with --cert-secret its caBundle gets the CA; and
+    /// the leader narrows it (a match condition) to the kinds that policies the webhook judges cover, when
+    /// generated ValidatingAdmissionPolicies judge the others (`spec.enforcement`).
     #[arg(long, env = "CSP_WEBHOOK_CONFIG_NAME")]
     pub webhook_config_name: Option<String>,
     /// With --cert-secret: the names the serving certificate covers (the Service's DNS names, or an IP).
@@ -113,6 +115,11 @@ pub struct Args {
     /// This replica's identity in the audit Lease (the pod name). Omitted: `$HOSTNAME-<pid>`.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The ContractRegionIndex (cluster-scoped) where the leader publishes what ChannelContracts declare
+    /// for Services: the parameters of the ValidatingAdmissionPolicies generated for policies with
+    /// `spec.enforcement` ValidatingAdmissionPolicy or Auto.
+    #[arg(long, env = "CSP_WEBHOOK_REGION_INDEX", default_value = crds::REGION_INDEX_NAME)]
+    pub region_index: String,
 }
 
 /// Bounds on the memory that admission requests in flight take (see [`server::Limits`]).
@@ -206,6 +213,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
 
     let watch_task = tokio::spawn(watches);
     let (leader_tx, leader_rx) = watch::channel(args.audit_lease.is_empty());
+    let enforcement_leader = leader_rx.clone();
     let election_task = if args.audit_lease.is_empty() {
         tracing::info!("no audit Lease: this replica audits");
         None
@@ -237,6 +245,24 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
                 .await;
         })
     };
+    let enforcement_task = {
+        let settings = crate::enforcement::Settings {
+            vap: crate::vap::Settings {
+                namespace: args.namespace.clone(),
+                exempt_namespaces: exempt.clone(),
+                params: crate::vap::Params { name: args.region_index.clone() },
+            },
+            webhook_config: args.tls.webhook_config_name.clone(),
+        };
+        let (client, caches, leader, cancel) = (client.clone(), caches.clone(), enforcement_leader, cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                synced = caches.wait_until_ready() => if synced.is_err() { return },
+                _ = cancel.cancelled() => return,
+            }
+            crate::enforcement::run_loop(client, caches, settings, leader, cancel).await;
+        })
+    };
     let state = server::AppState {
         caches,
         metrics,
@@ -250,7 +276,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
     cancel.cancel();
     watch_task.abort();
     // Background tasks stop at the cancellation; an API call in flight gets a few seconds, no more.
-    let tasks = [Some(audit_task), Some(cert_task), election_task];
+    let tasks = [Some(audit_task), Some(enforcement_task), Some(cert_task), election_task];
     for task in tasks.into_iter().flatten() {
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
             tracing::warn!("a background task did not stop within 5s; exiting anyway");

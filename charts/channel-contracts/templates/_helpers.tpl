@@ -56,6 +56,10 @@ valid Service names (DNS labels, at most 63).
 {{- end }}
 
 {{/* The ValidatingWebhookConfiguration. */}}
+{{- define "channel-contracts.webhook.regionIndex" -}}
+{{- printf "%s-contract-regions" (include "channel-contracts.fullname" .) }}
+{{- end }}
+
 {{- define "channel-contracts.webhook.configName" -}}
 {{- include "channel-contracts.fullname" . }}
 {{- end }}

@@ -1,0 +1,191 @@
+//! `spec.enforcement`: ContractPolicies judged by ValidatingAdmissionPolicies that the webhook generates
+//! and owns, on a control plane of their own (the webhook's leader acts on every policy of its cluster),
+//! with the webhook running as the chart's ServiceAccount.
+//!
+//! The admission table (`e2e/testdata/admission`) runs with every policy set to `Auto`: the API server's
+//! CEL must give the webhook's answers, word for word after what the API server puts in front of them.
+//! One difference is the API server's and cannot be ours: when several ValidatingAdmissionPolicies deny one
+//! request, it names only one of them (the webhook names every policy); the test requires exactly that.
+
+use std::time::{Duration, Instant};
+
+use e2e::fleet::ControlPlane;
+use e2e::webhook::{NAMESPACE_LABEL, WebhookFixture};
+use e2e::{rbac, table, unique, wait_until};
+use serde_json::Value;
+
+/// The chart's names for the e2e release: the ValidatingWebhookConfiguration the webhook may narrow, and
+/// the ContractRegionIndex it may write.
+fn chart_args() -> Vec<String> {
+    vec![
+        "--webhook-config-name".into(),
+        rbac::FULLNAME.into(),
+        "--region-index".into(),
+        format!("{}-contract-regions", rbac::FULLNAME),
+    ]
+}
+
+fn condition(cp: &ControlPlane, policy: &str) -> Option<(String, i64, i64)> {
+    let r = cp.kubectl(&["get", "contractpolicy", policy, "-o", "json"], None);
+    let v: Value = serde_json::from_str(&r.stdout).ok()?;
+    let generation = v["metadata"]["generation"].as_i64()?;
+    let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Enforced")?.clone();
+    Some((c["reason"].as_str()?.to_owned(), c["observedGeneration"].as_i64()?, generation))
+}
+
+fn wait_enforced_by(cp: &ControlPlane, policy: &str, reason: &str) {
+    wait_until(&format!("{policy} enforced by {reason}"), Duration::from_secs(60), || {
+        condition(cp, policy).filter(|(r, observed, generation)| r == reason && observed == generation).map(|_| ())
+    });
+}
+
+fn match_conditions(cp: &ControlPlane) -> String {
+    cp.get(&["validatingwebhookconfiguration", rbac::FULLNAME], "{.webhooks[*].matchConditions}").unwrap_or_default()
+}
+
+#[test]
+fn the_admission_table_gets_the_webhooks_answers_from_generated_validating_admission_policies() {
+    let cp = ControlPlane::start("enforcement");
+    cp.install(&[]);
+    let sa = cp.service_account(&rbac::webhook_service_account());
+    let webhook = WebhookFixture::start_registered_as(
+        &cp.kubeconfig(),
+        &sa,
+        "enforcement-webhook",
+        &chart_args(),
+        rbac::FULLNAME,
+    );
+    let id = unique("v").replace('-', "");
+    let (dir, suite_file) = table::copy(&id, |name, text| {
+        if name == "policies.yaml" { text.replace("\nspec:\n", "\nspec:\n  enforcement: Auto\n") } else { text }
+    });
+    let offline = table::offline_answers(dir.path());
+    let loaded = cli::suite::load(&suite_file).expect("the table loads");
+    let policies: Vec<String> =
+        loaded.cluster.policies().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+    let strict = format!("cli-{id}-contracts-only");
+    let started = Instant::now();
+    let _cleanup = table::set_up(&cp.kubeconfig(), dir.path(), &loaded, &[(NAMESPACE_LABEL, webhook.id.as_str())]);
+
+    // Every policy CEL can express is handed over; requireContract stays with the webhook, which says why.
+    for p in &policies {
+        wait_enforced_by(&cp, p, if *p == strict { "Webhook" } else { "ValidatingAdmissionPolicy" });
+    }
+    let handed_over = started.elapsed();
+    let why = cp
+        .get(&["contractpolicy", &strict], "{.status.conditions[?(@.type==\"Enforced\")].message}")
+        .unwrap_or_default();
+    assert!(why.contains("requireContract needs the ChannelContracts"), "{why}");
+    let generated = cp
+        .get(
+            &["validatingadmissionpolicies", "-l", "app.kubernetes.io/managed-by=channel-contracts-webhook"],
+            "{.items[*].metadata.name}",
+        )
+        .unwrap_or_default();
+    let count = generated.split_whitespace().count();
+    // Deny policies on both kinds: 4 (baseline, regions-a, regions-b); Warn and Audit on both: 2 each;
+    // tier1 (Deny, Services only): 2.
+    assert_eq!(count, 3 * 4 + 2 * 2 + 2, "generated: {generated}");
+    // The only policy left to the webhook judges Services: its registration no longer sends it contracts.
+    wait_until("the webhook's registration narrowed to Services", Duration::from_secs(30), || {
+        match_conditions(&cp).contains("request.resource.resource == 'services'").then_some(())
+    });
+
+    let (differences, rounds) =
+        table::ask_until(&cp.kubeconfig(), &loaded, &offline, Duration::from_secs(20), |live, offline| {
+            // The API server names one denying policy only (the first it evaluated, in no set order): one of
+            // the webhook's lines, whole.
+            let message = match (&offline.message, &live.message) {
+                (Some(all), Some(one)) if all.contains('\n') => all.lines().any(|l| l == one).then(|| one.clone()),
+                _ => offline.message.clone(),
+            };
+            let by = if live.message.as_deref().is_some_and(|m| m.contains(&format!("\"{strict}\""))) {
+                "webhook"
+            } else {
+                "vap"
+            };
+            live.decision == offline.decision
+                && live.message == message
+                && live.warnings == offline.warnings
+                && live.denied_by.is_none_or(|d| d == by)
+        });
+    assert!(
+        differences.is_empty(),
+        "the generated ValidatingAdmissionPolicies answer otherwise:\n{}",
+        differences.join("\n")
+    );
+    println!(
+        "measured: {} cases, the webhook's answers from {count} generated ValidatingAdmissionPolicies (handed over in {:.1}s, round {rounds})",
+        offline.len(),
+        handed_over.as_secs_f64()
+    );
+
+    // Back to the webhook: the condition first, then the generated objects go, and the webhook answers.
+    let baseline = format!("cli-{id}-baseline");
+    cp.kubectl(
+        &["patch", "contractpolicy", &baseline, "--type=merge", "-p", r#"{"spec":{"enforcement":"Webhook"}}"#],
+        None,
+    )
+    .ok();
+    wait_enforced_by(&cp, &baseline, "Webhook");
+    wait_until("the baseline's generated objects deleted", Duration::from_secs(30), || {
+        let left = cp.get(
+            &[
+                "validatingadmissionpolicies,validatingadmissionpolicybindings",
+                "-l",
+                &format!("csp.contracts.dev/policy={baseline}"),
+            ],
+            "{.items[*].metadata.name}",
+        );
+        left.is_some_and(|l| l.trim().is_empty()).then_some(())
+    });
+    wait_until("the webhook's registration widened to both kinds", Duration::from_secs(30), || {
+        (!match_conditions(&cp).contains("csp.contracts.dev/webhook-policies")).then_some(())
+    });
+    let contract = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {{name: short, namespace: cli-{id}-contract}}\nspec: {{service: payment-verify, port: 8080, sla: {{maxLatency: 120ms}}, failover: {{regions: [gz]}}}}\n"
+    );
+    let answer = wait_until("the webhook to deny the contract again", Duration::from_secs(30), || {
+        let live = table::live_answer(&cp.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&contract)));
+        (live.denied_by == Some("webhook")).then_some(live)
+    });
+    assert!(
+        answer
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!("ContractPolicy \"{baseline}\" denied ChannelContract"))),
+        "{answer:?}"
+    );
+
+    // A deleted policy takes its generated objects with it (owner references, garbage collection).
+    let soft = format!("cli-{id}-soft");
+    cp.kubectl(&["delete", "contractpolicy", &soft], None).ok();
+    wait_until("the deleted policy's generated objects collected", Duration::from_secs(60), || {
+        let left = cp.get(
+            &[
+                "validatingadmissionpolicies,validatingadmissionpolicybindings",
+                "-l",
+                &format!("csp.contracts.dev/policy={soft}"),
+            ],
+            "{.items[*].metadata.name}",
+        );
+        left.is_some_and(|l| l.trim().is_empty()).then_some(())
+    });
+    assert!(webhook.process.log_tail().lines().all(|l| !l.contains("panicked")), "{}", webhook.process.log_tail());
+}
+
+#[test]
+fn the_crd_refuses_validating_admission_policy_enforcement_of_require_contract() {
+    e2e::ensure_crds();
+    let policy = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {}}}\nspec: {{enforcement: ValidatingAdmissionPolicy, requireContract: true}}\n",
+        unique("cel-lookup")
+    );
+    let r = e2e::kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&policy));
+    assert!(!r.success, "created: {}", r.stdout);
+    assert!(
+        r.stderr.contains("spec.enforcement ValidatingAdmissionPolicy cannot enforce spec.requireContract"),
+        "{}",
+        r.stderr
+    );
+}

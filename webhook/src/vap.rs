@@ -1,0 +1,456 @@
+//! A ContractPolicy as a ValidatingAdmissionPolicy: the CEL that the API server evaluates in-process with
+//! the same verdicts and the same messages as the webhook ([`crate::evaluate`]), for a policy whose rule
+//! CEL can express (everything but `requireContract`). Pure: policy in, the objects to apply out.
+//!
+//! Per policy and matched kind, one ValidatingAdmissionPolicy and its binding (`csp-<policy>-service`,
+//! `csp-<policy>-contract`); a Deny policy also gets a Warn pair (`…-tolerated`) for the UPDATEs the
+//! webhook tolerates ([`crate::evaluate::tolerate_existing`]). A Service's regions may come from the
+//! ChannelContracts that govern it, which CEL cannot look up: the webhook publishes them in one
+//! ContractRegionIndex (the policies' parameters, [`declarations`]), `<namespace>.<service>` →
+//! `<contract>=<r>,<r>;…`.
+
+use std::collections::BTreeMap;
+
+use crds::{
+    CONTRACT_ANNOTATION, ContractPolicy, ContractPolicySpec, Enforcement, EnforcementAction,
+    FAILOVER_REGIONS_ANNOTATION, MatchKind, WEBHOOK_OPT_OUT_LABEL, WEBHOOK_OPT_OUT_VALUE,
+};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use serde_json::{Value, json};
+
+use crate::evaluate::{self, ALWAYS_EXEMPT, ContractRef};
+
+/// The status condition that says what judges a policy's admission requests.
+pub const CONDITION: &str = "Enforced";
+/// Its reason when a ValidatingAdmissionPolicy does.
+pub const BY_VAP: &str = "ValidatingAdmissionPolicy";
+/// Its reason when the webhook does.
+pub const BY_WEBHOOK: &str = "Webhook";
+/// The label on every generated object: the ContractPolicy it enforces.
+pub const POLICY_LABEL: &str = "csp.contracts.dev/policy";
+/// `app.kubernetes.io/managed-by` of every generated object.
+pub const MANAGED_BY: &str = "channel-contracts-webhook";
+/// The label of what is generated for the UPDATEs a Deny policy tolerates.
+const ROLE_LABEL: &str = "csp.contracts.dev/role";
+/// The Kubernetes label every namespace carries with its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// How a region list is split, as [`crate::subject::parse_regions`] splits it: commas, semicolons and
+/// any white space (RE2; `\s` lacks the vertical tab and U+0085, `\p{Z}` holds the Unicode spaces).
+const REGION_TOKEN: &str = r"[^,;\s\x{0B}\x{85}\p{Z}]+";
+
+/// Where the generated objects look for what the ChannelContracts declare for Services: the name of
+/// the ContractRegionIndex (cluster-scoped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// Its name.
+    pub name: String,
+}
+
+/// What the generator needs besides the policy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The webhook's namespace: never matched.
+    pub namespace: String,
+    /// More namespaces never matched.
+    pub exempt_namespaces: Vec<String>,
+    /// The ContractRegionIndex.
+    pub params: Params,
+}
+
+/// Which path a policy takes, and why (the condition's message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Path {
+    /// The webhook judges it.
+    Webhook(String),
+    /// Generated ValidatingAdmissionPolicies judge it.
+    Vap,
+}
+
+/// The path a policy asks for and can take.
+pub fn path(spec: &ContractPolicySpec) -> Path {
+    match spec.enforcement {
+        Enforcement::Webhook => {
+            Path::Webhook("spec.enforcement is Webhook: the webhook judges admission requests".into())
+        }
+        asked => {
+            let mode = if asked == Enforcement::Auto { "Auto" } else { "ValidatingAdmissionPolicy" };
+            if let Some(why) = evaluate::unreadable(&spec.clone()) {
+                Path::Webhook(format!("spec.enforcement is {mode}, but {why}"))
+            } else if spec.require_contract {
+                Path::Webhook(format!(
+                    "spec.enforcement is {mode}, but requireContract needs the ChannelContracts of the namespace, which CEL cannot see: the webhook judges admission requests"
+                ))
+            } else {
+                Path::Vap
+            }
+        }
+    }
+}
+
+/// Whether the webhook leaves a policy's admission requests to its ValidatingAdmissionPolicies: the
+/// webhook's leader said so (condition [`CONDITION`], reason [`BY_VAP`]) for the policy's current
+/// generation, after the API server had them.
+pub fn enforced_by_vap(policy: &ContractPolicy) -> bool {
+    let Some(status) = &policy.status else { return false };
+    status.conditions.iter().any(|c| {
+        c.type_ == CONDITION
+            && c.status == "True"
+            && c.reason == BY_VAP
+            && c.observed_generation.is_some()
+            && c.observed_generation == policy.metadata.generation
+            && path(&policy.spec) == Path::Vap
+    })
+}
+
+/// One generated pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The policy.
+    pub policy: ValidatingAdmissionPolicy,
+    /// Its binding (same name).
+    pub binding: ValidatingAdmissionPolicyBinding,
+}
+
+/// A generated object's name: `csp-<policy>-<suffix>`, shortened with a hash beyond 253 characters.
+pub fn object_name(policy: &str, suffix: &str) -> String {
+    let name = format!("csp-{policy}-{suffix}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let keep = 253 - suffix.len() - 18;
+    format!("{}-{hash:016x}-{suffix}", &name[..keep].trim_end_matches(['-', '.']))
+}
+
+/// A CEL string literal.
+fn lit(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A CEL list of string literals.
+fn list_lit(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|i| lit(i)).collect::<Vec<_>>().join(", "))
+}
+
+/// A label selector as CEL over a labels map expression, with the API's meaning (NotIn and DoesNotExist
+/// hold for an absent key).
+pub fn selector_cel(labels: &str, selector: &LabelSelector) -> String {
+    let mut terms = Vec::new();
+    for (k, v) in selector.match_labels.iter().flatten() {
+        terms.push(format!("{labels}[?{}] == optional.of({})", lit(k), lit(v)));
+    }
+    for LabelSelectorRequirement { key, operator, values } in selector.match_expressions.iter().flatten() {
+        let values = list_lit(values.as_deref().unwrap_or_default());
+        let key = lit(key);
+        terms.push(match operator.as_str() {
+            "In" => format!("({key} in {labels} && {labels}[{key}] in {values})"),
+            "NotIn" => format!("!({key} in {labels} && {labels}[{key}] in {values})"),
+            "Exists" => format!("({key} in {labels})"),
+            // DoesNotExist; the API's validation refuses any other operator before this.
+            _ => format!("!({key} in {labels})"),
+        });
+    }
+    if terms.is_empty() { "true".into() } else { terms.join(" && ") }
+}
+
+/// The namespaces a generated policy applies to: the policy's own choice, minus those never matched.
+fn namespace_selector(spec: &ContractPolicySpec, settings: &Settings) -> Value {
+    let m = &spec.r#match;
+    let mut never: Vec<String> = ALWAYS_EXEMPT.iter().map(|s| (*s).to_owned()).collect();
+    for n in std::iter::once(&settings.namespace).chain(&settings.exempt_namespaces).chain(&m.excluded_namespaces) {
+        if !never.contains(n) {
+            never.push(n.clone());
+        }
+    }
+    let mut expressions = vec![
+        json!({"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": never}),
+        json!({"key": WEBHOOK_OPT_OUT_LABEL, "operator": "NotIn", "values": [WEBHOOK_OPT_OUT_VALUE]}),
+    ];
+    if !m.namespaces.is_empty() {
+        expressions.push(json!({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": m.namespaces}));
+    }
+    let mut selector = json!({});
+    if let Some(own) = &m.namespace_selector {
+        if let Some(labels) = own.match_labels.as_ref().filter(|l| !l.is_empty()) {
+            selector["matchLabels"] = json!(labels);
+        }
+        for e in own.match_expressions.iter().flatten() {
+            expressions.push(serde_json::to_value(e).unwrap_or(Value::Null));
+        }
+    }
+    selector["matchExpressions"] = Value::Array(expressions);
+    selector
+}
+
+/// The CEL variables that say what an object (`object` or `oldObject`, prefix `''` or `'old'`) of `kind`
+/// declares: `<p>declared` (regions, unique, in the webhook's order) and, for Services, `<p>governed`
+/// (the contracts that count).
+fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
+    let var = |name: &str, expression: String| json!({"name": format!("{p}{name}"), "expression": expression});
+    match kind {
+        MatchKind::Service => vec![
+            var("named", format!("{object}.metadata.?annotations[?{}].orValue('').trim()", lit(CONTRACT_ANNOTATION))),
+            var(
+                "entries",
+                "params.spec.?services[?(request.namespace + '.' + variables.subject)].orValue('').split(';').filter(e, e != '').map(e, e.split('='))".into(),
+            ),
+            var(
+                "chosen",
+                format!(
+                    "variables.{p}entries.exists(e, e[0] == variables.{p}named) ? variables.{p}entries.filter(e, e[0] == variables.{p}named) : variables.{p}entries"
+                ),
+            ),
+            var("governed", format!("variables.{p}chosen.map(e, e[0])")),
+            var(
+                "declared",
+                format!(
+                    "({object}.metadata.?annotations[?{}].orValue('').findAll({}) + variables.{p}chosen.map(e, e[1].split(',')).flatten().filter(r, r != '')).distinct()",
+                    lit(FAILOVER_REGIONS_ANNOTATION),
+                    lit(REGION_TOKEN)
+                ),
+            ),
+        ],
+        MatchKind::ChannelContract => vec![
+            var("governed", "[]".into()),
+            var("declared", format!("{object}.spec.?failover.?regions.orValue([]).map(r, string(r)).distinct()")),
+        ],
+    }
+}
+
+/// The variables every generated policy has: the subject's name, what it declares, what it lacks, and
+/// the message parts ([`evaluate::describe`] in CEL).
+fn variables(spec: &ContractPolicySpec, kind: MatchKind) -> Vec<Value> {
+    let required = list_lit(&spec.failover.required_regions);
+    let var = |name: &str, expression: String| json!({"name": name, "expression": expression});
+    let mut out = vec![var(
+        "subject",
+        "object.metadata.?name.orValue('') != '' ? object.metadata.name : (request.name != '' ? request.name : (has(object.metadata.generateName) ? object.metadata.generateName + '*' : '<unnamed>'))".into(),
+    )];
+    out.extend(declaration_variables(kind, "object", ""));
+    out.push(var("missing", format!("{required}.filter(r, !(r in variables.declared))")));
+    out.push(var(
+        "tooFew",
+        match spec.failover.min_regions {
+            Some(min) => format!("size(variables.declared) < {min}"),
+            None => "false".into(),
+        },
+    ));
+    out.push(var("fallsShort", "size(variables.missing) > 0 || variables.tooFew".into()));
+    let min_text = spec.failover.min_regions.map(|m| m.to_string()).unwrap_or_default();
+    out.push(var(
+        "what",
+        format!(
+            "[size(variables.missing) > 0 ? ['missing failover regions [' + variables.missing.join(', ') + ']; required [' + {required}.join(', ') + '], declared [' + variables.declared.join(', ') + ']'] : [], variables.tooFew ? ['declares ' + string(size(variables.declared)) + ' failover ' + (size(variables.declared) == 1 ? 'region' : 'regions') + ' [' + variables.declared.join(', ') + ']; at least {min_text} required'] : []].flatten().join('; ')"
+        ),
+    ));
+    out.push(var("wanted", format!("({required} + variables.declared).distinct()")));
+    let at_least = match spec.failover.min_regions {
+        Some(min) => format!("(size(variables.wanted) < {min} ? ' (at least {min} regions)' : '')"),
+        None => "''".into(),
+    };
+    out.push(var(
+        "fix",
+        match kind {
+            MatchKind::Service => format!(
+                "'Declare them with annotation {FAILOVER_REGIONS_ANNOTATION}=\"' + (size(variables.wanted) == 0 ? '<region>,<region>' : variables.wanted.join(',')) + '\"' + {at_least} + ' or in a ChannelContract\\'s spec.failover.regions.'"
+            ),
+            MatchKind::ChannelContract => format!(
+                "'Declare them in spec.failover.regions, e.g. regions: [' + (size(variables.wanted) == 0 ? '<region>, <region>' : variables.wanted.join(', ')) + ']' + {at_least} + '.'"
+            ),
+        },
+    ));
+    out
+}
+
+/// `ContractPolicy "<policy>" <verb> <Kind> <ns>/<name>: ` as CEL.
+fn statement(policy: &str, verb: &str, kind: MatchKind) -> String {
+    let kind = match kind {
+        MatchKind::Service => "Service",
+        MatchKind::ChannelContract => "ChannelContract",
+    };
+    let head = lit(&format!("ContractPolicy {policy:?} {verb} {kind} "));
+    format!("{head} + request.namespace + '/' + variables.subject + ': ' + variables.what + '. ' + variables.fix")
+}
+
+fn resource_rule(kind: MatchKind) -> Value {
+    match kind {
+        MatchKind::Service => {
+            json!({"apiGroups": [""], "apiVersions": ["v1"], "resources": ["services"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"})
+        }
+        MatchKind::ChannelContract => {
+            json!({"apiGroups": [crds::GROUP], "apiVersions": [crds::VERSION], "resources": ["channelcontracts"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"})
+        }
+    }
+}
+
+fn suffix(kind: MatchKind) -> &'static str {
+    match kind {
+        MatchKind::Service => "service",
+        MatchKind::ChannelContract => "contract",
+    }
+}
+
+/// The ValidatingAdmissionPolicies and bindings that enforce a policy, or `None` when it takes the
+/// webhook's [`path`].
+pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Generated>> {
+    if path(&policy.spec) != Path::Vap {
+        return None;
+    }
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let spec = &policy.spec;
+    let mut out = Vec::new();
+    let mut kinds = spec.r#match.kinds.clone();
+    kinds.sort();
+    kinds.dedup();
+    for kind in kinds {
+        let verb = match spec.enforcement_action {
+            EnforcementAction::Deny => "denied",
+            EnforcementAction::Warn => "warns about",
+            EnforcementAction::Audit => "audits",
+        };
+        let action = match spec.enforcement_action {
+            EnforcementAction::Deny => "Deny",
+            EnforcementAction::Warn => "Warn",
+            EnforcementAction::Audit => "Audit",
+        };
+        let selected =
+            spec.r#match.label_selector.as_ref().map(|s| selector_cel("object.metadata.?labels.orValue({})", s));
+        let mut conditions =
+            vec![json!({"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"})];
+        if let Some(cel) = &selected {
+            conditions.push(json!({"name": "label-selector", "expression": cel}));
+        }
+        let mut vars = variables(spec, kind);
+        let deny = spec.enforcement_action == EnforcementAction::Deny;
+        let mut tolerated_pair = None;
+        if deny {
+            // The UPDATEs that leave what the object declares as it was, of an object that already fell
+            // short of this policy (it matched the old object too): admitted with a warning.
+            let old_selected = spec
+                .r#match
+                .label_selector
+                .as_ref()
+                .map_or_else(|| "true".to_owned(), |s| selector_cel("oldObject.metadata.?labels.orValue({})", s));
+            vars.extend(declaration_variables(kind, "oldObject", "old"));
+            vars.push(json!({"name": "tolerated", "expression": format!(
+                "request.operation == 'UPDATE' && oldObject != null && ({old_selected}) && variables.olddeclared == variables.declared && variables.oldgoverned == variables.governed"
+            )}));
+            let mut warn_conditions = conditions.clone();
+            warn_conditions
+                .push(json!({"name": "update", "expression": "request.operation == 'UPDATE' && oldObject != null"}));
+            let would = statement(&name, "would deny", kind);
+            let tolerated_message = format!(
+                "{would} + ' Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.'"
+            );
+            tolerated_pair = Some(pair(
+                &name,
+                kind,
+                &format!("{}-tolerated", suffix(kind)),
+                spec,
+                settings,
+                &warn_conditions,
+                &vars,
+                "!variables.fallsShort || !variables.tolerated",
+                &tolerated_message,
+                "Warn",
+            ));
+        }
+        let expression = if deny { "!variables.fallsShort || variables.tolerated" } else { "!variables.fallsShort" };
+        out.push(pair(
+            &name,
+            kind,
+            suffix(kind),
+            spec,
+            settings,
+            &conditions,
+            &vars,
+            expression,
+            &statement(&name, verb, kind),
+            action,
+        ));
+        out.extend(tolerated_pair);
+    }
+    Some(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pair(
+    policy: &str,
+    kind: MatchKind,
+    suffix: &str,
+    spec: &ContractPolicySpec,
+    settings: &Settings,
+    conditions: &[Value],
+    variables: &[Value],
+    expression: &str,
+    message: &str,
+    action: &str,
+) -> Generated {
+    let name = object_name(policy, suffix);
+    let role = if suffix.ends_with("-tolerated") { "tolerated" } else { "enforce" };
+    let labels = json!({
+        POLICY_LABEL: policy_label_value(policy),
+        ROLE_LABEL: role,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    });
+    let annotations = json!({POLICY_LABEL: policy});
+    let mut vap_spec = json!({
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": namespace_selector(spec, settings),
+            "resourceRules": [resource_rule(kind)],
+        },
+        "matchConditions": conditions,
+        "variables": variables,
+        "validations": [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}],
+    });
+    let mut binding_spec = json!({"policyName": name, "validationActions": [action]});
+    if kind == MatchKind::Service {
+        vap_spec["paramKind"] =
+            json!({"apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION), "kind": "ContractRegionIndex"});
+        binding_spec["paramRef"] = json!({"name": settings.params.name, "parameterNotFoundAction": "Deny"});
+    }
+    let metadata = json!({"name": name, "labels": labels, "annotations": annotations});
+    let vap = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": metadata, "spec": vap_spec});
+    let binding = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": metadata, "spec": binding_spec});
+    Generated {
+        policy: serde_json::from_value(vap)
+            .unwrap_or_else(|e| unreachable!("a generated ValidatingAdmissionPolicy: {e}")),
+        binding: serde_json::from_value(binding)
+            .unwrap_or_else(|e| unreachable!("a generated ValidatingAdmissionPolicyBinding: {e}")),
+    }
+}
+
+/// A policy's name as a label value (names longer than 63 characters are shortened with a hash; the
+/// annotation of the same key holds the whole name).
+pub fn policy_label_value(policy: &str) -> String {
+    if policy.len() <= 63 {
+        return policy.to_owned();
+    }
+    let hash = policy.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{}-{hash:016x}", policy[..46].trim_end_matches(['-', '.']))
+}
+
+/// The ContractRegionIndex's `spec.services`: for every Service that ChannelContracts govern,
+/// `<namespace>.<service>` → `<contract>=<region>,…;…`, the contracts sorted by name (as
+/// [`crate::subject::service_declaration`] takes them). Namespace and Service names are DNS labels (no
+/// dots), contract names have no `=` or `;`, regions (label values) no `,`, `;` or `=`.
+pub fn declarations<'a>(contracts: impl IntoIterator<Item = (&'a str, &'a ContractRef)>) -> BTreeMap<String, String> {
+    let mut by_service: BTreeMap<String, Vec<&ContractRef>> = BTreeMap::new();
+    for (namespace, c) in contracts {
+        by_service.entry(format!("{namespace}.{}", c.service)).or_default().push(c);
+    }
+    by_service
+        .into_iter()
+        .map(|(key, mut cs)| {
+            cs.sort_by(|a, b| a.name.cmp(&b.name));
+            let value = cs.iter().map(|c| format!("{}={}", c.name, c.regions.join(","))).collect::<Vec<_>>().join(";");
+            (key, value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
