@@ -245,6 +245,11 @@ async fn pass(client: &Client, caches: &Caches, settings: &Settings, state: &mut
         }
         conditions.push((policy.clone(), cond));
     }
+    if by_vap.is_empty() {
+        // Nothing is judged in CEL: the registration stays as the chart made it (a new policy is judged
+        // as soon as the replicas see it, with no pass of the leader in between).
+        still_webhook.extend([MatchKind::Service, MatchKind::ChannelContract]);
+    }
     // Widen at once; narrowing waits for the conditions (the replicas judge by them).
     let handed_over_now: Vec<&String> =
         by_vap.iter().filter(|n| !policies.iter().any(|p| &p.name_any() == *n && vap::enforced_by_vap(p))).collect();
@@ -408,4 +413,23 @@ async fn narrow_registration(client: &Client, name: &str, kinds: &BTreeSet<Match
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registration_is_narrowed_to_the_kinds_still_judged_here() {
+        let kinds = |k: &[MatchKind]| k.iter().copied().collect::<BTreeSet<_>>();
+        assert_eq!(match_condition(&kinds(&[MatchKind::Service, MatchKind::ChannelContract])), None);
+        let only = |k| match_condition(&kinds(&[k])).map(|c| c.expression);
+        assert_eq!(only(MatchKind::Service).as_deref(), Some("request.resource.resource == 'services'"));
+        assert_eq!(
+            only(MatchKind::ChannelContract).as_deref(),
+            Some("request.resource.resource == 'channelcontracts'")
+        );
+        let none = match_condition(&kinds(&[])).expect("a condition");
+        assert_eq!((none.name.as_str(), none.expression.as_str()), (MATCH_CONDITION, "false"));
+    }
 }
