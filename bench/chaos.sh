@@ -18,6 +18,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$results"
 
+# What the binaries are built from (the tree may move on while the scenarios run).
+commit="$(git rev-parse --short HEAD)"
+dirty="$(git diff --quiet HEAD -- e2e operator webhook crds lifecycle || echo ' (with uncommitted changes)')"
+
 echo "[chaos] building the product binaries"
 cargo build --locked --bins
 cargo build --locked -p channel-contracts-e2e --tests
@@ -49,7 +53,7 @@ titles = {
 }
 out = []
 out.append("# Chaos: \`make chaos\` ($stamp UTC)\n")
-out.append("Commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- e2e operator webhook crds || echo ' (with local changes)'); "
+out.append("Built from commit \`$commit\`$dirty; "
            "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); "
            "load average before $load_before, after $load_after; ${wall} s wall; "
            "\`cargo test -p channel-contracts-e2e --test chaos\` with CSP_CHAOS=long exited $status.\n")

@@ -134,6 +134,16 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+impl Drop for Stage {
+    /// Stops the control plane; the folder goes too unless the scenario failed (its logs tell why).
+    fn drop(&mut self) {
+        self.cp.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 fn cluster_sh(cp: &ControlPlane, args: &[&str]) -> Run {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("e2e/cluster.sh")).args(args).env("CSP_RUN_DIR", &cp.dir).env("CSP_NODE", "0");

@@ -151,7 +151,7 @@ fn killing_the_api_server_then_etcd_while_contracts_reconcile_empties_nothing_an
             "configmaps_complete": complete,
             "configmaps_seen_by_watch": report.seen.len(),
             "configmap_emptied_or_lost": report.violations.len(),
-            "watch_relists": report.lists,
+            "watch_lists": report.lists,
             "watch_errors": report.errors,
             "requests": replies.len(),
             "requests_failed": failures.len(),
