@@ -78,7 +78,7 @@ bench-drills: ## ContractDrill switchovers (not in CI): 20 drills in a row again
 bench-fleet: ## the fleet hub (not in CI): as many real member control planes as memory holds, violation -> hub status time, hub memory per member
 	@bash bench/fleet.sh
 
-chaos: tools ## chaos at the long scale (not in CI; CI runs the short one in make e2e): kill -9 of kube-apiserver and etcd under 1,000 reconciling contracts, of the webhook under a create load, of the operator leader during churn, operator restarts under proxy traffic; report in bench/results/chaos-*.md
+chaos: ## chaos at the long scale (not in CI; CI runs the short one in make e2e): kill -9 of kube-apiserver and etcd under 1,000 reconciling contracts, of the webhook under a create load, of the operator leader during churn, operator restarts under proxy traffic; report in bench/results/chaos-*.md
 	@bash bench/chaos.sh
 
 dashboard-screenshot: ## the chart's Grafana dashboard drawn with real data (own control plane, operator, 2 Envoys, Prometheus, ~6 min) into docs/dashboard.svg, raw data in bench/results/dashboard.json; no Grafana (AGPL) here

@@ -22,6 +22,10 @@ mkdir -p "$results"
 commit="$(git rev-parse --short HEAD)"
 dirty="$(git diff --quiet HEAD -- e2e operator webhook crds lifecycle || echo ' (with uncommitted changes)')"
 
+# The control plane's binaries, kubectl, helm and Envoy (e2e/tools/build.sh: quick when up to date); the
+# node's images (make tools) are not needed.
+bash e2e/tools/build.sh
+
 echo "[chaos] building the product binaries"
 cargo build --locked --bins
 cargo build --locked -p channel-contracts-e2e --tests
