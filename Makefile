@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint deny unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet chaos dashboard-screenshot
+.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint deny unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet peers bench-peers chaos dashboard-screenshot
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ bench-xds: ## benchmarks of the xDS server (not in CI): 5k contracts, 10 Envoys 
 
 bench-drills: ## ContractDrill switchovers (not in CI): 20 drills in a row against real Envoys, switchover p50/p99/max, share within the promise
 	@bash bench/drills.sh
+
+peers: ## build OPA Gatekeeper and Kyverno from their Go modules into e2e/.bin/peers (benchmarks only, never CI; versions in e2e/tools/versions.env)
+	@bash e2e/tools/peers/build.sh
+
+bench-peers: ## side by side with Gatekeeper, Kyverno and a hand-written VAP (not in CI; own control plane, ~20 min): create Service latency at c=1 and c=16, throughput, CPU, RSS; audit of 50k Services
+	@bash bench/peers.sh
 
 bench-fleet: ## the fleet hub (not in CI): as many real member control planes as memory holds, violation -> hub status time, hub memory per member
 	@bash bench/fleet.sh
