@@ -78,7 +78,7 @@ bench-drills: ## ContractDrill switchovers (not in CI): 20 drills in a row again
 peers: ## build OPA Gatekeeper and Kyverno from their Go modules into e2e/.bin/peers (benchmarks only, never CI; versions in e2e/tools/versions.env)
 	@bash e2e/tools/peers/build.sh
 
-bench-peers: ## side by side with Gatekeeper, Kyverno and a hand-written VAP (not in CI; own control plane, ~20 min): create Service latency at c=1 and c=16, throughput, CPU, RSS; audit of 50k Services
+bench-peers: ## side by side with Gatekeeper, Kyverno and a hand-written VAP (not in CI; own control plane, ~5 min after the builds): create Service latency at c=1 and c=16, throughput, CPU, RSS; audit of 50k Services
 	@bash bench/peers.sh
 
 bench-fleet: ## the fleet hub (not in CI): as many real member control planes as memory holds, violation -> hub status time, hub memory per member
