@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crds::{ChannelContract, ContractPolicy};
+use crds::{CONTRACT_ANNOTATION, ChannelContract, ContractPolicy, FAILOVER_REGIONS_ANNOTATION};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::core::PartialObjectMeta;
@@ -83,20 +83,25 @@ pub fn start(
     let contracts_by_namespace = ContractsByNamespace::default();
     let contract_stream = {
         let by_namespace = contracts_by_namespace.clone();
-        watcher(Api::<ChannelContract>::all(client.clone()), cfg.clone()).default_backoff().reflect(contracts_w).map(
-            move |event| {
+        watcher(Api::<ChannelContract>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .modify(|c| trim(&mut c.metadata, &[]))
+            .reflect(contracts_w)
+            .map(move |event| {
                 if let Ok(event) = &event {
                     by_namespace.apply(event);
                 }
                 event
-            },
-        )
+            })
     };
     let namespace_stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cfg.clone())
         .default_backoff()
+        .modify(|n| trim(&mut n.metadata, &[]))
         .reflect(namespaces_w);
-    let service_stream =
-        watcher(Api::<PartialObjectMeta<Service>>::all(client), cfg).default_backoff().reflect(services_w);
+    let service_stream = watcher(Api::<PartialObjectMeta<Service>>::all(client), cfg)
+        .default_backoff()
+        .modify(|s| trim(&mut s.metadata, &[FAILOVER_REGIONS_ANNOTATION, CONTRACT_ANNOTATION]))
+        .reflect(services_w);
 
     let run = async move {
         futures::join!(
@@ -107,6 +112,19 @@ pub fn start(
         );
     };
     (Caches { policies, unreadable_policies, contracts, contracts_by_namespace, namespaces, services }, run)
+}
+
+/// Keeps of an object's metadata what the webhook reads: no managed fields, and only the annotations
+/// named (a Service's `kubectl.kubernetes.io/last-applied-configuration` alone can be kilobytes). The
+/// caches hold every Service of the cluster: at 100,000 Services this is most of the webhook's memory.
+pub fn trim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, keep_annotations: &[&str]) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| keep_annotations.contains(&k.as_str()));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// The names of the ContractPolicies that cannot be read ([`evaluate::unreadable`]), kept from the
@@ -272,6 +290,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_caches_keep_labels_and_the_judged_annotations_only() {
+        let mut service: PartialObjectMeta<Service> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {
+                "name": "pv", "namespace": "pay", "labels": {"tier": "gold"},
+                "annotations": {
+                    "csp.contracts.dev/failover-regions": "gz,sz",
+                    "csp.contracts.dev/contract": "pv",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a big\": \"copy\"}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]
+            }
+        }))
+        .expect("metadata");
+        trim(&mut service.metadata, &[FAILOVER_REGIONS_ANNOTATION, CONTRACT_ANNOTATION]);
+        assert_eq!(service.metadata.managed_fields, None);
+        let kept: Vec<&String> = service.annotations().keys().collect();
+        assert_eq!(kept, ["csp.contracts.dev/contract", "csp.contracts.dev/failover-regions"]);
+        assert_eq!(service.labels().get("tier").map(String::as_str), Some("gold"));
+        let subject =
+            crate::subject::Subject::service("pay", "pv", service.labels().clone(), service.annotations(), &[]);
+        assert_eq!(subject.declaration.regions, ["gz", "sz"], "what is judged is unchanged");
+    }
 
     fn contract(namespace: &str, name: &str, service: &str) -> ChannelContract {
         serde_json::from_value(json!({
