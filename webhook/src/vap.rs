@@ -184,8 +184,9 @@ fn namespace_selector(spec: &ContractPolicySpec, settings: &Settings) -> Value {
 }
 
 /// The CEL variables that say what an object (`object` or `oldObject`, prefix `''` or `'old'`) of `kind`
-/// declares: `<p>declared` (regions, unique, in the webhook's order) and, for Services, `<p>governed`
-/// (the contracts that count).
+/// declares: `<p>own` (the regions it declares itself: a Service's annotation, a contract's spec),
+/// `<p>declared` (with those of the contracts that govern it: unique, in the webhook's order) and, for
+/// Services, `<p>governed` (the contracts that count).
 fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
     let var = |name: &str, expression: String| json!({"name": format!("{p}{name}"), "expression": expression});
     match kind {
@@ -203,17 +204,22 @@ fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
             ),
             var("governed", format!("variables.{p}chosen.map(e, e[0])")),
             var(
-                "declared",
+                "own",
                 format!(
-                    "({object}.metadata.?annotations[?{}].orValue('').findAll({}) + variables.{p}chosen.map(e, e[1].split(',')).flatten().filter(r, r != '')).distinct()",
+                    "{object}.metadata.?annotations[?{}].orValue('').findAll({}).distinct()",
                     lit(FAILOVER_REGIONS_ANNOTATION),
                     lit(REGION_TOKEN)
                 ),
             ),
+            var(
+                "declared",
+                format!("(variables.{p}own + variables.{p}chosen.map(e, e[1].split(',')).flatten().filter(r, r != '')).distinct()"),
+            ),
         ],
         MatchKind::ChannelContract => vec![
             var("governed", "[]".into()),
-            var("declared", format!("{object}.spec.?failover.?regions.orValue([]).map(r, string(r)).distinct()")),
+            var("own", format!("{object}.spec.?failover.?regions.orValue([]).map(r, string(r)).distinct()")),
+            var("declared", format!("variables.{p}own")),
         ],
     }
 }
@@ -236,7 +242,14 @@ fn variables(spec: &ContractPolicySpec, kind: MatchKind) -> Vec<Value> {
             None => "false".into(),
         },
     ));
-    out.push(var("fallsShort", "size(variables.missing) > 0 || variables.tooFew".into()));
+    // What the object declares itself (the annotation) often suffices: regions from contracts can only add,
+    // so the parameter object is then never read.
+    let enough = match spec.failover.min_regions {
+        Some(min) => format!("{required}.all(r, r in variables.own) && size(variables.own) >= {min}"),
+        None => format!("{required}.all(r, r in variables.own)"),
+    };
+    out.push(var("ownSuffices", enough));
+    out.push(var("fallsShort", "!variables.ownSuffices && (size(variables.missing) > 0 || variables.tooFew)".into()));
     let min_text = spec.failover.min_regions.map(|m| m.to_string()).unwrap_or_default();
     out.push(var(
         "what",
@@ -273,15 +286,14 @@ fn statement(policy: &str, verb: &str, kind: MatchKind) -> String {
     format!("{head} + request.namespace + '/' + variables.subject + ': ' + variables.what + '. ' + variables.fix")
 }
 
-fn resource_rule(kind: MatchKind) -> Value {
-    match kind {
-        MatchKind::Service => {
-            json!({"apiGroups": [""], "apiVersions": ["v1"], "resources": ["services"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"})
-        }
-        MatchKind::ChannelContract => {
-            json!({"apiGroups": [crds::GROUP], "apiVersions": [crds::VERSION], "resources": ["channelcontracts"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"})
-        }
-    }
+/// The requests a generated policy sees: CREATE and UPDATE, or (the tolerated pair) UPDATE only, so that
+/// the API server does not even consider it for a CREATE.
+fn resource_rule(kind: MatchKind, operations: &[&str]) -> Value {
+    let (group, version, resource) = match kind {
+        MatchKind::Service => ("", "v1", "services"),
+        MatchKind::ChannelContract => (crds::GROUP, crds::VERSION, "channelcontracts"),
+    };
+    json!({"apiGroups": [group], "apiVersions": [version], "resources": [resource], "operations": operations, "scope": "Namespaced"})
 }
 
 fn suffix(kind: MatchKind) -> &'static str {
@@ -337,8 +349,7 @@ pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Gene
                 "request.operation == 'UPDATE' && oldObject != null && ({old_selected}) && variables.olddeclared == variables.declared && variables.oldgoverned == variables.governed"
             )}));
             let mut warn_conditions = conditions.clone();
-            warn_conditions
-                .push(json!({"name": "update", "expression": "request.operation == 'UPDATE' && oldObject != null"}));
+            warn_conditions.push(json!({"name": "has-old-object", "expression": "oldObject != null"}));
             let would = statement(&name, "would deny", kind);
             let tolerated_message = format!(
                 "{would} + ' Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.'"
@@ -388,7 +399,9 @@ fn pair(
     action: &str,
 ) -> Generated {
     let name = object_name(policy, suffix);
-    let role = if suffix.ends_with("-tolerated") { "tolerated" } else { "enforce" };
+    let tolerated = suffix.ends_with("-tolerated");
+    let role = if tolerated { "tolerated" } else { "enforce" };
+    let operations: &[&str] = if tolerated { &["UPDATE"] } else { &["CREATE", "UPDATE"] };
     let labels = json!({
         POLICY_LABEL: policy_label_value(policy),
         ROLE_LABEL: role,
@@ -400,7 +413,7 @@ fn pair(
         "matchConstraints": {
             "matchPolicy": "Equivalent",
             "namespaceSelector": namespace_selector(spec, settings),
-            "resourceRules": [resource_rule(kind)],
+            "resourceRules": [resource_rule(kind, operations)],
         },
         "matchConditions": conditions,
         "variables": variables,

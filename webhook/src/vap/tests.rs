@@ -49,6 +49,13 @@ fn a_deny_policy_on_both_kinds_becomes_four_pairs_with_the_right_actions() {
     assert_eq!(spec.param_kind.as_ref().and_then(|k| k.kind.as_deref()), Some("ContractRegionIndex"));
     let param_ref = service.binding.spec.param_ref.as_ref().expect("paramRef");
     assert_eq!(param_ref.parameter_not_found_action.as_deref(), Some("Deny"), "a missing index must not admit");
+    let operations = |g: &Generated| {
+        let rules =
+            g.policy.spec.as_ref().and_then(|s| s.match_constraints.as_ref()).and_then(|m| m.resource_rules.clone());
+        rules.unwrap_or_default().iter().flat_map(|r| r.operations.clone().unwrap_or_default()).collect::<Vec<_>>()
+    };
+    assert_eq!(operations(&generated[0]), ["CREATE", "UPDATE"]);
+    assert_eq!(operations(&generated[1]), ["UPDATE"], "a CREATE never reaches the tolerated pair");
     let contract = &generated[2];
     assert!(contract.policy.spec.as_ref().and_then(|s| s.param_kind.as_ref()).is_none());
     let selector =
