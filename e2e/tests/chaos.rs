@@ -116,6 +116,11 @@ fn killing_the_api_server_then_etcd_while_contracts_reconcile_empties_nothing_an
         stop.store(true, Ordering::Relaxed);
         (traffic.join().expect("traffic"), xds.join().expect("xDS polls"), to_programmed)
     });
+    // The watch follows the restarts with back-off (up to seconds after the API server returns): it must
+    // see every ConfigMap, and none of them emptied, before it stops.
+    wait_until("the ConfigMap watch to catch up after the restarts", Duration::from_secs(90), || {
+        (watch.report().seen.len() > n).then_some(())
+    });
     let report = watch.stop();
     let failures = failed(&replies);
     let (xds_polls, xds_unanswered, xds_shrunk) = xds;
