@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export KUBECONFIG_LOCAL := $(CURDIR)/e2e/.run/kubeconfig
 
-.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint deny unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet peers bench-peers chaos dashboard-screenshot
+.PHONY: help tools image cluster-up cluster-down cluster-status crds fmt lint deny unit chart-test e2e test demo demo-down fuzz-webhook bench-webhook bench-operator bench-xds bench-drills bench-fleet peers bench-peers chaos soak dashboard-screenshot
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-fleet: ## the fleet hub (not in CI): as many real member control planes as
 
 chaos: ## chaos at the long scale (not in CI; CI runs the short one in make e2e): kill -9 of kube-apiserver and etcd under 1,000 reconciling contracts, of the webhook under a create load, of the operator leader during churn, operator restarts under proxy traffic; report in bench/results/chaos-*.md
 	@bash bench/chaos.sh
+
+soak: ## 30 minutes of churn (not in CI; own control plane; CSP_SOAK_MINUTES): operator and webhook RSS and open fds must stay flat (slope per hour), errors must not grow; report in bench/results/soak-*.md
+	@bash bench/soak.sh
 
 dashboard-screenshot: ## the chart's Grafana dashboard drawn with real data (own control plane, operator, 2 Envoys, Prometheus, ~6 min) into docs/dashboard.svg, raw data in bench/results/dashboard.json; no Grafana (AGPL) here
 	@bash bench/dashboard.sh
