@@ -632,13 +632,11 @@ fn levels(log: &str) -> (u64, u64) {
     let (mut warn, mut error) = (0, 0);
     for line in log.lines() {
         let plain: String = strip_ansi(line);
-        for word in plain.split_whitespace().take(3) {
-            match word {
-                "WARN" => warn += 1,
-                "ERROR" => error += 1,
-                _ => continue,
-            }
-            break;
+        let level = plain.split_whitespace().take(3).find(|w| ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(w));
+        match level {
+            Some("WARN") => warn += 1,
+            Some("ERROR") => error += 1,
+            _ => {}
         }
     }
     (warn, error)
