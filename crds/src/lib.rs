@@ -1,5 +1,5 @@
 //! The Channel Contracts API (`csp.contracts.dev/v1alpha1`): the `ChannelContract`, `ContractPolicy` and
-//! `ContractDrill` custom resources (and `ContractRegionIndex`, which the webhook writes), their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
+//! `ContractDrill` custom resources, their CRD schemas (defaults, descriptions, CEL rules) and the validation that the
 //! operator and the webhook share. Nothing in this crate does I/O.
 
 pub mod conditions;
@@ -8,7 +8,6 @@ pub mod drill;
 pub mod duration;
 pub mod manifests;
 pub mod policy;
-pub mod region_index;
 pub mod resilience;
 mod schema;
 pub mod validate;
@@ -16,7 +15,6 @@ pub mod validate;
 pub use contract::*;
 pub use drill::*;
 pub use policy::*;
-pub use region_index::*;
 pub use resilience::*;
 
 /// The API group.

@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ChannelContract, ContractDrill, ContractPolicy, ContractRegionIndex};
+use crate::{ChannelContract, ContractDrill, ContractPolicy};
 
 /// Every CRD of the API with the file name it is written to under `crds/manifests/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -11,7 +11,6 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("channelcontracts.yaml", ChannelContract::crd()),
         ("contractpolicies.yaml", ContractPolicy::crd()),
         ("contractdrills.yaml", ContractDrill::crd()),
-        ("contractregionindexes.yaml", ContractRegionIndex::crd()),
     ]
 }
 

@@ -171,7 +171,6 @@ pub fn apply_crds(kubeconfig: &Path) {
             "crd/channelcontracts.csp.contracts.dev",
             "crd/contractpolicies.csp.contracts.dev",
             "crd/contractdrills.csp.contracts.dev",
-            "crd/contractregionindexes.csp.contracts.dev",
         ],
         None,
     )

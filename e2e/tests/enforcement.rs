@@ -14,15 +14,9 @@ use e2e::webhook::{NAMESPACE_LABEL, WebhookFixture};
 use e2e::{rbac, table, unique, wait_until};
 use serde_json::Value;
 
-/// The chart's names for the e2e release: the ValidatingWebhookConfiguration the webhook may narrow, and
-/// the ContractRegionIndex it may write.
+/// The chart's name for the e2e release's ValidatingWebhookConfiguration, which the webhook may narrow.
 fn chart_args() -> Vec<String> {
-    vec![
-        "--webhook-config-name".into(),
-        rbac::FULLNAME.into(),
-        "--region-index".into(),
-        format!("{}-contract-regions", rbac::FULLNAME),
-    ]
+    vec!["--webhook-config-name".into(), rbac::FULLNAME.into()]
 }
 
 fn condition(cp: &ControlPlane, policy: &str) -> Option<(String, i64, i64)> {
@@ -171,6 +165,75 @@ fn the_admission_table_gets_the_webhooks_answers_from_generated_validating_admis
         );
         left.is_some_and(|l| l.trim().is_empty()).then_some(())
     });
+    assert!(webhook.process.log_tail().lines().all(|l| !l.contains("panicked")), "{}", webhook.process.log_tail());
+}
+
+/// What many ChannelContracts declare reaches the generated policy as several map literals (one CEL
+/// expression holds at most 100,000 code points): a Service whose regions come from a contract in the first
+/// literal or in the last is admitted without the annotation, one that no contract governs is denied.
+#[test]
+fn regions_that_many_contracts_declare_reach_the_generated_policy() {
+    let cp = ControlPlane::start("enforcement-many");
+    cp.install(&[]);
+    let sa = cp.service_account(&rbac::webhook_service_account());
+    let webhook = WebhookFixture::start_registered_as(
+        &cp.kubeconfig(),
+        &sa,
+        "enforcement-many-webhook",
+        &chart_args(),
+        rbac::FULLNAME,
+    );
+    let id = unique("many");
+    cp.kubectl(&["create", "namespace", &id], None);
+    cp.kubectl(&["label", "namespace", &id, &format!("csp-e2e-many={id}")], None);
+    // Long names and regions: about 520 bytes of CEL per contract.
+    let count = 200;
+    let long_regions: Vec<String> = (0..4).map(|r| format!("region-{r}-{}", "z".repeat(50))).collect();
+    let contracts: String = (0..count)
+        .map(|i| {
+            format!(
+                "---\napiVersion: csp.contracts.dev/v1alpha1\nkind: ChannelContract\nmetadata: {{name: c{i:03}-{}, namespace: {id}}}\nspec: {{service: svc-{i:03}, port: 8080, sla: {{maxLatency: 120ms}}, failover: {{regions: [gz, sz, hz, {}]}}}}\n",
+                "x".repeat(240),
+                long_regions.join(", ")
+            )
+        })
+        .collect();
+    let created = cp.kubectl(&["create", "-f", "-"], Some(&contracts));
+    assert!(created.success, "{}", created.stderr);
+    let policy = format!(
+        "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {id}}}\nspec: {{enforcement: ValidatingAdmissionPolicy, match: {{kinds: [Service], namespaceSelector: {{matchLabels: {{csp-e2e-many: {id}}}}}}}, failover: {{requiredRegions: [gz, sz, hz]}}}}\n"
+    );
+    assert!(cp.kubectl(&["create", "-f", "-"], Some(&policy)).success);
+    wait_enforced_by(&cp, &id, "ValidatingAdmissionPolicy");
+    let vap = format!("csp-{id}-service");
+    let literals = wait_until("what every contract declares in the generated policy", Duration::from_secs(60), || {
+        let names = cp.get(&["validatingadmissionpolicy", &vap], "{.spec.variables[*].name}")?;
+        let literals = names.split_whitespace().filter(|n| n.starts_with("contracts")).count();
+        let text = cp.get(&["validatingadmissionpolicy", &vap], "{.spec.variables}")?;
+        (literals >= 2 && text.contains(&format!("svc-{:03}", count - 1))).then_some(literals)
+    });
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {id}}}\nspec: {{clusterIP: None, ports: [{{port: 8080}}]}}\n"
+        )
+    };
+    for name in ["svc-000".to_owned(), format!("svc-{:03}", count / 2), format!("svc-{:03}", count - 1)] {
+        wait_until(&format!("{name} admitted on what its contract declares"), Duration::from_secs(30), || {
+            cp.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&service(&name))).success.then_some(())
+        });
+    }
+    let denied = cp.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&service("ungoverned")));
+    assert!(!denied.success, "a Service that no contract governs and that declares nothing is admitted");
+    assert!(
+        denied.stderr.contains(&format!(
+            "ValidatingAdmissionPolicy '{vap}' with binding '{vap}' denied request: ContractPolicy \"{id}\" denied Service {id}/ungoverned: missing failover regions [gz, sz, hz]"
+        )),
+        "{}",
+        denied.stderr
+    );
+    println!(
+        "measured: {count} contracts in {literals} map literals of the generated policy; admitted by contract, denied without"
+    );
     assert!(webhook.process.log_tail().lines().all(|l| !l.contains("panicked")), "{}", webhook.process.log_tail());
 }
 

@@ -1,6 +1,6 @@
-//! `spec.enforcement`: the leader keeps the generated ValidatingAdmissionPolicies and bindings ([`vap`]),
-//! the ContractRegionIndex they read, every policy's `Enforced` condition, and the webhook's own
-//! registration narrowed to the kinds it still judges.
+//! `spec.enforcement`: the leader keeps the generated ValidatingAdmissionPolicies and bindings ([`vap`])
+//! (with what ChannelContracts declare for Services in them), every policy's `Enforced` condition, and the
+//! webhook's own registration narrowed to the kinds it still judges.
 //!
 //! The order makes every hand-over overlap rather than gap: a policy moving to CEL gets its
 //! ValidatingAdmissionPolicy applied, and [`HANDOVER`] later its condition, which is when the replicas
@@ -38,14 +38,11 @@ const RESYNC: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 /// The name of the match condition the webhook keeps on its own registration.
 pub const MATCH_CONDITION: &str = "csp.contracts.dev/webhook-policies";
-/// Above this, the ContractRegionIndex is not written (an object stays under etcd's 1.5 MiB) and Service
-/// policies stay with the webhook.
-const MAX_DECLARATIONS_BYTES: usize = 900 * 1024;
 
 /// What the loop needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Generator settings (namespaces, the ConfigMap).
+    /// Generator settings (the namespaces never matched).
     pub vap: vap::Settings,
     /// The webhook's own ValidatingWebhookConfiguration, narrowed to the kinds it judges; `None`: left
     /// alone.
@@ -127,21 +124,21 @@ async fn pass(client: &Client, caches: &Caches, settings: &Settings, state: &mut
         .collect();
     contracts.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
     let declarations = vap::declarations(contracts.iter().map(|(ns, c)| (ns.as_str(), c)));
-    let declarations_size: usize = declarations.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-    let too_large = declarations_size > MAX_DECLARATIONS_BYTES;
+    let unfit = vap::declarations_unfit(&declarations);
 
     let mut plans = BTreeMap::new();
     for policy in &policies {
-        let mut generated = vap::generate(policy, &settings.vap);
+        let mut generated = vap::generate(policy, &settings.vap, &declarations);
         let mut webhook_reason = match vap::path(&policy.spec) {
             Path::Webhook(why) => Some(why),
             Path::Vap => None,
         };
-        if too_large && generated.is_some() && policy.spec.r#match.kinds.contains(&MatchKind::Service) {
+        if let Some(why) = &unfit
+            && generated.is_some()
+            && policy.spec.r#match.kinds.contains(&MatchKind::Service)
+        {
             generated = None;
-            webhook_reason = Some(format!(
-                "what ChannelContracts declare for Services ({declarations_size} bytes) does not fit in one ContractRegionIndex for ValidatingAdmissionPolicies: the webhook judges admission requests"
-            ));
+            webhook_reason = Some(format!("{why}: the webhook judges admission requests"));
         }
         plans.insert(policy.name_any(), Plan { generated, webhook_reason });
     }
@@ -151,13 +148,7 @@ async fn pass(client: &Client, caches: &Caches, settings: &Settings, state: &mut
         return Ok(());
     }
 
-    // 1. What the generated policies read, then the generated policies.
-    let any_service_vap = policies
-        .iter()
-        .any(|p| plans[&p.name_any()].generated.is_some() && p.spec.r#match.kinds.contains(&MatchKind::Service));
-    if any_service_vap {
-        apply_declarations(client, &settings.vap.params, &declarations).await?;
-    }
+    // 1. The generated policies.
     let vaps: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let apply = PatchParams::apply(FIELD_MANAGER).force();
@@ -364,22 +355,6 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-async fn apply_declarations(
-    client: &Client,
-    params: &vap::Params,
-    data: &BTreeMap<String, String>,
-) -> Result<(), kube::Error> {
-    let api: Api<crds::ContractRegionIndex> = Api::all(client.clone());
-    let index = serde_json::json!({
-        "apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION),
-        "kind": "ContractRegionIndex",
-        "metadata": {"name": params.name, "labels": {"app.kubernetes.io/managed-by": vap::MANAGED_BY}},
-        "spec": {"services": data, "count": data.len()},
-    });
-    api.patch(&params.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&index)).await?;
-    Ok(())
 }
 
 /// Sets the match condition of every webhook of the registration `name` to judge only `kinds`.

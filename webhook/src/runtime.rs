@@ -115,11 +115,6 @@ pub struct Args {
     /// This replica's identity in the audit Lease (the pod name). Omitted: `$HOSTNAME-<pid>`.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// The ContractRegionIndex (cluster-scoped) where the leader publishes what ChannelContracts declare
-    /// for Services: the parameters of the ValidatingAdmissionPolicies generated for policies with
-    /// `spec.enforcement` ValidatingAdmissionPolicy or Auto.
-    #[arg(long, env = "CSP_WEBHOOK_REGION_INDEX", default_value = crds::REGION_INDEX_NAME)]
-    pub region_index: String,
 }
 
 /// Bounds on the memory that admission requests in flight take (see [`server::Limits`]).
@@ -247,11 +242,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
     };
     let enforcement_task = {
         let settings = crate::enforcement::Settings {
-            vap: crate::vap::Settings {
-                namespace: args.namespace.clone(),
-                exempt_namespaces: exempt.clone(),
-                params: crate::vap::Params { name: args.region_index.clone() },
-            },
+            vap: crate::vap::Settings { namespace: args.namespace.clone(), exempt_namespaces: exempt.clone() },
             webhook_config: args.tls.webhook_config_name.clone(),
         };
         let (client, caches, leader, cancel) = (client.clone(), caches.clone(), enforcement_leader, cancel.clone());

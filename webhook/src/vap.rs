@@ -5,9 +5,11 @@
 //! Per policy and matched kind, one ValidatingAdmissionPolicy and its binding (`csp-<policy>-service`,
 //! `csp-<policy>-contract`); a Deny policy also gets a Warn pair (`…-tolerated`) for the UPDATEs the
 //! webhook tolerates ([`crate::evaluate::tolerate_existing`]). A Service's regions may come from the
-//! ChannelContracts that govern it, which CEL cannot look up: the webhook publishes them in one
-//! ContractRegionIndex (the policies' parameters, [`declarations`]), `<namespace>.<service>` →
-//! `<contract>=<r>,<r>;…`.
+//! ChannelContracts that govern it, which CEL cannot look up: the generated policy carries them as
+//! constant map literals ([`declarations`]: `<namespace>.<service>` → `<contract>=<r>,<r>;…`), which the
+//! API server builds once when it compiles the policy, so a request costs one map lookup. (Parameters
+//! would cost more: the API server converts a parameter object through JSON on every request, and once
+//! more for match conditions, so the generated policies have neither.)
 
 use std::collections::BTreeMap;
 
@@ -39,13 +41,13 @@ const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// any white space (RE2; `\s` lacks the vertical tab and U+0085, `\p{Z}` holds the Unicode spaces).
 const REGION_TOKEN: &str = r"[^,;\s\x{0B}\x{85}\p{Z}]+";
 
-/// Where the generated objects look for what the ChannelContracts declare for Services: the name of
-/// the ContractRegionIndex (cluster-scoped).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Params {
-    /// Its name.
-    pub name: String,
-}
+/// CEL parses an expression of at most 100,000 code points (cel-go's limit, which the API server keeps):
+/// what ChannelContracts declare is split into map literals of at most this many bytes each.
+pub const CHUNK_BYTES: usize = 90_000;
+/// Above this, what ChannelContracts declare does not go into ValidatingAdmissionPolicies (every Service
+/// policy carries it twice, in its two generated objects, and an object stays under etcd's 1.5 MiB): the
+/// webhook keeps Service policies.
+pub const MAX_DECLARATIONS_BYTES: usize = 600 * 1024;
 
 /// What the generator needs besides the policy.
 #[derive(Debug, Clone)]
@@ -54,8 +56,6 @@ pub struct Settings {
     pub namespace: String,
     /// More namespaces never matched.
     pub exempt_namespaces: Vec<String>,
-    /// The ContractRegionIndex.
-    pub params: Params,
 }
 
 /// Which path a policy takes, and why (the condition's message).
@@ -183,6 +183,96 @@ fn namespace_selector(spec: &ContractPolicySpec, settings: &Settings) -> Value {
     selector
 }
 
+/// What ChannelContracts declare, as constant CEL map literals of at most `limit` bytes each (an entry
+/// longer than that gets a literal of its own), each with its first key.
+pub fn chunks(declarations: &BTreeMap<String, String>, limit: usize) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for (key, value) in declarations {
+        let entry = format!("{}: {}", lit(key), lit(value));
+        match &mut current {
+            Some((_, text)) if text.len() + entry.len() + 3 <= limit => {
+                text.push_str(", ");
+                text.push_str(&entry);
+            }
+            _ => {
+                if let Some((first, text)) = current.take() {
+                    out.push((first, format!("{text}}}")));
+                }
+                current = Some((key.clone(), format!("{{{entry}")));
+            }
+        }
+    }
+    if let Some((first, text)) = current {
+        out.push((first, format!("{text}}}")));
+    }
+    out
+}
+
+/// Why what ChannelContracts declare cannot go into generated policies, if it cannot: too large for an
+/// object, or one Service's entry too long for a CEL expression.
+pub fn declarations_unfit(declarations: &BTreeMap<String, String>) -> Option<String> {
+    let chunks = chunks(declarations, CHUNK_BYTES);
+    let total: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+    if total > MAX_DECLARATIONS_BYTES {
+        return Some(format!(
+            "what ChannelContracts declare for Services ({total} bytes of CEL) does not fit in a ValidatingAdmissionPolicy (at most {MAX_DECLARATIONS_BYTES})"
+        ));
+    }
+    chunks.iter().find(|(_, c)| c.len() > CHUNK_BYTES).map(|(first, c)| {
+        format!(
+            "what ChannelContracts declare for Service {first} ({} bytes of CEL) does not fit in a CEL expression (at most {CHUNK_BYTES})",
+            c.len()
+        )
+    })
+}
+
+/// The entries a policy can use: those of namespaces it may match.
+fn reachable(
+    declarations: &BTreeMap<String, String>,
+    spec: &ContractPolicySpec,
+    settings: &Settings,
+) -> BTreeMap<String, String> {
+    let m = &spec.r#match;
+    let never = |ns: &str| {
+        ALWAYS_EXEMPT.contains(&ns)
+            || settings.namespace == ns
+            || settings.exempt_namespaces.iter().chain(&m.excluded_namespaces).any(|n| n == ns)
+    };
+    declarations
+        .iter()
+        .filter(|(key, _)| {
+            let ns = key.split_once('.').map_or(key.as_str(), |(ns, _)| ns);
+            !never(ns) && (m.namespaces.is_empty() || m.namespaces.iter().any(|n| n == ns))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The variables that look a Service up in what ChannelContracts declare: `key` (`<namespace>.<name>`),
+/// `contracts<i>` (the map literals) and `entries` (`[[contract, "r,r"], …]`, the webhook's order).
+fn lookup_variables(declarations: &BTreeMap<String, String>) -> Vec<Value> {
+    let var = |name: &str, expression: String| json!({"name": name, "expression": expression});
+    let mut out = vec![var("key", "request.namespace + '.' + variables.subject".into())];
+    let chunks = chunks(declarations, CHUNK_BYTES);
+    let found = match chunks.len() {
+        0 => "''".to_owned(),
+        n => {
+            // The literal whose keys start at or below the key: the last chunk whose first key is not above it.
+            let mut table = format!("variables.contracts{}", n - 1);
+            for i in (0..n - 1).rev() {
+                table = format!("(variables.key < {} ? variables.contracts{i} : {table})", lit(&chunks[i + 1].0));
+            }
+            format!("{table}[?variables.key].orValue('')")
+        }
+    };
+    for (i, (_, literal)) in chunks.into_iter().enumerate() {
+        out.push(var(&format!("contracts{i}"), literal));
+    }
+    out.push(var("entries", format!("{found}.split(';').filter(e, e != '').map(e, e.split('='))")));
+    out
+}
+
 /// The CEL variables that say what an object (`object` or `oldObject`, prefix `''` or `'old'`) of `kind`
 /// declares: `<p>own` (the regions it declares itself: a Service's annotation, a contract's spec),
 /// `<p>declared` (with those of the contracts that govern it: unique, in the webhook's order) and, for
@@ -193,13 +283,9 @@ fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
         MatchKind::Service => vec![
             var("named", format!("{object}.metadata.?annotations[?{}].orValue('').trim()", lit(CONTRACT_ANNOTATION))),
             var(
-                "entries",
-                "params.spec.?services[?(request.namespace + '.' + variables.subject)].orValue('').split(';').filter(e, e != '').map(e, e.split('='))".into(),
-            ),
-            var(
                 "chosen",
                 format!(
-                    "variables.{p}entries.exists(e, e[0] == variables.{p}named) ? variables.{p}entries.filter(e, e[0] == variables.{p}named) : variables.{p}entries"
+                    "variables.entries.exists(e, e[0] == variables.{p}named) ? variables.entries.filter(e, e[0] == variables.{p}named) : variables.entries"
                 ),
             ),
             var("governed", format!("variables.{p}chosen.map(e, e[0])")),
@@ -213,7 +299,9 @@ fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
             ),
             var(
                 "declared",
-                format!("(variables.{p}own + variables.{p}chosen.map(e, e[1].split(',')).flatten().filter(r, r != '')).distinct()"),
+                format!(
+                    "(variables.{p}own + variables.{p}chosen.map(e, e[1].split(',')).flatten().filter(r, r != '')).distinct()"
+                ),
             ),
         ],
         MatchKind::ChannelContract => vec![
@@ -226,13 +314,16 @@ fn declaration_variables(kind: MatchKind, object: &str, p: &str) -> Vec<Value> {
 
 /// The variables every generated policy has: the subject's name, what it declares, what it lacks, and
 /// the message parts ([`evaluate::describe`] in CEL).
-fn variables(spec: &ContractPolicySpec, kind: MatchKind) -> Vec<Value> {
+fn variables(spec: &ContractPolicySpec, kind: MatchKind, declarations: &BTreeMap<String, String>) -> Vec<Value> {
     let required = list_lit(&spec.failover.required_regions);
     let var = |name: &str, expression: String| json!({"name": name, "expression": expression});
     let mut out = vec![var(
         "subject",
         "object.metadata.?name.orValue('') != '' ? object.metadata.name : (request.name != '' ? request.name : (has(object.metadata.generateName) ? object.metadata.generateName + '*' : '<unnamed>'))".into(),
     )];
+    if kind == MatchKind::Service {
+        out.extend(lookup_variables(declarations));
+    }
     out.extend(declaration_variables(kind, "object", ""));
     out.push(var("missing", format!("{required}.filter(r, !(r in variables.declared))")));
     out.push(var(
@@ -243,7 +334,7 @@ fn variables(spec: &ContractPolicySpec, kind: MatchKind) -> Vec<Value> {
         },
     ));
     // What the object declares itself (the annotation) often suffices: regions from contracts can only add,
-    // so the parameter object is then never read.
+    // so what contracts declare is then never looked up.
     let enough = match spec.failover.min_regions {
         Some(min) => format!("{required}.all(r, r in variables.own) && size(variables.own) >= {min}"),
         None => format!("{required}.all(r, r in variables.own)"),
@@ -304,13 +395,18 @@ fn suffix(kind: MatchKind) -> &'static str {
 }
 
 /// The ValidatingAdmissionPolicies and bindings that enforce a policy, or `None` when it takes the
-/// webhook's [`path`].
-pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Generated>> {
+/// webhook's [`path`]. `declarations`: what ChannelContracts declare for Services ([`declarations`]).
+pub fn generate(
+    policy: &ContractPolicy,
+    settings: &Settings,
+    declarations: &BTreeMap<String, String>,
+) -> Option<Vec<Generated>> {
     if path(&policy.spec) != Path::Vap {
         return None;
     }
     let name = policy.metadata.name.clone().unwrap_or_default();
     let spec = &policy.spec;
+    let declarations = reachable(declarations, spec, settings);
     let mut out = Vec::new();
     let mut kinds = spec.r#match.kinds.clone();
     kinds.sort();
@@ -326,14 +422,13 @@ pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Gene
             EnforcementAction::Warn => "Warn",
             EnforcementAction::Audit => "Audit",
         };
-        let selected =
-            spec.r#match.label_selector.as_ref().map(|s| selector_cel("object.metadata.?labels.orValue({})", s));
-        let mut conditions =
-            vec![json!({"name": "not-being-deleted", "expression": "!has(object.metadata.deletionTimestamp)"})];
-        if let Some(cel) = &selected {
-            conditions.push(json!({"name": "label-selector", "expression": cel}));
+        // What match conditions would say, in the validation itself: each match condition costs the API
+        // server the request's conversion to CEL once more.
+        let mut applies = vec!["!has(object.metadata.deletionTimestamp)".to_owned()];
+        if let Some(s) = &spec.r#match.label_selector {
+            applies.push(format!("({})", selector_cel("object.metadata.?labels.orValue({})", s)));
         }
-        let mut vars = variables(spec, kind);
+        let mut vars = variables(spec, kind, &declarations);
         let deny = spec.enforcement_action == EnforcementAction::Deny;
         let mut tolerated_pair = None;
         if deny {
@@ -348,8 +443,8 @@ pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Gene
             vars.push(json!({"name": "tolerated", "expression": format!(
                 "request.operation == 'UPDATE' && oldObject != null && ({old_selected}) && variables.olddeclared == variables.declared && variables.oldgoverned == variables.governed"
             )}));
-            let mut warn_conditions = conditions.clone();
-            warn_conditions.push(json!({"name": "has-old-object", "expression": "oldObject != null"}));
+            let mut warn_applies = applies.clone();
+            warn_applies.push("oldObject != null".into());
             let would = statement(&name, "would deny", kind);
             let tolerated_message = format!(
                 "{would} + ' Allowed because this update leaves the declared failover regions and contracts as they were (the object already fell short); the audit keeps reporting it.'"
@@ -360,23 +455,21 @@ pub fn generate(policy: &ContractPolicy, settings: &Settings) -> Option<Vec<Gene
                 &format!("{}-tolerated", suffix(kind)),
                 spec,
                 settings,
-                &warn_conditions,
                 &vars,
-                "!variables.fallsShort || !variables.tolerated",
+                &format!("!({}) || !variables.fallsShort || !variables.tolerated", warn_applies.join(" && ")),
                 &tolerated_message,
                 "Warn",
             ));
         }
-        let expression = if deny { "!variables.fallsShort || variables.tolerated" } else { "!variables.fallsShort" };
+        let rule = if deny { "!variables.fallsShort || variables.tolerated" } else { "!variables.fallsShort" };
         out.push(pair(
             &name,
             kind,
             suffix(kind),
             spec,
             settings,
-            &conditions,
             &vars,
-            expression,
+            &format!("!({}) || {rule}", applies.join(" && ")),
             &statement(&name, verb, kind),
             action,
         ));
@@ -392,7 +485,6 @@ fn pair(
     suffix: &str,
     spec: &ContractPolicySpec,
     settings: &Settings,
-    conditions: &[Value],
     variables: &[Value],
     expression: &str,
     message: &str,
@@ -408,23 +500,23 @@ fn pair(
         "app.kubernetes.io/managed-by": MANAGED_BY,
     });
     let annotations = json!({POLICY_LABEL: policy});
-    let mut vap_spec = json!({
+    let vap_spec = json!({
         "failurePolicy": "Fail",
         "matchConstraints": {
             "matchPolicy": "Equivalent",
             "namespaceSelector": namespace_selector(spec, settings),
             "resourceRules": [resource_rule(kind, operations)],
         },
-        "matchConditions": conditions,
         "variables": variables,
-        "validations": [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}],
+        // The API server evaluates a messageExpression on every request, admitted or not: the message is built
+        // only for an object that falls short (which every refused one does).
+        "validations": [{
+            "expression": expression,
+            "messageExpression": format!("variables.fallsShort ? ({message}) : ''"),
+            "reason": "Forbidden",
+        }],
     });
-    let mut binding_spec = json!({"policyName": name, "validationActions": [action]});
-    if kind == MatchKind::Service {
-        vap_spec["paramKind"] =
-            json!({"apiVersion": format!("{}/{}", crds::GROUP, crds::VERSION), "kind": "ContractRegionIndex"});
-        binding_spec["paramRef"] = json!({"name": settings.params.name, "parameterNotFoundAction": "Deny"});
-    }
+    let binding_spec = json!({"policyName": name, "validationActions": [action]});
     let metadata = json!({"name": name, "labels": labels, "annotations": annotations});
     let vap = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": metadata, "spec": vap_spec});
     let binding = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": metadata, "spec": binding_spec});
@@ -446,7 +538,7 @@ pub fn policy_label_value(policy: &str) -> String {
     format!("{}-{hash:016x}", policy[..46].trim_end_matches(['-', '.']))
 }
 
-/// The ContractRegionIndex's `spec.services`: for every Service that ChannelContracts govern,
+/// What ChannelContracts declare for Services, for the generated policies: for every Service they govern,
 /// `<namespace>.<service>` → `<contract>=<region>,…;…`, the contracts sorted by name (as
 /// [`crate::subject::service_declaration`] takes them). Namespace and Service names are DNS labels (no
 /// dots), contract names have no `=` or `;`, regions (label values) no `,`, `;` or `=`.

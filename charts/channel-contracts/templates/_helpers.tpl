@@ -55,11 +55,6 @@ valid Service names (DNS labels, at most 63).
 {{- printf "%s-webhook-tls" (include "channel-contracts.fullname" .) }}
 {{- end }}
 
-{{/* The ValidatingWebhookConfiguration. */}}
-{{- define "channel-contracts.webhook.regionIndex" -}}
-{{- printf "%s-contract-regions" (include "channel-contracts.fullname" .) }}
-{{- end }}
-
 {{- define "channel-contracts.webhook.configName" -}}
 {{- include "channel-contracts.fullname" . }}
 {{- end }}

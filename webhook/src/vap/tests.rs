@@ -6,18 +6,18 @@ fn policy(yaml: serde_json::Value) -> ContractPolicy {
 }
 
 fn settings() -> Settings {
-    Settings {
-        namespace: "csp-system".into(),
-        exempt_namespaces: vec!["legacy".into()],
-        params: Params { name: "contract-regions".into() },
-    }
+    Settings { namespace: "csp-system".into(), exempt_namespaces: vec!["legacy".into()] }
+}
+
+fn none() -> BTreeMap<String, String> {
+    BTreeMap::new()
 }
 
 #[test]
 fn the_path_is_the_webhook_unless_asked_and_expressible() {
     let webhook = policy(json!({"failover": {"requiredRegions": ["gz"]}}));
     assert!(matches!(path(&webhook.spec), Path::Webhook(_)));
-    assert!(generate(&webhook, &settings()).is_none());
+    assert!(generate(&webhook, &settings(), &none()).is_none());
     for mode in ["ValidatingAdmissionPolicy", "Auto"] {
         let p = policy(json!({"enforcement": mode, "failover": {"requiredRegions": ["gz"]}}));
         assert_eq!(path(&p.spec), Path::Vap, "{mode}");
@@ -30,7 +30,7 @@ fn the_path_is_the_webhook_unless_asked_and_expressible() {
 #[test]
 fn a_deny_policy_on_both_kinds_becomes_four_pairs_with_the_right_actions() {
     let p = policy(json!({"enforcement": "Auto", "failover": {"requiredRegions": ["gz", "sz", "hz"]}}));
-    let generated = generate(&p, &settings()).expect("expressible");
+    let generated = generate(&p, &settings(), &none()).expect("expressible");
     let names: Vec<(String, Vec<String>)> = generated
         .iter()
         .map(|g| (g.policy.metadata.name.clone().unwrap_or_default(), g.binding.spec.validation_actions.clone()))
@@ -46,9 +46,25 @@ fn a_deny_policy_on_both_kinds_becomes_four_pairs_with_the_right_actions() {
     );
     let service = &generated[0];
     let spec = service.policy.spec.as_ref().expect("spec");
-    assert_eq!(spec.param_kind.as_ref().and_then(|k| k.kind.as_deref()), Some("ContractRegionIndex"));
-    let param_ref = service.binding.spec.param_ref.as_ref().expect("paramRef");
-    assert_eq!(param_ref.parameter_not_found_action.as_deref(), Some("Deny"), "a missing index must not admit");
+    // Parameters and match conditions each cost the API server a conversion on every request: none.
+    assert!(spec.param_kind.is_none() && service.binding.spec.param_ref.is_none());
+    assert!(generated.iter().all(|g| g.policy.spec.as_ref().is_some_and(|s| s.match_conditions.is_none())));
+    let validation = &spec.validations.as_ref().expect("validations")[0].expression;
+    assert_eq!(
+        validation,
+        "!(!has(object.metadata.deletionTimestamp)) || !variables.fallsShort || variables.tolerated"
+    );
+    let message = spec.validations.as_ref().and_then(|v| v[0].message_expression.clone()).expect("message");
+    assert!(
+        message.starts_with("variables.fallsShort ? (\"ContractPolicy \\\"national-baseline\\\" denied Service \" + ")
+            && message.ends_with(") : ''"),
+        "the message is built only for what falls short: {message}"
+    );
+    let warn = &generated[1].policy.spec.as_ref().and_then(|s| s.validations.clone()).expect("validations")[0];
+    assert_eq!(
+        warn.expression,
+        "!(!has(object.metadata.deletionTimestamp) && oldObject != null) || !variables.fallsShort || !variables.tolerated"
+    );
     let operations = |g: &Generated| {
         let rules =
             g.policy.spec.as_ref().and_then(|s| s.match_constraints.as_ref()).and_then(|m| m.resource_rules.clone());
@@ -57,7 +73,11 @@ fn a_deny_policy_on_both_kinds_becomes_four_pairs_with_the_right_actions() {
     assert_eq!(operations(&generated[0]), ["CREATE", "UPDATE"]);
     assert_eq!(operations(&generated[1]), ["UPDATE"], "a CREATE never reaches the tolerated pair");
     let contract = &generated[2];
-    assert!(contract.policy.spec.as_ref().and_then(|s| s.param_kind.as_ref()).is_none());
+    let names = |g: &Generated| {
+        g.policy.spec.as_ref().and_then(|s| s.variables.clone()).unwrap_or_default().into_iter().map(|v| v.name)
+    };
+    assert!(!names(contract).any(|n| n == "entries"), "contracts do not look up contracts");
+    assert!(names(service).any(|n| n == "entries"));
     let selector =
         serde_json::to_value(&spec.match_constraints.as_ref().expect("constraints").namespace_selector).expect("json");
     let never = &selector["matchExpressions"][0]["values"];
@@ -74,7 +94,7 @@ fn warn_and_audit_policies_get_one_pair_per_kind() {
         let p = policy(
             json!({"enforcement": "ValidatingAdmissionPolicy", "enforcementAction": action, "match": {"kinds": ["Service"]}}),
         );
-        let generated = generate(&p, &settings()).expect("expressible");
+        let generated = generate(&p, &settings(), &none()).expect("expressible");
         assert_eq!(generated.len(), 1);
         let actions = generated[0].binding.spec.validation_actions.clone();
         assert_eq!(actions, vec![binding.to_owned()]);
@@ -116,6 +136,81 @@ fn declarations_list_each_governed_service_with_its_contracts_by_name() {
             ("shop.cart".to_owned(), "cart=".to_owned())
         ])
     );
+}
+
+fn variable(g: &Generated, name: &str) -> Option<String> {
+    let vars = g.policy.spec.as_ref().and_then(|s| s.variables.clone()).unwrap_or_default();
+    vars.into_iter().find(|v| v.name == name).map(|v| v.expression)
+}
+
+#[test]
+fn what_contracts_declare_is_a_constant_map_in_the_policy() {
+    let p = policy(json!({"enforcement": "Auto", "match": {"kinds": ["Service"]}}));
+    let data = BTreeMap::from([("pay.pv".to_owned(), "pv-a=gz,sz;pv-b=hz".to_owned())]);
+    let generated = generate(&p, &settings(), &data).expect("expressible");
+    let service = &generated[0];
+    assert_eq!(variable(service, "contracts0").as_deref(), Some(r#"{"pay.pv": "pv-a=gz,sz;pv-b=hz"}"#));
+    assert_eq!(
+        variable(service, "entries").as_deref(),
+        Some("variables.contracts0[?variables.key].orValue('').split(';').filter(e, e != '').map(e, e.split('='))")
+    );
+    assert!(variable(service, "contracts1").is_none());
+    // Nothing declared: nothing to look up.
+    let bare = generate(&p, &settings(), &none()).expect("expressible");
+    assert_eq!(variable(&bare[0], "entries").as_deref(), Some("''.split(';').filter(e, e != '').map(e, e.split('='))"));
+    assert!(variable(&bare[0], "contracts0").is_none());
+}
+
+#[test]
+fn a_policy_carries_only_the_namespaces_it_can_match() {
+    let data: BTreeMap<String, String> =
+        ["pay.pv", "shop.cart", "legacy.old", "kube-system.dns", "csp-system.x", "skip.me"]
+            .iter()
+            .map(|k| ((*k).to_owned(), "c=gz".to_owned()))
+            .collect();
+    let p = policy(json!({"enforcement": "Auto", "match": {"kinds": ["Service"], "excludedNamespaces": ["skip"]}}));
+    let generated = generate(&p, &settings(), &data).expect("expressible");
+    assert_eq!(variable(&generated[0], "contracts0").as_deref(), Some(r#"{"pay.pv": "c=gz", "shop.cart": "c=gz"}"#));
+    let only = policy(json!({"enforcement": "Auto", "match": {"kinds": ["Service"], "namespaces": ["shop"]}}));
+    let generated = generate(&only, &settings(), &data).expect("expressible");
+    assert_eq!(variable(&generated[0], "contracts0").as_deref(), Some(r#"{"shop.cart": "c=gz"}"#));
+}
+
+#[test]
+fn large_declarations_are_split_into_literals_that_cel_parses() {
+    let data: BTreeMap<String, String> =
+        (0..4000).map(|i| (format!("ns-{:02}.svc-{i:05}", i % 40), format!("contract-{i}=gz,sz,hz"))).collect();
+    let parts = chunks(&data, CHUNK_BYTES);
+    assert!(parts.len() >= 2, "{} chunks", parts.len());
+    assert!(parts.iter().all(|(_, c)| c.len() <= CHUNK_BYTES));
+    // Every entry is in exactly one literal, in order, and each literal starts at its first key.
+    let joined: String = parts.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join("");
+    assert_eq!(joined.matches(r#"": ""#).count(), data.len());
+    for (first, literal) in &parts {
+        assert!(literal.starts_with(&format!("{{{}: ", lit(first))), "{first}");
+    }
+    let p = policy(json!({"enforcement": "Auto", "match": {"kinds": ["Service"]}}));
+    let generated = generate(&p, &settings(), &data).expect("expressible");
+    let entries = variable(&generated[0], "entries").expect("entries");
+    // The literal for a key: the last whose first key is not above it.
+    let mut expected = format!("variables.contracts{}", parts.len() - 1);
+    for i in (0..parts.len() - 1).rev() {
+        expected = format!("(variables.key < {} ? variables.contracts{i} : {expected})", lit(&parts[i + 1].0));
+    }
+    assert!(entries.starts_with(&format!("{expected}[?variables.key]")), "{entries}");
+    for i in 0..parts.len() {
+        assert!(variable(&generated[0], &format!("contracts{i}")).is_some());
+    }
+    assert!(entries.len() < 100_000 && declarations_unfit(&data).is_none());
+    // Too much for an object: the webhook keeps Service policies, and says why.
+    let huge: BTreeMap<String, String> =
+        (0..20_000).map(|i| (format!("ns.svc-{i:05}"), format!("contract-{i}=gz,sz,hz"))).collect();
+    let why = declarations_unfit(&huge).expect("too large");
+    assert!(why.contains("does not fit in a ValidatingAdmissionPolicy"), "{why}");
+    // One Service's entry too long for one expression.
+    let long = BTreeMap::from([("ns.svc".to_owned(), "c=".to_owned() + &"r,".repeat(50_000))]);
+    let why = declarations_unfit(&long).expect("too long");
+    assert!(why.contains("Service ns.svc") && why.contains("does not fit in a CEL expression"), "{why}");
 }
 
 #[test]
