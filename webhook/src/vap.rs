@@ -394,6 +394,27 @@ fn suffix(kind: MatchKind) -> &'static str {
     }
 }
 
+/// The common case as one expression: what the object declares itself suffices. The API server evaluates
+/// every variable a request touches as a program of its own, twice (for the validation and again for the
+/// message): this check touches none, so an object whose annotation suffices costs two evaluations of it.
+fn own_suffices_inline(spec: &ContractPolicySpec, kind: MatchKind) -> String {
+    match kind {
+        MatchKind::Service => {
+            let own = format!(
+                "object.metadata.?annotations[?{}].orValue('').findAll({})",
+                lit(FAILOVER_REGIONS_ANNOTATION),
+                lit(REGION_TOKEN)
+            );
+            let required = list_lit(&spec.failover.required_regions);
+            match spec.failover.min_regions {
+                Some(min) => format!("(sets.contains({own}, {required}) && size({own}.distinct()) >= {min})"),
+                None => format!("sets.contains({own}, {required})"),
+            }
+        }
+        MatchKind::ChannelContract => "variables.ownSuffices".into(),
+    }
+}
+
 /// The ValidatingAdmissionPolicies and bindings that enforce a policy, or `None` when it takes the
 /// webhook's [`path`]. `declarations`: what ChannelContracts declare for Services ([`declarations`]).
 pub fn generate(
@@ -429,6 +450,10 @@ pub fn generate(
             applies.push(format!("({})", selector_cel("object.metadata.?labels.orValue({})", s)));
         }
         let mut vars = variables(spec, kind, &declarations);
+        let fast = own_suffices_inline(spec, kind);
+        // The API server evaluates a messageExpression on every request, admitted or not: the message is
+        // built only for an object that falls short (which every refused one does).
+        let message = |text: String| format!("{fast} ? '' : (variables.fallsShort ? ({text}) : '')");
         let deny = spec.enforcement_action == EnforcementAction::Deny;
         let mut tolerated_pair = None;
         if deny {
@@ -456,8 +481,8 @@ pub fn generate(
                 spec,
                 settings,
                 &vars,
-                &format!("!({}) || !variables.fallsShort || !variables.tolerated", warn_applies.join(" && ")),
-                &tolerated_message,
+                &format!("{fast} || !({}) || !variables.fallsShort || !variables.tolerated", warn_applies.join(" && ")),
+                &message(tolerated_message),
                 "Warn",
             ));
         }
@@ -469,8 +494,8 @@ pub fn generate(
             spec,
             settings,
             &vars,
-            &format!("!({}) || {rule}", applies.join(" && ")),
-            &statement(&name, verb, kind),
+            &format!("{fast} || !({}) || {rule}", applies.join(" && ")),
+            &message(statement(&name, verb, kind)),
             action,
         ));
         out.extend(tolerated_pair);
@@ -508,13 +533,7 @@ fn pair(
             "resourceRules": [resource_rule(kind, operations)],
         },
         "variables": variables,
-        // The API server evaluates a messageExpression on every request, admitted or not: the message is built
-        // only for an object that falls short (which every refused one does).
-        "validations": [{
-            "expression": expression,
-            "messageExpression": format!("variables.fallsShort ? ({message}) : ''"),
-            "reason": "Forbidden",
-        }],
+        "validations": [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}],
     });
     let binding_spec = json!({"policyName": name, "validationActions": [action]});
     let metadata = json!({"name": name, "labels": labels, "annotations": annotations});
