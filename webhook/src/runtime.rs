@@ -50,6 +50,10 @@ pub struct TlsArgs {
     /// The serving key (PEM); reloaded when it changes.
     #[arg(long, env = "CSP_WEBHOOK_TLS_KEY_FILE", default_value = "/var/run/csp/tls/tls.key")]
     pub tls_key_file: PathBuf,
+    /// Offer HTTP/2 (ALPN h2) besides HTTP/1.1. Off: the API server calls over HTTP/1.1, with a pool of
+    /// connections, which costs it less per admission review than an HTTP/2 stream.
+    #[arg(long, env = "CSP_WEBHOOK_HTTP2", default_value_t = false, action = clap::ArgAction::Set)]
+    pub http2: bool,
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "CSP_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = crds::duration::parse_flag)]
     pub tls_reload_interval: Duration,
@@ -159,17 +163,16 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
             if let Some(name) = &settings.webhook_config {
                 selfcert::inject_ca_bundle(&client, name, &material.ca_cert).await?;
             }
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-                material.serving.cert.clone().into_bytes(),
-                material.serving.key.clone().into_bytes(),
-            )
-            .await
-            .map_err(|source| RunError::Tls { cert: secret.into(), key: secret.into(), source })?;
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(
+                server::tls_config(material.serving.cert.as_bytes(), material.serving.key.as_bytes(), args.tls.http2)
+                    .map_err(|source| RunError::Tls { cert: secret.into(), key: secret.into(), source })?,
+            );
             let task = tokio::spawn(selfcert_loop(
                 client.clone(),
                 settings,
                 material,
                 tls.clone(),
+                args.tls.http2,
                 args.tls.cert_check_interval,
                 cancel.clone(),
             ));
@@ -181,14 +184,16 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
                 key: args.tls.tls_key_file.clone(),
                 source,
             };
-            let tls =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls.tls_cert_file, &args.tls.tls_key_file)
-                    .await
-                    .map_err(tls_err)?;
+            let cert = tokio::fs::read(&args.tls.tls_cert_file).await.map_err(tls_err)?;
+            let key = tokio::fs::read(&args.tls.tls_key_file).await.map_err(tls_err)?;
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(
+                server::tls_config(&cert, &key, args.tls.http2).map_err(tls_err)?,
+            );
             let task = tokio::spawn(server::reload_tls(
                 tls.clone(),
                 args.tls.tls_cert_file.clone(),
                 args.tls.tls_key_file.clone(),
+                args.tls.http2,
                 args.tls.tls_reload_interval,
                 cancel.clone(),
             ));
@@ -318,6 +323,7 @@ async fn selfcert_loop(
     settings: selfcert::Settings,
     mut current: selfcert::Material,
     tls: axum_server::tls_rustls::RustlsConfig,
+    http2: bool,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -329,14 +335,11 @@ async fn selfcert_loop(
         match selfcert::ensure(&client, &settings).await {
             Ok(material) => {
                 if material.serving != current.serving {
-                    let reloaded = tls
-                        .reload_from_pem(
-                            material.serving.cert.clone().into_bytes(),
-                            material.serving.key.clone().into_bytes(),
-                        )
-                        .await;
-                    match reloaded {
-                        Ok(()) => tracing::info!(secret = %settings.secret, "serving certificate reloaded"),
+                    match server::tls_config(material.serving.cert.as_bytes(), material.serving.key.as_bytes(), http2) {
+                        Ok(new) => {
+                            tls.reload_from_config(new);
+                            tracing::info!(secret = %settings.secret, "serving certificate reloaded")
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "the renewed certificate does not load; keeping the previous one")
                         }

@@ -282,7 +282,35 @@ impl<S: Send + 'static> Accept<TcpStream, S> for PlainHttpGuard {
 
 /// Reads the certificate and key files every `every` and swaps them in when they change. A pair that
 /// does not load (half-written, mismatched) is skipped and the previous one stays in use.
-pub async fn reload_tls(config: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration, cancel: CancellationToken) {
+/// The serving TLS configuration: a PEM certificate chain and key, offering (ALPN) HTTP/1.1 only, or HTTP/2
+/// first when `http2`. The API server speaks what is offered; over HTTP/1.1 it keeps a pool of connections
+/// and a request costs it less than an HTTP/2 stream.
+pub fn tls_config(cert: &[u8], key: &[u8], http2: bool) -> io::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let certs = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(&e))?;
+    if certs.is_empty() {
+        return Err(invalid(&"no certificate in the PEM"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(&e))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(Arc::new(config))
+}
+
+/// Re-reads the certificate files every `every` and swaps a new pair in when both load.
+pub async fn reload_tls(
+    config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    http2: bool,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let read = || async { (tokio::fs::read(&cert).await, tokio::fs::read(&key).await) };
     let mut current = match read().await {
         (Ok(c), Ok(k)) => Some((c, k)),
@@ -297,8 +325,9 @@ pub async fn reload_tls(config: RustlsConfig, cert: PathBuf, key: PathBuf, every
         if current.as_ref().is_some_and(|(oc, ok)| *oc == c && *ok == k) {
             continue;
         }
-        match config.reload_from_pem(c.clone(), k.clone()).await {
-            Ok(()) => {
+        match tls_config(&c, &k, http2) {
+            Ok(new) => {
+                config.reload_from_config(new);
                 tracing::info!(cert = %cert.display(), "serving certificate reloaded");
                 current = Some((c, k));
             }
@@ -338,6 +367,25 @@ mod tests {
 
     use super::*;
     use crate::index::ContractsByNamespace;
+
+    #[test]
+    fn the_api_server_is_offered_http1_unless_http2_is_asked_for() {
+        let (_, serving) = crate::certs::ca_and_serving(
+            "test",
+            &["localhost".to_owned()],
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .expect("certificates");
+        let (cert, key) = (serving.cert.as_bytes(), serving.key.as_bytes());
+        let http1 = tls_config(cert, key, false).expect("loads");
+        assert_eq!(http1.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let both = tls_config(cert, key, true).expect("loads");
+        assert_eq!(both.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let no_cert = tls_config(b"", key, false).expect_err("no certificate");
+        assert!(no_cert.to_string().contains("no certificate"), "{no_cert}");
+        assert!(tls_config(cert, b"not a key", false).is_err());
+    }
 
     fn state(ready: bool, limits: Limits) -> AppState {
         let caches = Caches {
