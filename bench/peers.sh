@@ -39,6 +39,8 @@ stamp="$(date +%Y-%m-%d-%H%M%S)"
 t_start=$SECONDS
 load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 run_id="csp-peers-$(date +%H%M%S)"
+# Whether what is built below differs from the commit (judged now, before the build; results files aside).
+dirty="$(git diff --quiet HEAD -- webhook crds bench ':(exclude)bench/results' 2>/dev/null || echo ' (with uncommitted changes)')"
 work="$root/target/bench-peers/$stamp"
 results="$root/bench/results"
 summary="$results/peers-$stamp.md"
@@ -237,7 +239,7 @@ go_version="$(go version | awk '{print $3}')"
 {
   echo "# Side by side with Gatekeeper and Kyverno — $stamp"
   echo
-  echo "Commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- webhook crds bench 2>/dev/null || echo ' (with uncommitted changes)'); $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB;" \
+  echo "Commit $(git rev-parse --short HEAD)$dirty; $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB;" \
     "load average at the start $load_at_start, at the end $(cut -d' ' -f1-3 /proc/loadavg); kube-apiserver $KUBERNETES_VERSION" \
     "(local, etcd on loopback, no node); $((SECONDS - t_start)) s in all. The machine is shared: other builds may run at the same time."
   echo
