@@ -231,8 +231,17 @@ fn regions_that_many_contracts_declare_reach_the_generated_policy() {
         "{}",
         denied.stderr
     );
+    // A contract deleted: the leader applies the policy again, and its Service no longer counts on it.
+    let first = cp.get(&["channelcontracts", "-n", &id], "{.items[0].metadata.name}").unwrap_or_default();
+    assert!(cp.kubectl(&["delete", "channelcontract", "-n", &id, &first], None).success);
+    let deleted = Instant::now();
+    wait_until("svc-000 denied once its contract is gone", Duration::from_secs(30), || {
+        let r = cp.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&service("svc-000")));
+        (!r.success && r.stderr.contains("missing failover regions [gz, sz, hz]")).then_some(())
+    });
     println!(
-        "measured: {count} contracts in {literals} map literals of the generated policy; admitted by contract, denied without"
+        "measured: {count} contracts in {literals} map literals of the generated policy; admitted by contract, denied without; a deleted contract out of the policy after {:.1}s",
+        deleted.elapsed().as_secs_f64()
     );
     assert!(webhook.process.log_tail().lines().all(|l| !l.contains("panicked")), "{}", webhook.process.log_tail());
 }
