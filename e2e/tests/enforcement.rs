@@ -246,6 +246,80 @@ fn regions_that_many_contracts_declare_reach_the_generated_policy() {
     assert!(webhook.process.log_tail().lines().all(|l| !l.contains("panicked")), "{}", webhook.process.log_tail());
 }
 
+/// `--prefilter`: Services whose own annotation satisfies every policy are admitted by the API server
+/// without a webhook call (a match condition the leader keeps), also while the webhook is down; the rest
+/// still reach the webhook, and a stricter policy reaches the compliant ones once the leader has rewritten
+/// the condition.
+#[test]
+fn with_the_prefilter_compliant_services_skip_the_webhook_even_when_it_is_down() {
+    let cp = ControlPlane::start("enforcement-prefilter");
+    cp.install(&[]);
+    let sa = cp.service_account(&rbac::webhook_service_account());
+    let mut args = chart_args();
+    args.extend(["--prefilter".into(), "true".into()]);
+    let mut webhook = WebhookFixture::start_registered_as(
+        &cp.kubeconfig(),
+        &sa,
+        "enforcement-prefilter-webhook",
+        &args,
+        rbac::FULLNAME,
+    );
+    let id = unique("pre");
+    cp.kubectl(&["create", "namespace", &id], None);
+    cp.kubectl(&["label", "namespace", &id, &format!("{NAMESPACE_LABEL}={}", webhook.id)], None);
+    let policy = |name: &str, regions: &str| {
+        format!(
+            "apiVersion: csp.contracts.dev/v1alpha1\nkind: ContractPolicy\nmetadata: {{name: {name}}}\nspec: {{match: {{kinds: [Service], namespaces: [{id}]}}, failover: {{requiredRegions: [{regions}]}}}}\n"
+        )
+    };
+    assert!(cp.kubectl(&["create", "-f", "-"], Some(&policy(&format!("{id}-a"), "gz, sz"))).success);
+    wait_until("the prefilter in the registration", Duration::from_secs(30), || {
+        // (jsonpath prints the expression JSON-escaped)
+        match_conditions(&cp).contains(r#"sets.contains("#).then_some(())
+    });
+    let service = |name: &str, regions: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {id}, annotations: {{csp.contracts.dev/failover-regions: \"{regions}\"}}}}\nspec: {{clusterIP: None, ports: [{{port: 8080}}]}}\n"
+        )
+    };
+    let ca = webhook.ca_file.to_string_lossy().into_owned();
+    let reviews = |w: &WebhookFixture| {
+        let (_, text) = e2e::curl(&["--cacert", &ca, &w.url("/metrics")]);
+        text.lines()
+            .filter(|l| l.starts_with("csp_admission_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // Compliant: admitted, and the webhook saw no review. Not: the webhook denies it.
+    let before = reviews(&webhook);
+    assert!(cp.kubectl(&["create", "-f", "-"], Some(&service("compliant", "sz, gz"))).success);
+    let denied = cp.kubectl(&["create", "-f", "-"], Some(&service("short", "gz")));
+    assert!(!denied.success && denied.stderr.contains("missing failover regions [sz]"), "{}", denied.stderr);
+    assert_eq!(reviews(&webhook) - before, 1.0, "only the non-compliant Service reached the webhook");
+
+    // A stricter policy: a Service with gz and sz reaches the webhook again once the condition says so.
+    let stricter = Instant::now();
+    assert!(cp.kubectl(&["create", "-f", "-"], Some(&policy(&format!("{id}-b"), "hz"))).success);
+    wait_until("the stricter policy enforced on Services the prefilter let through", Duration::from_secs(10), || {
+        let r = cp.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&service("later", "gz,sz")));
+        (!r.success && r.stderr.contains("missing failover regions [hz]")).then_some(())
+    });
+    let took = stricter.elapsed();
+
+    // The webhook down (failurePolicy Fail): compliant Services are still admitted, the rest refused.
+    webhook.process.stop();
+    assert!(
+        cp.kubectl(&["create", "-f", "-"], Some(&service("while-down", "hz gz sz"))).success,
+        "a compliant Service refused while the webhook is down"
+    );
+    let refused = cp.kubectl(&["create", "-f", "-"], Some(&service("short-while-down", "gz,sz")));
+    assert!(!refused.success && refused.stderr.contains("failed calling webhook"), "{}", refused.stderr);
+    println!(
+        "measured: compliant Services admitted without a review (1 review for 2 creates), and while the webhook was down; a stricter policy enforced after {:.1}s",
+        took.as_secs_f64()
+    );
+}
+
 #[test]
 fn the_crd_refuses_validating_admission_policy_enforcement_of_require_contract() {
     e2e::ensure_crds();

@@ -47,18 +47,54 @@ pub struct Settings {
     /// The webhook's own ValidatingWebhookConfiguration, narrowed to the kinds it judges; `None`: left
     /// alone.
     pub webhook_config: Option<String>,
+    /// Also leave out of that registration the Services whose own annotation satisfies every policy
+    /// ([`prefilter`]).
+    pub prefilter: bool,
 }
 
-/// The match condition for the webhook's registration when it judges only `kinds`, or `None` when it
-/// judges both (no condition).
-pub fn match_condition(kinds: &BTreeSet<MatchKind>) -> Option<MatchCondition> {
-    let expression = match (kinds.contains(&MatchKind::Service), kinds.contains(&MatchKind::ChannelContract)) {
-        (true, true) => return None,
-        (true, false) => "request.resource.resource == 'services'",
-        (false, true) => "request.resource.resource == 'channelcontracts'",
-        (false, false) => "false",
+/// When the API server must call the webhook for a Service, as CEL, or `None` when always: unless what
+/// the Service declares itself (its annotation) holds every region that any policy on Services requires,
+/// and at least as many regions as the largest `minRegions`. Such a Service passes every policy (regions
+/// from contracts only add), so the webhook would admit it without a word. `None` while any policy
+/// requires a contract (CEL cannot see contracts) or no policy judges Services.
+pub fn prefilter(policies: &[Arc<ContractPolicy>]) -> Option<String> {
+    let on_services: Vec<&ContractPolicy> =
+        policies.iter().map(AsRef::as_ref).filter(|p| p.spec.r#match.kinds.contains(&MatchKind::Service)).collect();
+    if on_services.is_empty() || on_services.iter().any(|p| p.spec.require_contract) {
+        return None;
+    }
+    let mut required: Vec<String> = Vec::new();
+    for r in on_services.iter().flat_map(|p| &p.spec.failover.required_regions) {
+        if !required.contains(r) {
+            required.push(r.clone());
+        }
+    }
+    let min = on_services.iter().filter_map(|p| p.spec.failover.min_regions).max();
+    let tokens = vap::own_regions_cel();
+    let required = serde_json::to_string(&required).unwrap_or_else(|_| "[]".into());
+    let suffices = match min {
+        Some(min) => format!("sets.contains({tokens}, {required}) && size({tokens}.distinct()) >= {min}"),
+        None => format!("sets.contains({tokens}, {required})"),
     };
-    Some(MatchCondition { name: MATCH_CONDITION.into(), expression: expression.into() })
+    Some(format!("request.resource.resource != 'services' || object == null || !({suffices})"))
+}
+
+/// The match condition for the webhook's registration when it judges only `kinds`, and only the
+/// Services that `prefilter` lets through, or `None` when it judges everything (no condition).
+pub fn match_condition(kinds: &BTreeSet<MatchKind>, prefilter: Option<&str>) -> Option<MatchCondition> {
+    let narrowed = match (kinds.contains(&MatchKind::Service), kinds.contains(&MatchKind::ChannelContract)) {
+        (true, true) => None,
+        (true, false) => Some("request.resource.resource == 'services'"),
+        (false, true) => Some("request.resource.resource == 'channelcontracts'"),
+        (false, false) => Some("false"),
+    };
+    let expression = match (narrowed, prefilter) {
+        (None, None) => return None,
+        (Some(k), None) => k.to_owned(),
+        (None, Some(p)) => p.to_owned(),
+        (Some(k), Some(p)) => format!("({k}) && ({p})"),
+    };
+    Some(MatchCondition { name: MATCH_CONDITION.into(), expression })
 }
 
 /// What one pass decided for one policy.
@@ -250,8 +286,9 @@ async fn pass(client: &Client, caches: &Caches, settings: &Settings, state: &mut
             webhook_kinds.extend(policy.spec.r#match.kinds.iter().copied());
         }
     }
+    let prefilter = if settings.prefilter { prefilter(&policies) } else { None };
     if let Some(config) = &settings.webhook_config {
-        narrow_registration(client, config, &webhook_kinds).await?;
+        narrow_registration(client, config, &webhook_kinds, prefilter.as_deref()).await?;
     }
     if fresh {
         tokio::time::sleep(HANDOVER).await;
@@ -299,7 +336,7 @@ async fn pass(client: &Client, caches: &Caches, settings: &Settings, state: &mut
     if let Some(config) = &settings.webhook_config
         && !handed_over_now.is_empty()
     {
-        narrow_registration(client, config, &still_webhook).await?;
+        narrow_registration(client, config, &still_webhook, prefilter.as_deref()).await?;
     }
     state.fingerprint = if failed.is_empty() { Some(fingerprint) } else { None };
     state.at = Some(Instant::now());
@@ -358,9 +395,14 @@ where
 }
 
 /// Sets the match condition of every webhook of the registration `name` to judge only `kinds`.
-async fn narrow_registration(client: &Client, name: &str, kinds: &BTreeSet<MatchKind>) -> Result<(), kube::Error> {
+async fn narrow_registration(
+    client: &Client,
+    name: &str,
+    kinds: &BTreeSet<MatchKind>,
+    prefilter: Option<&str>,
+) -> Result<(), kube::Error> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let wanted = match_condition(kinds);
+    let wanted = match_condition(kinds, prefilter);
     for _attempt in 0..5 {
         let Some(mut vwc) = api.get_opt(name).await? else {
             tracing::warn!(webhook_config = name, "ValidatingWebhookConfiguration not found; cannot narrow it");
@@ -397,14 +439,47 @@ mod tests {
     #[test]
     fn the_registration_is_narrowed_to_the_kinds_still_judged_here() {
         let kinds = |k: &[MatchKind]| k.iter().copied().collect::<BTreeSet<_>>();
-        assert_eq!(match_condition(&kinds(&[MatchKind::Service, MatchKind::ChannelContract])), None);
-        let only = |k| match_condition(&kinds(&[k])).map(|c| c.expression);
+        assert_eq!(match_condition(&kinds(&[MatchKind::Service, MatchKind::ChannelContract]), None), None);
+        let only = |k| match_condition(&kinds(&[k]), None).map(|c| c.expression);
         assert_eq!(only(MatchKind::Service).as_deref(), Some("request.resource.resource == 'services'"));
         assert_eq!(
             only(MatchKind::ChannelContract).as_deref(),
             Some("request.resource.resource == 'channelcontracts'")
         );
-        let none = match_condition(&kinds(&[])).expect("a condition");
+        let none = match_condition(&kinds(&[]), None).expect("a condition");
         assert_eq!((none.name.as_str(), none.expression.as_str()), (MATCH_CONDITION, "false"));
+        let both = match_condition(&kinds(&[MatchKind::ChannelContract]), Some("p")).expect("a condition");
+        assert_eq!(both.expression, "(request.resource.resource == 'channelcontracts') && (p)");
+        let all = match_condition(&kinds(&[MatchKind::Service, MatchKind::ChannelContract]), Some("p"));
+        assert_eq!(all.map(|c| c.expression).as_deref(), Some("p"));
+    }
+
+    fn policy(name: &str, spec: serde_json::Value) -> Arc<ContractPolicy> {
+        Arc::new(ContractPolicy::new(name, serde_json::from_value(spec).expect("spec")))
+    }
+
+    #[test]
+    fn the_prefilter_lets_through_what_every_service_policy_might_refuse() {
+        let a = policy("a", serde_json::json!({"failover": {"requiredRegions": ["gz", "sz"]}}));
+        let b = policy(
+            "b",
+            serde_json::json!({"enforcementAction": "Warn", "failover": {"requiredRegions": ["sz", "hz"], "minRegions": 4}}),
+        );
+        let contracts_only = policy(
+            "c",
+            serde_json::json!({"match": {"kinds": ["ChannelContract"]}, "failover": {"requiredRegions": ["xz"]}}),
+        );
+        let expression = prefilter(&[a.clone(), b, contracts_only.clone()]).expect("a prefilter");
+        let tokens = vap::own_regions_cel();
+        assert_eq!(
+            expression,
+            format!(
+                r#"request.resource.resource != 'services' || object == null || !(sets.contains({tokens}, ["gz","sz","hz"]) && size({tokens}.distinct()) >= 4)"#
+            )
+        );
+        // A policy that requires a contract needs the webhook for every Service; none on Services, nothing to do.
+        let strict = policy("s", serde_json::json!({"requireContract": true}));
+        assert_eq!(prefilter(&[a, strict]), None);
+        assert_eq!(prefilter(&[contracts_only]), None);
     }
 }

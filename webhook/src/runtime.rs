@@ -116,6 +116,12 @@ pub struct Args {
     /// webhook's namespace. Empty: this replica always audits (run exactly one).
     #[arg(long, env = "CSP_WEBHOOK_AUDIT_LEASE", default_value = "")]
     pub audit_lease: String,
+    /// Leave out of the webhook's registration (--webhook-config-name) the Services whose own
+    /// failover-regions annotation already satisfies every policy on Services: the API server admits them
+    /// without calling the webhook (a CEL match condition the leader keeps), also while the webhook is
+    /// down. A new or stricter policy reaches such Services once the leader has rewritten the condition.
+    #[arg(long, env = "CSP_WEBHOOK_PREFILTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub prefilter: bool,
     /// This replica's identity in the audit Lease (the pod name). Omitted: `$HOSTNAME-<pid>`.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -249,6 +255,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> Result<(), RunError> 
         let settings = crate::enforcement::Settings {
             vap: crate::vap::Settings { namespace: args.namespace.clone(), exempt_namespaces: exempt.clone() },
             webhook_config: args.tls.webhook_config_name.clone(),
+            prefilter: args.prefilter,
         };
         let (client, caches, leader, cancel) = (client.clone(), caches.clone(), enforcement_leader, cancel.clone());
         tokio::spawn(async move {

@@ -394,17 +394,23 @@ fn suffix(kind: MatchKind) -> &'static str {
     }
 }
 
+/// What a Service declares itself, as CEL: the tokens of its failover-regions annotation (as
+/// [`crate::subject::parse_regions`] splits it), duplicates kept.
+pub fn own_regions_cel() -> String {
+    format!(
+        "object.metadata.?annotations[?{}].orValue('').findAll({})",
+        lit(FAILOVER_REGIONS_ANNOTATION),
+        lit(REGION_TOKEN)
+    )
+}
+
 /// The common case as one expression: what the object declares itself suffices. The API server evaluates
 /// every variable a request touches as a program of its own, twice (for the validation and again for the
 /// message): this check touches none, so an object whose annotation suffices costs two evaluations of it.
 fn own_suffices_inline(spec: &ContractPolicySpec, kind: MatchKind) -> String {
     match kind {
         MatchKind::Service => {
-            let own = format!(
-                "object.metadata.?annotations[?{}].orValue('').findAll({})",
-                lit(FAILOVER_REGIONS_ANNOTATION),
-                lit(REGION_TOKEN)
-            );
+            let own = own_regions_cel();
             let required = list_lit(&spec.failover.required_regions);
             match spec.failover.min_regions {
                 Some(min) => format!("(sets.contains({own}, {required}) && size({own}.distinct()) >= {min})"),
