@@ -253,8 +253,10 @@ fn killing_the_webhook_during_a_create_load_admits_nothing_non_compliant_and_lea
         let threads =
             [s.spawn(|| load("compliant")), s.spawn(|| load("non-compliant")), s.spawn(|| load("kube-system"))];
         std::thread::sleep(scale.load);
-        webhook.process.kill9();
+        // Before the signal: kill9 returns only once it has seen the process gone (it polls), and a create
+        // cut off by the kill may end before that.
         let killed = Instant::now();
+        webhook.process.kill9();
         std::thread::sleep(scale.down);
         webhook.process.start_again();
         let restarted = Instant::now();
