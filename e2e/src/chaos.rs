@@ -230,8 +230,24 @@ fn spawn_with(program: &Path, args: &[String], env: &[(String, String)], log: &P
     Tied::spawn(program, args, &env, log)
 }
 
+/// Which build of a product binary runs, and with which log filter (RUST_LOG).
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// The binary.
+    pub bin: PathBuf,
+    /// Its RUST_LOG.
+    pub log_filter: String,
+}
+
+impl Build {
+    /// The debug build the e2e tests run (`e2e/.bin`'s product binaries), logging `<name>=debug`.
+    pub fn debug(name: &str) -> Self {
+        Self { bin: product_bin(name), log_filter: format!("info,{name}=debug,kube=warn") }
+    }
+}
+
 /// The webhook as the chart's webhook ServiceAccount, on a free loopback port with a serving certificate
-/// of a CA of its own, auditing every 3 s.
+/// of a CA of its own.
 #[derive(Debug)]
 pub struct Webhook {
     /// The process.
@@ -243,8 +259,14 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts it with the kubeconfig `kubeconfig`, its files in `dir`; waits until it is ready.
+    /// Starts the debug build with the kubeconfig `kubeconfig`, its files in `dir`, auditing every 3 s;
+    /// waits until it is ready.
     pub fn start(kubeconfig: &Path, dir: &Path) -> Self {
+        Self::start_build(&Build::debug("webhook"), kubeconfig, dir, "3s")
+    }
+
+    /// [`start`](Self::start) for `build`, auditing every `audit_interval`.
+    pub fn start_build(build: &Build, kubeconfig: &Path, dir: &Path, audit_interval: &str) -> Self {
         let day = Duration::from_secs(86_400);
         let names = ["127.0.0.1".to_owned(), "localhost".to_owned()];
         let (ca, serving) =
@@ -254,8 +276,11 @@ impl Webhook {
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
             path.to_string_lossy().into_owned()
         };
-        let (ca_file, cert, key) =
-            (file("ca.crt", &ca.cert), file("tls.crt", &serving.cert), file("tls.key", &serving.key));
+        let (ca_file, cert, key) = (
+            file("webhook-ca.crt", &ca.cert),
+            file("webhook-tls.crt", &serving.cert),
+            file("webhook-tls.key", &serving.key),
+        );
         let port = free_port();
         let args = [
             "--listen",
@@ -267,7 +292,7 @@ impl Webhook {
             "--namespace",
             rbac::NAMESPACE,
             "--audit-interval",
-            "3s",
+            audit_interval,
             "--log-format",
             "text",
         ]
@@ -277,9 +302,9 @@ impl Webhook {
             ("KUBECONFIG".to_owned(), kubeconfig.to_string_lossy().into_owned()),
             ("CSP_WEBHOOK_AUDIT_LEASE".to_owned(), rbac::webhook_audit_lease()),
             ("POD_NAME".to_owned(), unique("webhook")),
-            ("RUST_LOG".to_owned(), "info,webhook=debug,kube=warn".to_owned()),
+            ("RUST_LOG".to_owned(), build.log_filter.clone()),
         ];
-        let process = Restartable::spawn(&product_bin("webhook"), args, env, dir, "webhook");
+        let process = Restartable::spawn(&build.bin, args, env, dir, "webhook");
         let mut webhook = Self { process, port, ca_file: PathBuf::from(ca_file) };
         webhook.wait_ready();
         webhook
@@ -312,9 +337,22 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts one publishing to `publish` (`configmap`, `xds` or both), serving xDS over TLS with `certs`
-    /// when given, with `extra` arguments; waits until it is ready.
+    /// Starts the debug build publishing to `publish` (`configmap`, `xds` or both), serving xDS over TLS
+    /// with `certs` when given, with `extra` arguments; waits until it is ready.
     pub fn start(
+        kubeconfig: &Path,
+        dir: &Path,
+        name: &str,
+        publish: &str,
+        certs: Option<&XdsCerts>,
+        extra: &[String],
+    ) -> Self {
+        Self::start_build(&Build::debug("operator"), kubeconfig, dir, name, publish, certs, extra)
+    }
+
+    /// [`start`](Self::start) for `build`.
+    pub fn start_build(
+        build: &Build,
         kubeconfig: &Path,
         dir: &Path,
         name: &str,
@@ -347,9 +385,9 @@ impl Operator {
         args.extend_from_slice(extra);
         let env = vec![
             ("KUBECONFIG".to_owned(), kubeconfig.to_string_lossy().into_owned()),
-            ("RUST_LOG".to_owned(), "info,operator=debug,kube=warn".to_owned()),
+            ("RUST_LOG".to_owned(), build.log_filter.clone()),
         ];
-        let process = Restartable::spawn(&product_bin("operator"), args, env, dir, name);
+        let process = Restartable::spawn(&build.bin, args, env, dir, name);
         let mut operator = Self { process, admin_port, xds_port };
         operator.wait_ready();
         operator

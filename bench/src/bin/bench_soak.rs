@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use channel_contracts_bench::log;
 use clap::Parser;
-use e2e::chaos::{Operator, ProxyBed, Restartable, Webhook};
+use e2e::chaos::{Build, Operator, ProxyBed, Webhook};
 use e2e::fleet::ControlPlane;
-use e2e::{curl, free_port, rbac, unique, wait_until};
+use e2e::{curl, rbac, wait_until};
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -136,13 +136,21 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&certs_dir)?;
     let certs = e2e::xds::write_certs(&certs_dir);
     let operator_kubeconfig = service_account(&cp, dir, &rbac::operator_service_account());
-    let mut operator = start_operator(&args.operator_bin, &operator_kubeconfig, dir, &certs);
+    let mut operator = Operator::start_build(
+        &release(&args.operator_bin),
+        &operator_kubeconfig,
+        dir,
+        "operator",
+        "configmap,xds",
+        Some(&certs),
+        &[],
+    );
     log("soak", format!("operator ready (pid {:?}, admin {})", operator.process.process.pid, operator.admin_port));
     bed.proxy(&operator, &certs.ca, "envoy-1", 2);
     bed.proxy(&operator, &certs.ca, "envoy-2", 3);
 
     let webhook_kubeconfig = service_account(&cp, dir, &rbac::webhook_service_account());
-    let mut webhook = start_webhook(&args.webhook_bin, &webhook_kubeconfig, dir);
+    let mut webhook = Webhook::start_build(&release(&args.webhook_bin), &webhook_kubeconfig, dir, "30s");
     log("soak", format!("webhook ready (pid {:?}, port {})", webhook.process.process.pid, webhook.port));
     cp.kubectl(&["apply", "-f", "-"], Some(&policy(true))).ok();
     cp.kubectl(&["apply", "-f", "-"], Some(&registration(&webhook.url("/validate"), &webhook.ca_file)?)).ok();
@@ -235,76 +243,9 @@ fn service_account(cp: &ControlPlane, dir: &Path, service_account: &str) -> Path
     path
 }
 
-/// The release operator, as `e2e::chaos::Operator::start` starts the debug one.
-fn start_operator(bin: &Path, kubeconfig: &Path, dir: &Path, certs: &e2e::xds::XdsCerts) -> Operator {
-    let (admin_port, xds_port) = (free_port(), free_port());
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin_port}"),
-        "--log-format".into(),
-        "text".into(),
-        "--publish".into(),
-        "configmap,xds".into(),
-        "--xds-listen".into(),
-        format!("0.0.0.0:{xds_port}"),
-        "--xds-tls-cert".into(),
-        certs.cert.to_string_lossy().into_owned(),
-        "--xds-tls-key".into(),
-        certs.key.to_string_lossy().into_owned(),
-    ];
-    let env = vec![
-        ("KUBECONFIG".to_owned(), kubeconfig.to_string_lossy().into_owned()),
-        ("RUST_LOG".to_owned(), "info,kube=warn".to_owned()),
-    ];
-    let process = Restartable::spawn(bin, args, env, dir, "operator");
-    let mut operator = Operator { process, admin_port, xds_port };
-    operator.wait_ready();
-    operator
-}
-
-/// The release webhook, as `e2e::chaos::Webhook::start` starts the debug one, auditing every 30 s.
-fn start_webhook(bin: &Path, kubeconfig: &Path, dir: &Path) -> Webhook {
-    let day = Duration::from_secs(86_400);
-    let names = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-    let (ca, serving) = webhook::certs::ca_and_serving("csp-soak-webhook", &names, day, day).expect("certificates");
-    let file = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        path.to_string_lossy().into_owned()
-    };
-    let (ca_file, cert, key) = (
-        file("webhook-ca.crt", &ca.cert),
-        file("webhook-tls.crt", &serving.cert),
-        file("webhook-tls.key", &serving.key),
-    );
-    let port = free_port();
-    let args = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--namespace",
-        rbac::NAMESPACE,
-        "--audit-interval",
-        "30s",
-        "--log-format",
-        "text",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let env = vec![
-        ("KUBECONFIG".to_owned(), kubeconfig.to_string_lossy().into_owned()),
-        ("CSP_WEBHOOK_AUDIT_LEASE".to_owned(), rbac::webhook_audit_lease()),
-        ("POD_NAME".to_owned(), unique("webhook")),
-        ("RUST_LOG".to_owned(), "info,kube=warn".to_owned()),
-    ];
-    let process = Restartable::spawn(bin, args, env, dir, "webhook");
-    let mut webhook = Webhook { process, port, ca_file: PathBuf::from(ca_file) };
-    webhook.wait_ready();
-    webhook
+/// A release binary of the soak, logging at info.
+fn release(bin: &Path) -> Build {
+    Build { bin: bin.to_path_buf(), log_filter: "info,kube=warn".into() }
 }
 
 /// The soak's ValidatingWebhookConfiguration: the chart's rules, failurePolicy Fail, the soak's namespaces.
