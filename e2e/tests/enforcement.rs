@@ -14,9 +14,17 @@ use e2e::webhook::{NAMESPACE_LABEL, WebhookFixture};
 use e2e::{rbac, table, unique, wait_until};
 use serde_json::Value;
 
-/// The chart's name for the e2e release's ValidatingWebhookConfiguration, which the webhook may narrow.
-fn chart_args() -> Vec<String> {
-    vec!["--webhook-config-name".into(), rbac::FULLNAME.into()]
+/// A control plane of `name`'s own with the CRDs and the chart's RBAC, and the webhook on it as the chart's
+/// ServiceAccount, registered under the chart's name (which it may narrow), with `extra` arguments.
+fn start(name: &str, extra: &[&str]) -> (ControlPlane, WebhookFixture) {
+    let cp = ControlPlane::start(name);
+    cp.install(&[]);
+    let sa = cp.service_account(&rbac::webhook_service_account());
+    let mut args: Vec<String> = vec!["--webhook-config-name".into(), rbac::FULLNAME.into()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let webhook =
+        WebhookFixture::start_registered_as(&cp.kubeconfig(), &sa, &format!("{name}-webhook"), &args, rbac::FULLNAME);
+    (cp, webhook)
 }
 
 fn condition(cp: &ControlPlane, policy: &str) -> Option<(String, i64, i64)> {
@@ -39,16 +47,7 @@ fn match_conditions(cp: &ControlPlane) -> String {
 
 #[test]
 fn the_admission_table_gets_the_webhooks_answers_from_generated_validating_admission_policies() {
-    let cp = ControlPlane::start("enforcement");
-    cp.install(&[]);
-    let sa = cp.service_account(&rbac::webhook_service_account());
-    let webhook = WebhookFixture::start_registered_as(
-        &cp.kubeconfig(),
-        &sa,
-        "enforcement-webhook",
-        &chart_args(),
-        rbac::FULLNAME,
-    );
+    let (cp, webhook) = start("enforcement", &[]);
     let id = unique("v").replace('-', "");
     let (dir, suite_file) = table::copy(&id, |name, text| {
         if name == "policies.yaml" { text.replace("\nspec:\n", "\nspec:\n  enforcement: Auto\n") } else { text }
@@ -173,16 +172,7 @@ fn the_admission_table_gets_the_webhooks_answers_from_generated_validating_admis
 /// literal or in the last is admitted without the annotation, one that no contract governs is denied.
 #[test]
 fn regions_that_many_contracts_declare_reach_the_generated_policy() {
-    let cp = ControlPlane::start("enforcement-many");
-    cp.install(&[]);
-    let sa = cp.service_account(&rbac::webhook_service_account());
-    let webhook = WebhookFixture::start_registered_as(
-        &cp.kubeconfig(),
-        &sa,
-        "enforcement-many-webhook",
-        &chart_args(),
-        rbac::FULLNAME,
-    );
+    let (cp, webhook) = start("enforcement-many", &[]);
     let id = unique("many");
     cp.kubectl(&["create", "namespace", &id], None);
     cp.kubectl(&["label", "namespace", &id, &format!("csp-e2e-many={id}")], None);
@@ -252,18 +242,7 @@ fn regions_that_many_contracts_declare_reach_the_generated_policy() {
 /// the condition.
 #[test]
 fn with_the_prefilter_compliant_services_skip_the_webhook_even_when_it_is_down() {
-    let cp = ControlPlane::start("enforcement-prefilter");
-    cp.install(&[]);
-    let sa = cp.service_account(&rbac::webhook_service_account());
-    let mut args = chart_args();
-    args.extend(["--prefilter".into(), "true".into()]);
-    let mut webhook = WebhookFixture::start_registered_as(
-        &cp.kubeconfig(),
-        &sa,
-        "enforcement-prefilter-webhook",
-        &args,
-        rbac::FULLNAME,
-    );
+    let (cp, mut webhook) = start("enforcement-prefilter", &["--prefilter", "true"]);
     let id = unique("pre");
     cp.kubectl(&["create", "namespace", &id], None);
     cp.kubectl(&["label", "namespace", &id, &format!("{NAMESPACE_LABEL}={}", webhook.id)], None);

@@ -71,7 +71,7 @@ pub fn prefilter(policies: &[Arc<ContractPolicy>]) -> Option<String> {
     }
     let min = on_services.iter().filter_map(|p| p.spec.failover.min_regions).max();
     let tokens = vap::own_regions_cel();
-    let required = serde_json::to_string(&required).unwrap_or_else(|_| "[]".into());
+    let required = vap::list_lit(&required);
     let suffices = match min {
         Some(min) => format!("sets.contains({tokens}, {required}) && size({tokens}.distinct()) >= {min}"),
         None => format!("sets.contains({tokens}, {required})"),
@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(
             expression,
             format!(
-                r#"request.resource.resource != 'services' || object == null || !(sets.contains({tokens}, ["gz","sz","hz"]) && size({tokens}.distinct()) >= 4)"#
+                r#"request.resource.resource != 'services' || object == null || !(sets.contains({tokens}, ["gz", "sz", "hz"]) && size({tokens}.distinct()) >= 4)"#
             )
         );
         // A policy that requires a contract needs the webhook for every Service; none on Services, nothing to do.

@@ -129,7 +129,7 @@ fn lit(s: &str) -> String {
 }
 
 /// A CEL list of string literals.
-fn list_lit(items: &[String]) -> String {
+pub(crate) fn list_lit(items: &[String]) -> String {
     format!("[{}]", items.iter().map(|i| lit(i)).collect::<Vec<_>>().join(", "))
 }
 
