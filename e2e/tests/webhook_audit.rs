@@ -37,8 +37,14 @@ fn one_replica_audits_and_an_unchanged_result_writes_nothing() {
     let holder = kubectl(&["get", "lease", &lease, "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
     assert_eq!(holder, if leaders[0] == 1.0 { "replica-a" } else { "replica-b" });
 
-    // The result does not change: audits go on, the policy's status is not written again.
+    // The result does not change: audits go on, the policy's status is not written again. (The leader's
+    // other writer, spec.enforcement's `Enforced` condition, writes once per generation: after it.)
     let rv = |p: &str| kubectl(&["get", "contractpolicy", p, "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
+    wait_until("the policy's Enforced condition", Duration::from_secs(30), || {
+        let path = "jsonpath={.status.conditions[?(@.type==\"Enforced\")].reason}";
+        let reason = kubectl(&["get", "contractpolicy", &policy.name, "-o", path], None).ok();
+        (!reason.is_empty()).then_some(())
+    });
     let before = rv(&policy.name);
     let runs = |f: &WebhookFixture| metric(&scrape(f), "csp_audit_runs_total{reason=\"ok\"}");
     let start = runs(leader);
